@@ -1,0 +1,39 @@
+# mtl_keras: the two commands of the README, and a few more.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED ?= 0
+
+.PHONY: demo test test-slow lint format clean
+
+$(STAMP): setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## make demo: pretrain + meta-train + evaluate on the embedded glyph dataset
+demo: $(STAMP)
+	$(VENV)/bin/mtl-keras demo
+
+## make test: lint, then the whole test suite (slow tests excluded)
+test: $(STAMP)
+	$(VENV)/bin/ruff check mtl_keras tests scripts
+	$(VENV)/bin/python -m pytest -q
+
+## make test-slow: only the tests marked slow
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mtl_keras tests scripts
+	$(VENV)/bin/ruff format --check mtl_keras tests scripts
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format mtl_keras tests scripts
+	$(VENV)/bin/ruff check --fix mtl_keras tests scripts
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs

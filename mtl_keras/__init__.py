@@ -1,0 +1,43 @@
+"""mtl_keras: meta-transfer learning (Sun et al., CVPR 2019) for Keras 3 / TensorFlow.
+
+Public API (flat)::
+
+    ScaleShiftConv2D, set_phase          # layers
+    resnet12, conv4, resnet18            # backbones
+    PretrainModel, MetaTransferModel     # models
+    ClassSplit, load_benchmark, list_benchmarks, make_episodes, pretrain_dataset
+    evaluate_episodes, EvaluationResult
+"""
+
+__version__ = "0.1.0"
+
+from mtl_keras import backbones, data, layers, models  # noqa: F401
+from mtl_keras.backbones import conv4, resnet12, resnet18
+from mtl_keras.data import (
+    ClassSplit,
+    list_benchmarks,
+    load_benchmark,
+    make_episodes,
+    pretrain_dataset,
+)
+from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
+from mtl_keras.layers import ScaleShiftConv2D, set_phase
+from mtl_keras.models import LinearBaseLearner, MetaTransferModel, PretrainModel
+
+__all__ = [
+    "ClassSplit",
+    "EvaluationResult",
+    "LinearBaseLearner",
+    "MetaTransferModel",
+    "PretrainModel",
+    "ScaleShiftConv2D",
+    "conv4",
+    "evaluate_episodes",
+    "list_benchmarks",
+    "load_benchmark",
+    "make_episodes",
+    "pretrain_dataset",
+    "resnet12",
+    "resnet18",
+    "set_phase",
+]

@@ -1,0 +1,270 @@
+"""Episode sampling and the episodic `tf.data` pipeline.
+
+The sampler (numpy, seedable) draws *indices*; a `tf.data` map turns them into
+pixels: a gather for in-memory splits, parallel file decoding for file-backed
+splits. Same seed ⇒ same episode stream, whatever the parallelism (the map is
+order-preserving).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from mtl_keras.data.split import ClassSplit
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot Q-query tasks from a `ClassSplit`.
+
+    A task's support set is class-major: labels ``[0]*K + [1]*K + …``; the query
+    set likewise with ``Q`` per class. Support and query images of a class are
+    distinct items.
+
+    Args:
+        split: the classes to draw from.
+        ways: ``N``; shots: ``K``; queries: ``Q``.
+        seed: seed of the numpy generator.
+
+    Raises:
+        ValueError: at construction, naming the class, when a class has fewer than
+            ``K + Q`` images or the split has fewer than ``N`` classes.
+    """
+
+    def __init__(self, split: ClassSplit, ways: int, shots: int, queries: int, seed: int = 0):
+        split.check_episode_size(ways, shots, queries)
+        self.split = split
+        self.ways, self.shots, self.queries = int(ways), int(shots), int(queries)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Restart the stream (from ``seed``, default the constructor's)."""
+        self.rng = np.random.default_rng(self.seed if seed is None else seed)
+
+    def sample_task(self, classes: np.ndarray | None = None, exclude: dict | None = None):
+        """One task.
+
+        Args:
+            classes: local class indices to use (``N`` of them); drawn at random if None.
+            exclude: optional ``{local class: item indices}`` not to draw (e.g. the
+                images a failed task used, so hard tasks get fresh samples).
+
+        Returns:
+            ``(classes (N,), support_items (N*K,), query_items (N*Q,))`` item indices.
+        """
+        if classes is None:
+            classes = self.rng.choice(self.split.num_classes, self.ways, replace=False)
+        classes = np.asarray(classes)
+        need = self.shots + self.queries
+        support, query = [], []
+        for c in classes:
+            items = self.split.items_of(int(c))
+            if exclude and int(c) in exclude:
+                fresh = np.setdiff1d(items, exclude[int(c)], assume_unique=False)
+                if len(fresh) >= need:
+                    items = fresh
+            picked = self.rng.choice(items, need, replace=False)
+            support.append(picked[: self.shots])
+            query.append(picked[self.shots :])
+        return classes, np.concatenate(support), np.concatenate(query)
+
+    def sample_batch(self, meta_batch_size: int) -> dict:
+        """``meta_batch_size`` tasks as index arrays (see `make_episodes`)."""
+        tasks = [self.sample_task() for _ in range(meta_batch_size)]
+        return self._pack(tasks)
+
+    def _pack(self, tasks) -> dict:
+        classes = np.stack([t[0] for t in tasks])
+        return {
+            "task_classes": self.split.class_ids[classes].astype(np.int32),
+            "support_items": np.stack([t[1] for t in tasks]),
+            "query_items": np.stack([t[2] for t in tasks]),
+        }
+
+
+def _labels(ways: int, per_class: int, batch: int) -> np.ndarray:
+    return np.tile(np.repeat(np.arange(ways, dtype=np.int32), per_class), (batch, 1))
+
+
+def make_episodes(
+    split: ClassSplit,
+    ways: int,
+    shots: int,
+    queries: int = 15,
+    meta_batch_size: int = 1,
+    num_batches: int | None = None,
+    seed: int = 0,
+    repeatable: bool = False,
+    batch_source: Callable[[EpisodeSampler, int], Iterator[dict]] | None = None,
+    augment: Callable | None = None,
+    num_parallel_calls: int | None = None,
+    prefetch: int | None = 2,
+) -> tf.data.Dataset:
+    """An episodic `tf.data.Dataset` over ``split``.
+
+    Each element is ``(inputs, query_labels)`` with::
+
+        inputs["support_images"]: (B, N*K, H, W, C) float32 in [0, 1]
+        inputs["support_labels"]: (B, N*K) int32 in 0..N-1
+        inputs["query_images"]:   (B, N*Q, H, W, C) float32 in [0, 1]
+        inputs["task_classes"]:   (B, N) int32 global class ids
+        query_labels:             (B, N*Q) int32 in 0..N-1
+
+    Args:
+        split: a `ClassSplit` (in memory or file-backed).
+        ways, shots, queries: ``N``, ``K``, ``Q``.
+        meta_batch_size: tasks per element ``B``.
+        num_batches: elements per pass; ``None`` = endless (give
+            ``steps_per_epoch`` to `fit`).
+        seed: sampler seed. Same seed ⇒ same episodes.
+        repeatable: if True every pass over the dataset yields the same episodes
+            (for validation/test); if False (training) the stream continues across
+            passes (epochs) instead of restarting.
+        batch_source: advanced: a generator factory ``(sampler, B) → iterator of
+            index dicts`` replacing plain random sampling (the hard-task schedule
+            plugs in here).
+        augment: optional function ``images (M, H, W, C) float32 → same`` applied to
+            support and query images.
+        num_parallel_calls: decode parallelism (default AUTOTUNE). Output order is
+            deterministic either way.
+        prefetch: elements to prefetch (None: no prefetch).
+
+    Returns:
+        A `tf.data.Dataset` as above.
+    """
+    sampler = EpisodeSampler(split, ways, shots, queries, seed=seed)
+    B = int(meta_batch_size)
+
+    def generate():
+        if repeatable:
+            sampler.reset()
+        source = batch_source(sampler, B) if batch_source else _random_batches(sampler, B)
+        count = 0
+        for batch in source:
+            if num_batches is not None and count >= num_batches:
+                return
+            count += 1
+            yield batch["task_classes"], batch["support_items"], batch["query_items"]
+
+    signature = (
+        tf.TensorSpec((B, ways), tf.int32),
+        tf.TensorSpec((B, ways * shots), tf.int64),
+        tf.TensorSpec((B, ways * queries), tf.int64),
+    )
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    load = _image_loader(split)
+    support_labels = tf.constant(_labels(ways, shots, B))
+    query_labels = tf.constant(_labels(ways, queries, B))
+
+    def to_element(task_classes, support_items, query_items):
+        support = load(support_items)
+        query = load(query_items)
+        if augment is not None:
+            support = _apply_flat(augment, support)
+            query = _apply_flat(augment, query)
+        inputs = {
+            "support_images": support,
+            "support_labels": support_labels,
+            "query_images": query,
+            "task_classes": task_classes,
+        }
+        return inputs, query_labels
+
+    ds = ds.map(
+        to_element,
+        num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if num_batches is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
+    if prefetch:
+        ds = ds.prefetch(prefetch)
+    return ds
+
+
+def _random_batches(sampler: EpisodeSampler, batch: int):
+    while True:
+        yield sampler.sample_batch(batch)
+
+
+def _apply_flat(fn, images):
+    shape = tf.shape(images)
+    flat = tf.reshape(images, tf.concat([[-1], shape[2:]], 0))
+    return tf.reshape(fn(flat), shape)
+
+
+def _image_loader(split: ClassSplit):
+    """``items (...,) int64 → images (..., H, W, C) float32 in [0, 1]``."""
+    h, w = split.image_size
+    c = split.channels
+    if not split.is_file_backed:
+        pixels = tf.constant(split.images)
+
+        def load(items):
+            return tf.cast(tf.gather(pixels, items), tf.float32) / 255.0
+
+        return load
+
+    paths = tf.constant(split.paths)
+
+    def decode(path):
+        raw = tf.io.read_file(path)
+        image = tf.io.decode_image(raw, channels=c, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32), (h, w), antialias=True)
+        return tf.clip_by_value(image, 0.0, 255.0) / 255.0
+
+    def load(items):
+        flat = tf.reshape(items, [-1])
+        images = tf.map_fn(
+            decode, tf.gather(paths, flat), fn_output_signature=tf.TensorSpec((h, w, c), tf.float32)
+        )
+        return tf.reshape(images, tf.concat([tf.shape(items), [h, w, c]], 0))
+
+    return load
+
+
+def pretrain_dataset(
+    split: ClassSplit,
+    batch_size: int = 128,
+    seed: int = 0,
+    shuffle: bool = True,
+    holdout: float = 0.0,
+) -> tf.data.Dataset | tuple[tf.data.Dataset, tf.data.Dataset]:
+    """``(images (b, H, W, C) float32 in [0, 1], labels (b,) int32)`` batches of a split.
+
+    Labels are the split's local class indices ``0..C-1``.
+
+    Args:
+        split: the base classes.
+        batch_size: images per batch.
+        seed: shuffle seed (reshuffled each epoch, deterministically).
+        shuffle: shuffle the images.
+        holdout: fraction of each class's images held out; when > 0 returns
+            ``(train_ds, holdout_ds)`` for monitoring pretraining.
+    """
+    rng = np.random.default_rng(seed)
+    train_items, held_items = [], []
+    for c in range(split.num_classes):
+        items = rng.permutation(split.items_of(c))
+        n_held = int(round(holdout * len(items)))
+        held_items.append(items[:n_held])
+        train_items.append(items[n_held:])
+    load = _image_loader(split)
+    labels = tf.constant(split.labels.astype(np.int32))
+
+    def build(items, shuffle_it):
+        items = np.sort(np.concatenate(items)).astype(np.int64)
+        ds = tf.data.Dataset.from_tensor_slices(items)
+        if shuffle_it:
+            ds = ds.shuffle(len(items), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size)
+        ds = ds.map(lambda i: (load(i), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(2)
+
+    train = build(train_items, shuffle)
+    if holdout > 0:
+        return train, build(held_items, False)
+    return train

@@ -1,0 +1,6 @@
+"""Layers of mtl_keras."""
+
+from mtl_keras.layers.phase import phi_weights, set_phase, theta_weights
+from mtl_keras.layers.scale_shift_conv2d import ScaleShiftConv2D
+
+__all__ = ["ScaleShiftConv2D", "set_phase", "phi_weights", "theta_weights"]

@@ -1,0 +1,60 @@
+"""`set_phase(model, phase)`: choose which weights of a backbone train."""
+
+from __future__ import annotations
+
+import keras
+
+from mtl_keras.layers.scale_shift_conv2d import PHASES, ScaleShiftConv2D
+
+
+def iter_layers(model: keras.layers.Layer):
+    """All sub-layers of ``model`` (depth first, each once), ``model`` excluded."""
+    seen = set()
+    stack = list(reversed(getattr(model, "layers", None) or model._layers))
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        stack.extend(reversed(getattr(layer, "_layers", [])))
+
+
+def set_phase(model: keras.layers.Layer, phase: str) -> keras.layers.Layer:
+    """Set which weights of ``model`` train, in place.
+
+    ``"pretrain"``: every layer trains its ordinary weights; in each
+    `ScaleShiftConv2D` only Θ (kernel, bias) trains and Φ stays at (1, 0).
+
+    ``"meta"``: only Φ (scale, shift of each `ScaleShiftConv2D`) trains; every
+    other layer is frozen (``trainable=False``), so batch normalisation runs in
+    inference mode with its pretrained statistics.
+
+    Args:
+        model: a backbone or any layer/model containing `ScaleShiftConv2D`s.
+        phase: ``"pretrain"`` or ``"meta"``.
+
+    Returns:
+        ``model``, for chaining.
+    """
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}.")
+    model.trainable = True
+    for layer in iter_layers(model):
+        if isinstance(layer, ScaleShiftConv2D):
+            layer.trainable = True
+            layer.set_phase(phase)
+        elif not getattr(layer, "_layers", None):
+            layer.trainable = phase == "pretrain"
+    return model
+
+
+def phi_weights(model: keras.layers.Layer) -> list:
+    """All Φ variables (scale and shift) of the `ScaleShiftConv2D`s in ``model``."""
+    return [v for layer in iter_layers(model) if isinstance(layer, ScaleShiftConv2D) for v in layer.phi]
+
+
+def theta_weights(model: keras.layers.Layer) -> list:
+    """All variables of ``model`` that are not Φ (pretrained weights and BN statistics)."""
+    phi = {id(v) for v in phi_weights(model)}
+    return [v for v in model.weights if id(v) not in phi]

@@ -1,0 +1,150 @@
+"""The linear base learner θ and its inner loop, batched over tasks.
+
+The inner loop runs on embeddings only. Its gradient is written in closed form:
+for logits ``z = f W + b`` and mean cross-entropy over ``S`` support examples,
+``dL/dz = (softmax(z) - onehot(y)) / S``, so ``dL/dW = fᵀ dL/dz`` and
+``dL/db = Σ_s dL/dz``. Because these are ordinary differentiable ops, an outer
+`tf.GradientTape` differentiates *through* the updates (second order: the
+update depends on ``W`` and on the features ``f``, hence on Φ). With
+``first_order=True`` the inner gradients are wrapped in `tf.stop_gradient`,
+as the official PyTorch code does (``torch.autograd.grad`` without
+``create_graph``).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="mtl_keras")
+class LinearBaseLearner(keras.layers.Layer):
+    """Holds the meta-learned initialisation ``(W0 (D, N), b0 (N,))`` of the head.
+
+    Args:
+        ways: number of classes ``N`` of a task.
+        kernel_initializer: initializer of ``W0`` (default zeros: the inner loop
+            alone then decides the first predictions, and an un-meta-trained head is
+            a plain linear probe of the features).
+    """
+
+    def __init__(self, ways: int, kernel_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.ways = int(ways)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        dim = int(input_shape[-1])
+        self.kernel = self.add_weight(
+            name="kernel", shape=(dim, self.ways), initializer=self.kernel_initializer
+        )
+        self.bias = self.add_weight(name="bias", shape=(self.ways,), initializer="zeros")
+
+    def call(self, features):
+        """Logits of the *initial* head: ``(..., D) → (..., N)``."""
+        return tf.matmul(features, tf.cast(self.kernel, features.dtype)) + tf.cast(
+            self.bias, features.dtype
+        )
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.ways)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            ways=self.ways,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config
+
+
+def head_logits(features, weights, bias):
+    """Per-task logits: ``features (B, M, D)``, ``weights (B, D, N)``, ``bias (B, N)`` → ``(B, M, N)``."""
+    return tf.einsum("bmd,bdn->bmn", features, weights) + bias[:, None, :]
+
+
+def support_loss_and_grads(features, onehot, weights, bias):
+    """Mean support cross-entropy per task and its closed-form gradient.
+
+    Args:
+        features: ``(B, S, D)`` support embeddings.
+        onehot: ``(B, S, N)`` one-hot support labels.
+        weights: ``(B, D, N)``; bias: ``(B, N)``.
+
+    Returns:
+        ``loss (B,)``, ``grad_w (B, D, N)``, ``grad_b (B, N)``.
+    """
+    logits = head_logits(features, weights, bias)
+    loss = tf.reduce_mean(
+        tf.nn.softmax_cross_entropy_with_logits(labels=onehot, logits=logits), axis=1
+    )
+    num_support = tf.cast(tf.shape(features)[1], features.dtype)
+    dlogits = (tf.nn.softmax(logits) - onehot) / num_support
+    grad_w = tf.einsum("bsd,bsn->bdn", features, dlogits)
+    grad_b = tf.reduce_sum(dlogits, axis=1)
+    return loss, grad_w, grad_b
+
+
+def inner_loop(
+    support_features,
+    support_labels,
+    init_weights,
+    init_bias,
+    steps: int,
+    learning_rate: float,
+    first_order: bool = False,
+    query_features=None,
+):
+    """Adapt the head on each task's support set by ``steps`` gradient steps.
+
+    Args:
+        support_features: ``(B, S, D)`` float32.
+        support_labels: ``(B, S)`` int32 in ``0..N-1``.
+        init_weights: ``(D, N)`` initial head weights (shared by all tasks).
+        init_bias: ``(N,)``.
+        steps: number of gradient steps ``T`` (0 returns the initial head).
+        learning_rate: inner-loop step size.
+        first_order: stop gradients through the inner gradients.
+        query_features: optional ``(B, Q, D)``; when given, the query logits after
+            every step are recorded.
+
+    Returns:
+        ``(weights (B, D, N), bias (B, N), history)`` where ``history`` is a dict with
+        ``support_loss (T+1, B)`` (before each step, and after the last) and, with
+        query features, ``query_logits (T+1, B, Q, N)``.
+    """
+    ways = init_weights.shape[-1]
+    batch = tf.shape(support_features)[0]
+    dtype = support_features.dtype
+    onehot = tf.one_hot(support_labels, ways, dtype=dtype)
+    weights = tf.tile(tf.cast(init_weights, dtype)[None], [batch, 1, 1])
+    bias = tf.tile(tf.cast(init_bias, dtype)[None], [batch, 1])
+    lr = tf.cast(learning_rate, dtype)
+    record_query = query_features is not None
+
+    losses = tf.TensorArray(dtype, size=steps + 1, element_shape=None)
+    queries = tf.TensorArray(dtype, size=steps + 1 if record_query else 1, element_shape=None)
+
+    def body(i, weights, bias, losses, queries):
+        loss, grad_w, grad_b = support_loss_and_grads(support_features, onehot, weights, bias)
+        if first_order:
+            grad_w, grad_b = tf.stop_gradient(grad_w), tf.stop_gradient(grad_b)
+        losses = losses.write(i, loss)
+        if record_query:
+            queries = queries.write(i, head_logits(query_features, weights, bias))
+        return i + 1, weights - lr * grad_w, bias - lr * grad_b, losses, queries
+
+    if steps > 0:
+        _, weights, bias, losses, queries = tf.while_loop(
+            lambda i, *_: i < steps,
+            body,
+            (tf.constant(0), weights, bias, losses, queries),
+            maximum_iterations=steps,
+        )
+    final_loss, _, _ = support_loss_and_grads(support_features, onehot, weights, bias)
+    losses = losses.write(steps, final_loss)
+    history = {"support_loss": losses.stack()}
+    if record_query:
+        queries = queries.write(steps, head_logits(query_features, weights, bias))
+        history["query_logits"] = queries.stack()
+    return weights, bias, history

@@ -1,0 +1,29 @@
+"""Install mtl_keras: ``pip install -e .[dev]``."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mtl_keras",
+    version="0.1.0",
+    description="Meta-transfer learning (Sun et al., CVPR 2019) for Keras 3 / TensorFlow",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mtl_keras", "mtl_keras.*"]),
+    package_data={"mtl_keras": ["data/sources/*.json", "data/sources/*.txt"]},
+    install_requires=[
+        "tensorflow>=2.16,<2.23",
+        "keras>=3.3,<4",
+        "keras-tuner>=1.4,<2",
+        "tensorboard>=2.16",
+        "numpy>=1.26",
+        "matplotlib>=3.7",
+        "pillow>=9",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "ruff>=0.6", "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"],
+        "bench": ["torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["mtl-keras=mtl_keras.cli:main"]},
+)

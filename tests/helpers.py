@@ -1,0 +1,58 @@
+"""The shared layer/model test helper (after keras-hub's `TestCase.run_layer_test`)."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+
+
+def run_layer_test(
+    layer_cls,
+    init_kwargs: dict,
+    input_data,
+    expected_output_shape,
+    expected_num_trainable_weights: int,
+    expected_num_non_trainable_weights: int = 0,
+    tmp_path=None,
+    run_fit: bool = True,
+):
+    """Check a layer end to end and return the built layer.
+
+    Checks: config round trip; symbolic call shape; eager call shape and
+    ``compute_output_shape``; weight counts; one ``fit`` step on a tiny model;
+    ``.keras`` save/reload gives the same outputs (``assertAllClose`` at 1e-6).
+    """
+    layer = layer_cls(**init_kwargs)
+    # Config round trip.
+    config = layer.get_config()
+    clone = layer_cls.from_config(config)
+    assert clone.get_config() == config, "get_config/from_config do not round-trip"
+    # Symbolic call.
+    sym = keras.Input(shape=input_data.shape[1:], batch_size=input_data.shape[0])
+    out = layer(sym)
+    assert tuple(out.shape) == tuple(expected_output_shape), (out.shape, expected_output_shape)
+    # Eager call and compute_output_shape.
+    y = layer(input_data)
+    assert tuple(y.shape) == tuple(expected_output_shape)
+    assert tuple(layer.compute_output_shape(input_data.shape)) == tuple(expected_output_shape)
+    assert len(layer.trainable_weights) == expected_num_trainable_weights
+    assert len(layer.non_trainable_weights) == expected_num_non_trainable_weights
+    # One fit step.
+    model = keras.Sequential([keras.Input(shape=input_data.shape[1:]), layer])
+    if run_fit and expected_num_trainable_weights:
+        model.compile("sgd", "mse")
+        before = [np.array(w) for w in layer.trainable_weights]
+        model.fit(input_data, np.ones_like(np.asarray(y)), epochs=1, verbose=0)
+        after = [np.array(w) for w in layer.trainable_weights]
+        assert any(not np.array_equal(a, b) for a, b in zip(before, after)), "fit moved no weight"
+    # .keras save/reload.
+    if tmp_path is not None:
+        path = os.path.join(str(tmp_path), "layer_model.keras")
+        model.save(path)
+        reloaded = keras.saving.load_model(path)
+        np.testing.assert_allclose(
+            np.asarray(reloaded(input_data)), np.asarray(model(input_data)), atol=1e-6
+        )
+    return layer

@@ -1,0 +1,99 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mtl_keras import ScaleShiftConv2D, set_phase
+from mtl_keras.layers import phi_weights, theta_weights
+from tests.helpers import run_layer_test
+
+
+def _x(shape=(2, 8, 8, 3), seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+@pytest.mark.parametrize("phase,trainable", [("pretrain", 2), ("meta", 2)])
+def test_layer_contract(tmp_path, phase, trainable):
+    layer = run_layer_test(
+        ScaleShiftConv2D,
+        dict(filters=4, kernel_size=3, padding="same", phase=phase),
+        _x(),
+        (2, 8, 8, 4),
+        expected_num_trainable_weights=trainable,
+        expected_num_non_trainable_weights=2,
+        tmp_path=tmp_path,
+    )
+    names = {w.name for w in layer.trainable_weights}
+    assert names == ({"kernel", "bias"} if phase == "pretrain" else {"scale", "shift"})
+
+
+def test_identity_phi_equals_conv2d():
+    x = _x()
+    conv = keras.layers.Conv2D(5, 3, strides=2, padding="same")
+    expected = conv(x)
+    ss = ScaleShiftConv2D.from_conv2d(conv)
+    np.testing.assert_allclose(ss(x), expected, atol=1e-5)
+    assert ss.phase == "meta"
+    np.testing.assert_array_equal(ss.scale.numpy(), 1.0)
+    np.testing.assert_array_equal(ss.shift.numpy(), 0.0)
+
+
+def test_output_is_scaled_kernel_plus_shift():
+    x = _x()
+    ss = ScaleShiftConv2D(4, 3, padding="valid")
+    ss.build(x.shape)
+    rng = np.random.default_rng(1)
+    ss.scale.assign(rng.uniform(0.5, 1.5, ss.scale.shape).astype("float32"))
+    ss.shift.assign(rng.normal(size=4).astype("float32"))
+    ss.bias.assign(rng.normal(size=4).astype("float32"))
+    expected = tf.nn.conv2d(x, ss.kernel * ss.scale, 1, "VALID") + ss.bias + ss.shift
+    np.testing.assert_allclose(ss(x), expected, atol=1e-5)
+    assert ss(x).shape == ss.compute_output_shape(x.shape)
+
+
+def test_meta_phase_gradients_reach_phi_not_theta():
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), ScaleShiftConv2D(4, 3), keras.layers.BatchNormalization(), keras.layers.Flatten()]
+    )
+    set_phase(model, "meta")
+    phi = phi_weights(model)
+    assert {id(v) for v in model.trainable_weights} == {id(v) for v in phi}
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(_x(), training=True) ** 2)
+    grads = tape.gradient(loss, model.trainable_weights)
+    assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
+    # Θ (kernel, bias, BN) is not trainable and gets no update from an optimizer step.
+    theta_before = [v.numpy().copy() for v in theta_weights(model)]
+    keras.optimizers.SGD(0.1).apply_gradients(zip(grads, model.trainable_weights))
+    for before, v in zip(theta_before, theta_weights(model)):
+        np.testing.assert_array_equal(before, v.numpy())
+
+
+def test_pretrain_phase_trains_theta_only():
+    model = keras.Sequential([keras.Input((8, 8, 3)), ScaleShiftConv2D(4, 3)])
+    set_phase(model, "meta")
+    set_phase(model, "pretrain")
+    assert {w.name for w in model.trainable_weights} == {"kernel", "bias"}
+
+
+def test_phase_survives_keras_round_trip(tmp_path):
+    model = keras.Sequential([keras.Input((8, 8, 3)), ScaleShiftConv2D(4, 3)])
+    set_phase(model, "meta")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert {w.name for w in loaded.trainable_weights} == {"scale", "shift"}
+
+
+def test_bad_phase_is_rejected():
+    with pytest.raises(ValueError, match="phase"):
+        ScaleShiftConv2D(4, phase="finetune")
+
+
+def test_from_conv2d_rejects_activation_and_unbuilt():
+    with pytest.raises(ValueError, match="not built"):
+        ScaleShiftConv2D.from_conv2d(keras.layers.Conv2D(4, 3))
+    conv = keras.layers.Conv2D(4, 3, activation="relu")
+    conv(_x())
+    with pytest.raises(ValueError, match="activation"):
+        ScaleShiftConv2D.from_conv2d(conv)
