@@ -8,7 +8,7 @@ per-class index lists, so the same sampler serves both kinds.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

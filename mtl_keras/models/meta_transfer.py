@@ -113,6 +113,8 @@ class MetaTransferModel(keras.Model):
         self.task_feedback = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+        # Every weight exists now (functional backbone + head built above).
+        self.built = True
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -165,6 +167,28 @@ class MetaTransferModel(keras.Model):
         self.optimizer.build(self.backbone.trainable_variables)
         self.head_optimizer.build(self.head.trainable_variables)
 
+    def get_compile_config(self):
+        if self.head_optimizer is None:
+            return None
+        return {
+            "optimizer": keras.optimizers.serialize(self.optimizer),
+            "head_optimizer": keras.optimizers.serialize(self.head_optimizer),
+        }
+
+    def compile_from_config(self, config):
+        """Restore both optimizers when a `.keras` file is loaded (their state follows)."""
+        self.compile(
+            optimizer=keras.optimizers.deserialize(config["optimizer"]),
+            head_optimizer=keras.optimizers.deserialize(config["head_optimizer"]),
+        )
+
+    def fit(self, x=None, y=None, *args, shuffle: bool = False, **kwargs):
+        """`keras.Model.fit` on an episodic dataset (see `make_episodes`).
+
+        ``shuffle`` defaults to False: episodes are already random.
+        """
+        return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
+
     @property
     def metrics(self):
         return [self.loss_tracker, self.accuracy_tracker]
@@ -183,7 +207,9 @@ class MetaTransferModel(keras.Model):
         batch = tf.shape(support_images)[0]
         num_support = tf.shape(support_images)[1]
         num_query = tf.shape(query_images)[1]
-        image_shape = tf.shape(support_images)[2:]
+        # Static image shape where known: convolutions run markedly faster with known H, W, C.
+        dynamic = tf.shape(support_images)
+        image_shape = [d if d is not None else dynamic[2 + i] for i, d in enumerate(self.image_shape)]
         if self.batch_norm == "transductive":
             # Batch statistics are per task: one backbone call per task.
             both = tf.concat([support_images, query_images], axis=1)
@@ -195,10 +221,7 @@ class MetaTransferModel(keras.Model):
             return feats[:, :num_support], feats[:, num_support:]
         # One backbone call for the whole meta-batch (BN frozen ⇒ no cross-task leak).
         flat = tf.concat(
-            [
-                tf.reshape(support_images, tf.concat([[-1], image_shape], 0)),
-                tf.reshape(query_images, tf.concat([[-1], image_shape], 0)),
-            ],
+            [tf.reshape(support_images, [-1, *image_shape]), tf.reshape(query_images, [-1, *image_shape])],
             axis=0,
         )
         feats = self.embed(flat, training=training)

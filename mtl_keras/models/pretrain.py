@@ -28,7 +28,7 @@ class PretrainModel(keras.Model):
 
     Example:
         >>> model = PretrainModel(resnet12((32, 32, 1)), num_classes=64)
-        >>> model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+        >>> model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
         >>> model.fit(pretrain_dataset(train, batch_size=128), epochs=10)
     """
 

@@ -121,3 +121,17 @@ def test_bad_inputs_are_named(proto_split):
         model.adapt(np.zeros((4, 16, 16, 1), "float32"), np.zeros((4,), "int32"), np.zeros((4, 16, 16, 1), "float32"))
     with pytest.raises(ValueError, match="batch_norm"):
         _model(batch_norm="train")
+
+
+def test_keras_round_trip_restores_both_optimizers(proto_split, tmp_path):
+    model = _model()
+    model.compile(phi_learning_rate=2e-3, head_learning_rate=3e-2)
+    model.fit(_episodes(proto_split, batches=2), epochs=1, verbose=0)
+    path = tmp_path / "mtl.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(2e-3)
+    assert float(loaded.head_optimizer.learning_rate) == pytest.approx(3e-2)
+    assert int(loaded.head_optimizer.iterations) == int(model.head_optimizer.iterations) == 2
+    for a, b in zip(model.head_optimizer.variables, loaded.head_optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
