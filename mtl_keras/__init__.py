@@ -11,10 +11,11 @@ Public API (flat)::
 
 __version__ = "0.1.0"
 
-from mtl_keras import backbones, data, layers, models  # noqa: F401
+from mtl_keras import backbones, callbacks, data, layers, models  # noqa: F401
 from mtl_keras.backbones import conv4, resnet12, resnet18
 from mtl_keras.data import (
     ClassSplit,
+    HardTaskPool,
     list_benchmarks,
     load_benchmark,
     make_episodes,
@@ -27,6 +28,7 @@ from mtl_keras.models import LinearBaseLearner, MetaTransferModel, PretrainModel
 __all__ = [
     "ClassSplit",
     "EvaluationResult",
+    "HardTaskPool",
     "LinearBaseLearner",
     "MetaTransferModel",
     "PretrainModel",

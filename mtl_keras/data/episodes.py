@@ -8,6 +8,7 @@ order-preserving).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -99,6 +100,7 @@ def make_episodes(
     seed: int = 0,
     repeatable: bool = False,
     batch_source: Callable[[EpisodeSampler, int], Iterator[dict]] | None = None,
+    hard_tasks=None,
     augment: Callable | None = None,
     num_parallel_calls: int | None = None,
     prefetch: int | None = 2,
@@ -126,6 +128,8 @@ def make_episodes(
         batch_source: advanced: a generator factory ``(sampler, B) → iterator of
             index dicts`` replacing plain random sampling (the hard-task schedule
             plugs in here).
+        hard_tasks: a `HardTaskPool`; shorthand for
+            ``batch_source=hard_tasks.batch_source`` (give one or the other).
         augment: optional function ``images (M, H, W, C) float32 → same`` applied to
             support and query images.
         num_parallel_calls: decode parallelism (default AUTOTUNE). Output order is
@@ -135,6 +139,10 @@ def make_episodes(
     Returns:
         A `tf.data.Dataset` as above.
     """
+    if hard_tasks is not None:
+        if batch_source is not None:
+            raise ValueError("Give `hard_tasks` or `batch_source`, not both.")
+        batch_source = hard_tasks.batch_source
     sampler = EpisodeSampler(split, ways, shots, queries, seed=seed)
     B = int(meta_batch_size)
 
@@ -142,11 +150,8 @@ def make_episodes(
         if repeatable:
             sampler.reset()
         source = batch_source(sampler, B) if batch_source else _random_batches(sampler, B)
-        count = 0
-        for batch in source:
-            if num_batches is not None and count >= num_batches:
-                return
-            count += 1
+        # Stop without drawing one batch too many (a hard-task schedule counts draws).
+        for batch in itertools.islice(source, num_batches):
             yield batch["task_classes"], batch["support_items"], batch["query_items"]
 
     signature = (

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from mtl_keras import MetaTransferModel, evaluate_episodes, load_benchmark, make_episodes, resnet12
+from mtl_keras.evaluation import confidence_interval
+
+
+def test_confidence_interval_is_196_std_over_sqrt_n():
+    acc = np.array([0.2, 0.4, 0.6, 0.8])
+    mean, ci = confidence_interval(acc)
+    assert mean == pytest.approx(0.5)
+    assert ci == pytest.approx(1.96 * acc.std() / 2)
+
+
+def _model(ways=4, steps=10):
+    return MetaTransferModel(resnet12((16, 16, 1), widths=(4, 8, 8, 8)), ways=ways, inner_steps=3,
+                             eval_inner_steps=steps, inner_lr=0.5)
+
+
+def test_evaluate_episodes_reports_mean_ci_and_per_step_curve(proto_split):
+    model = _model()
+    result = evaluate_episodes(model, proto_split, ways=4, shots=2, queries=3, episodes=13,
+                               meta_batch_size=5, verbose=False)
+    assert result.episodes == 13
+    assert result.per_step_accuracy.shape == (11,)
+    assert result.per_step_support_loss.shape == (11,)
+    assert result.per_step_accuracy[-1] == pytest.approx(result.mean, abs=1e-6)
+    assert result.per_step_support_loss[-1] < result.per_step_support_loss[0]
+    assert 0 <= result.mean <= 1 and result.ci95 > 0
+    assert "4-way 2-shot" in str(result)
+
+
+def test_meta_batch_size_does_not_change_results(proto_split):
+    model = _model()
+    a = evaluate_episodes(model, proto_split, 4, 1, 2, episodes=12, meta_batch_size=4, verbose=False)
+    b = evaluate_episodes(model, proto_split, 4, 1, 2, episodes=12, meta_batch_size=3, verbose=False)
+    # Same seed: same episodes, whatever the batching.
+    np.testing.assert_allclose(a.episode_accuracies, b.episode_accuracies, atol=1e-6)
+
+
+def test_evaluate_rejects_ways_mismatch(proto_split):
+    with pytest.raises(ValueError, match="4-way head"):
+        evaluate_episodes(_model(), proto_split, ways=5, shots=1, episodes=2, verbose=False)
+
+
+def test_a_few_fit_steps_on_glyphs_beat_chance(glyph_cache):
+    train, val, _ = load_benchmark("glyphs", image_size=16, cache_dir=glyph_cache, verbose=False)
+    model = MetaTransferModel(resnet12((16, 16, 1), widths=(8, 16, 16, 32)), ways=5, inner_steps=10,
+                              eval_inner_steps=30, inner_lr=0.5)
+    model.compile(phi_learning_rate=1e-2, head_learning_rate=1e-2)
+    history = model.fit(make_episodes(train, 5, 1, 5, meta_batch_size=4, seed=0), steps_per_epoch=8, epochs=1,
+                        verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    result = evaluate_episodes(model, val, 5, 1, 5, episodes=100, verbose=False)
+    assert result.mean - result.ci95 > 0.2 + 0.05, result
