@@ -14,7 +14,7 @@ setup(
     install_requires=[
         "tensorflow>=2.16,<2.23",
         "keras>=3.3,<4",
-        "keras-tuner>=1.4,<2",
+        "keras-tuner[bayesian]>=1.4,<2",
         "tensorboard>=2.16",
         "numpy>=1.26",
         "matplotlib>=3.7",

@@ -1,4 +1,17 @@
-"""`mtl-keras` command line. Subcommands call the package; no logic lives here."""
+"""`mtl-keras` command line. Subcommands call the package; no logic lives here.
+
+Examples::
+
+    mtl-keras demo                                   # glyphs, cpu-glyphs preset
+    mtl-keras run --config cpu-glyphs --set meta_epochs=2 --run-dir runs/a
+    mtl-keras pretrain --config paper-mini_imagenet --root data/mini --run-dir runs/mini
+    mtl-keras meta-train --run-dir runs/mini         # reads runs/mini/config.json
+    mtl-keras evaluate --run-dir runs/mini --episodes 600
+    mtl-keras export --run-dir runs/mini
+    mtl-keras tune --config cpu-glyphs --tuner bayesian --max-trials 20 --run-dir runs/tune
+    mtl-keras plot runs/mini
+    mtl-keras benchmarks
+"""
 
 from __future__ import annotations
 
@@ -21,9 +34,166 @@ def _demo(args) -> int:
     return 0
 
 
+def _config_and_dir(args):
+    """The resolved config and the run folder of a stage subcommand."""
+    from mtl_keras.config import resolve_config
+
+    run_dir = args.run_dir or os.path.join("runs", time.strftime(f"{args.command}-%Y%m%d-%H%M%S"))
+    config = resolve_config(
+        args.config,
+        run_dir=run_dir,
+        assignments=args.set or (),
+        benchmark=args.benchmark,
+        root=args.root,
+        seed=args.seed,
+        shots=tuple(args.shots) if args.shots else None,
+    )
+    return config, run_dir
+
+
+def _run(args) -> int:
+    from mtl_keras.experiment import run_workflow
+
+    config, run_dir = _config_and_dir(args)
+    run_workflow(config, run_dir, verbose=not args.quiet, tensorboard=not args.no_tensorboard)
+    return 0
+
+
+def _pretrain(args) -> int:
+    from mtl_keras.experiment import pretrain_stage
+
+    config, run_dir = _config_and_dir(args)
+    pretrain_stage(config, run_dir, verbose=not args.quiet, tensorboard=not args.no_tensorboard)
+    return 0
+
+
+def _meta_train(args) -> int:
+    from mtl_keras.experiment import meta_train_stage
+
+    config, run_dir = _config_and_dir(args)
+    meta_train_stage(
+        config,
+        run_dir,
+        weights_path=args.weights,
+        verbose=not args.quiet,
+        tensorboard=not args.no_tensorboard,
+    )
+    return 0
+
+
+def _evaluate(args) -> int:
+    from mtl_keras.experiment import evaluate_stage
+
+    config, run_dir = _config_and_dir(args)
+    evaluate_stage(
+        config,
+        run_dir,
+        weights_path=args.weights,
+        episodes=args.episodes,
+        verbose=not args.quiet,
+        tensorboard=not args.no_tensorboard,
+    )
+    return 0
+
+
+def _export(args) -> int:
+    from mtl_keras.experiment import export_stage
+
+    config, run_dir = _config_and_dir(args)
+    export_stage(config, run_dir, output_dir=args.output, verbose=not args.quiet)
+    return 0
+
+
+def _tune(args) -> int:
+    from mtl_keras.tuning import run_tuning
+
+    config, run_dir = _config_and_dir(args)
+    run_tuning(
+        config,
+        run_dir,
+        tuner=args.tuner,
+        max_trials=args.max_trials,
+        weights_path=args.weights,
+        executions_per_trial=args.executions,
+        overwrite=args.overwrite,
+        verbose=not args.quiet,
+        tensorboard=not args.no_tensorboard,
+    )
+    return 0
+
+
+def _plot(args) -> int:
+    from mtl_keras.plots import plot_run
+
+    for path in plot_run(args.run_dir, args.out):
+        print(path)
+    return 0
+
+
+def _benchmarks(args) -> int:
+    from mtl_keras.data.registry import list_benchmarks
+
+    benchmarks = list_benchmarks()
+    width = max(map(len, benchmarks))
+    for name, description in benchmarks.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_config_options(parser: argparse.ArgumentParser, run_dir_required: bool = False) -> None:
+    group = parser.add_argument_group("configuration (later options win: --config, then flags, then --set)")
+    group.add_argument(
+        "--config",
+        default=None,
+        metavar="NAME|FILE.json",
+        help="preset name (cpu-glyphs, paper-mini_imagenet, paper-fc100-1shot, ...; a wrong name lists them "
+        'all) or JSON file of config fields, optionally with "preset": NAME to start from '
+        "(default: RUN_DIR/config.json if present, else cpu-glyphs)",
+    )
+    group.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set widths=4,4,4,4 --set meta_epochs=2 (repeatable)",
+    )
+    group.add_argument("--benchmark", default=None, help="benchmark name (see `mtl-keras benchmarks`)")
+    group.add_argument("--root", default=None, help="the benchmark's data folder")
+    group.add_argument("--seed", type=int, default=None, help="seed of every sampler and initialiser")
+    group.add_argument(
+        "--shots",
+        type=_positive_int,
+        nargs="+",
+        default=None,
+        metavar="K",
+        help="shot settings, one model each (default: the config's)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        required=run_dir_required,
+        default=None,
+        help="the run folder" + ("" if run_dir_required else " (default: runs/<command>-<time>)"),
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mtl-keras", description="Meta-transfer learning for Keras 3.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="mtl-keras",
+        description="Meta-transfer learning for Keras 3.",
+        epilog="`mtl-keras COMMAND --help` describes each command. A run folder holds config.json, "
+        "checkpoints (*.weights.h5), metrics.json, logs/ (TensorBoard), plots/, episodes/ and export/.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
         "demo",
         help="pretrain, meta-train and evaluate on the embedded glyph dataset",
@@ -33,6 +203,129 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--run-dir", default=None, help="output folder (default: runs/demo-<time>)")
     demo.add_argument("--test-episodes", type=int, default=None, help="override the number of test episodes")
     demo.set_defaults(func=_demo)
+
+    epilog = (
+        "Example: mtl-keras {cmd} --config cpu-glyphs --set widths=8,8,8,8 --run-dir runs/x. "
+        "Bad keys or values are reported by name."
+    )
+    run = sub.add_parser(
+        "run",
+        help="pretrain → meta-train → evaluate → export → plots, in one run folder",
+        description="The whole experiment (as `demo`, for any config) with TensorBoard logs, per-class "
+        "accuracy, failure-class counts, a sample episode and every plot.",
+        epilog=epilog.format(cmd="run"),
+    )
+    _add_config_options(run)
+    run.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    run.set_defaults(func=_run)
+
+    pre = sub.add_parser(
+        "pretrain",
+        help="pretrain the backbone on the base classes",
+        description="Writes RUN_DIR/pretrained_backbone.weights.h5, config.json, metrics.json, "
+        "logs/pretrain and plots.",
+        epilog=epilog.format(cmd="pretrain"),
+    )
+    _add_config_options(pre)
+    pre.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    pre.set_defaults(func=_pretrain)
+
+    meta = sub.add_parser(
+        "meta-train",
+        help="meta-train MTL models from pretrained weights",
+        description="One model per shot setting; writes RUN_DIR/mtl_{K}shot.weights.h5 (best validation "
+        "epoch), histories in metrics.json, logs/mtl_{K}shot and plots.",
+        epilog=epilog.format(cmd="meta-train"),
+    )
+    _add_config_options(meta, run_dir_required=True)
+    meta.add_argument(
+        "--weights",
+        default=None,
+        help="pretrained backbone weights (default: RUN_DIR/pretrained_backbone.weights.h5)",
+    )
+    meta.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    meta.set_defaults(func=_meta_train)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="test-episode accuracy with 95%% CI, per class",
+        description="Evaluates RUN_DIR/mtl_{K}shot.weights.h5 on test episodes; writes results, per-class "
+        "accuracy, failure-class counts and a sample episode into metrics.json / episodes/, "
+        "the episode into TensorBoard, and the plots.",
+        epilog=epilog.format(cmd="evaluate"),
+    )
+    _add_config_options(ev, run_dir_required=True)
+    ev.add_argument("--weights", default=None, help="MTL weights (default: RUN_DIR/mtl_{K}shot.weights.h5)")
+    ev.add_argument(
+        "--episodes",
+        type=_positive_int,
+        default=None,
+        help="test episodes (default: the config's test_episodes)",
+    )
+    ev.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    ev.set_defaults(func=_evaluate)
+
+    ex = sub.add_parser(
+        "export",
+        help="write adapt_and_classify SavedModels",
+        description="Exports each RUN_DIR/mtl_{K}shot.weights.h5 as a TF SavedModel with an "
+        "adapt_and_classify signature, loadable without mtl_keras.",
+        epilog=epilog.format(cmd="export"),
+    )
+    _add_config_options(ex, run_dir_required=True)
+    ex.add_argument("--output", default=None, help="folder for the SavedModels (default: RUN_DIR/export)")
+    ex.set_defaults(func=_export)
+
+    tune = sub.add_parser(
+        "tune",
+        help="Keras Tuner search over the learning rates and inner steps",
+        description="Searches inner-loop lr, Φ lr, head lr (log scale) and inner steps, scored by mean "
+        "validation-episode accuracy, for the first shot setting of the config. Writes "
+        "RUN_DIR/tuner (Keras Tuner project), logs/tuning (TensorBoard, HParams) and "
+        "tuning.json. Distributed: start one process with KERASTUNER_TUNER_ID=chief and "
+        "workers with KERASTUNER_TUNER_ID=tuner0, tuner1, ..., all with "
+        "KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT set and the same --run-dir.",
+        epilog=epilog.format(cmd="tune"),
+    )
+    _add_config_options(tune)
+    tune.add_argument(
+        "--tuner",
+        choices=("random", "bayesian", "hyperband"),
+        default="random",
+        help="search algorithm (default: random)",
+    )
+    tune.add_argument(
+        "--max-trials",
+        type=_positive_int,
+        default=10,
+        help="trials for random and bayesian (hyperband sizes its brackets from meta_epochs)",
+    )
+    tune.add_argument(
+        "--weights",
+        default=None,
+        help="pretrained backbone weights (default: a fresh backbone of the config)",
+    )
+    tune.add_argument("--executions", type=_positive_int, default=1, help="executions per trial")
+    tune.add_argument(
+        "--overwrite", action="store_true", help="start afresh instead of resuming RUN_DIR/tuner"
+    )
+    tune.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    tune.set_defaults(func=_tune)
+
+    plot = sub.add_parser(
+        "plot",
+        help="write a run folder's figures as PNGs",
+        description="Learning curves, accuracy vs inner steps, per-class accuracy, failure-class "
+        "frequency and episode grids, from RUN_DIR/metrics.json and RUN_DIR/episodes.",
+    )
+    plot.add_argument("run_dir", metavar="RUN_DIR", help="a run folder")
+    plot.add_argument("--out", default=None, help="output folder (default: RUN_DIR/plots)")
+    plot.set_defaults(func=_plot)
+
+    bench = sub.add_parser(
+        "benchmarks", help="list the datasets", description="The benchmarks `load_benchmark` knows."
+    )
+    bench.set_defaults(func=_benchmarks)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 
 import keras
 import numpy as np
@@ -116,7 +117,12 @@ def evaluate_episodes(
         return correct, history["support_loss"]  # (T+1, B), (T+1, B)
 
     correct_all, loss_all = [], []
-    bar = keras.utils.Progbar(episodes, unit_name="episode") if verbose else None
+    # On a terminal a live bar; in a log file one line at the end.
+    bar = (
+        keras.utils.Progbar(episodes, unit_name="episode", verbose=1 if sys.stdout.isatty() else 2)
+        if verbose
+        else None
+    )
     seen = 0
     for inputs, labels in ds:
         correct, loss = run(inputs, labels)

@@ -36,3 +36,37 @@ def make_prototype_split(num_classes=8, per_class=12, size=16, channels=1, noise
 @pytest.fixture
 def proto_split():
     return make_prototype_split()
+
+
+#: A config small enough for end-to-end tests on 2 CPU cores (tens of seconds):
+#: 16x16 glyphs, a 4-channel ResNet-12, one pretraining epoch without augmentation,
+#: one meta-epoch of 2 steps, 10 validation and test episodes, 1-shot only.
+TINY_CONFIG = {
+    "preset": "cpu-glyphs",
+    "image_size": 16,
+    "widths": [4, 4, 4, 4],
+    "pretrain_epochs": 1,
+    "pretrain_batch_size": 512,
+    "pretrain_augment": False,
+    "shots": [1],
+    "meta_epochs": 1,
+    "steps_per_epoch": 2,
+    "meta_batch_size": 2,
+    "queries": 3,
+    "test_queries": 3,
+    "inner_steps": 2,
+    "eval_inner_steps": 3,
+    "val_episodes": 10,
+    "test_episodes": 10,
+}
+
+
+@pytest.fixture
+def tiny_config_file(tmp_path, glyph_cache, monkeypatch):
+    """Path of a JSON file holding `TINY_CONFIG`; glyphs are cached in ``glyph_cache``."""
+    import json
+
+    monkeypatch.setenv("MTL_KERAS_CACHE", glyph_cache)
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_CONFIG))
+    return str(path)

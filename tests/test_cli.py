@@ -1,0 +1,252 @@
+"""`mtl-keras`: every subcommand, end to end at tiny scale, and its errors."""
+
+import json
+import os
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from mtl_keras import cli
+from mtl_keras.config import PRESETS, ExperimentConfig, get_config, resolve_config
+from tests.conftest import TINY_CONFIG
+
+SUBCOMMANDS = ("demo", "run", "pretrain", "meta-train", "evaluate", "export", "tune", "plot", "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory, glyph_cache):
+    """One `mtl-keras run` with the tiny config, shared by the tests that inspect its folder."""
+    tmp = tmp_path_factory.mktemp("cli_run")
+    config = tmp / "tiny.json"
+    config.write_text(json.dumps(TINY_CONFIG))
+    run_dir = tmp / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MTL_KERAS_CACHE", glyph_cache)
+        assert cli.main(["run", "--config", str(config), "--run-dir", str(run_dir), "--quiet"]) == 0
+    return run_dir
+
+
+def _events(folder):
+    return [f for _, _, files in os.walk(folder) for f in files if f.startswith("events.out.tfevents")]
+
+
+def _check_png(path):
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200, image.shape
+    assert image[..., :3].std() > 0.02, f"{path} looks blank"
+
+
+def test_run_writes_a_complete_run_folder(run_folder):
+    config = ExperimentConfig.from_dict(json.loads((run_folder / "config.json").read_text()))
+    assert config.widths == (4, 4, 4, 4) and config.image_size == 16 and config.shots == (1,)
+    for name in (
+        "pretrained_backbone.weights.h5",
+        "mtl_1shot.weights.h5",
+        "results.md",
+        "episodes/sample_1shot.npz",
+        "export/5way1shot/saved_model.pb",
+    ):
+        assert (run_folder / name).exists(), name
+    metrics = json.loads((run_folder / "metrics.json").read_text())
+    result = metrics["results"]["MTL (SS, meta-trained)"]["1-shot"]
+    assert result["episodes"] == 10 and 0 <= result["mean"] <= 1
+    assert len(result["per_step_accuracy"]) == 4  # 0..3 inner steps
+    per_class = metrics["per_class"]["1-shot"]
+    assert sum(per_class["episodes"]) == 10 * 5  # 10 episodes x 5 classes
+    assert len(per_class["class_names"]) == len(per_class["accuracy"])
+    assert sum(metrics["hard_classes"]["1-shot"].values()) <= 10
+    assert metrics["channels"] == 1
+    # TensorBoard: pretraining and meta-training scalars, the test episode image.
+    for stage in (
+        "pretrain/train",
+        "pretrain/validation",
+        "mtl_1shot/train",
+        "mtl_1shot/validation",
+        "test_1shot",
+    ):
+        assert _events(run_folder / "logs" / stage), stage
+    for png in ("learning_curves", "accuracy_vs_inner_steps", "per_class_accuracy_1shot", "episode_1shot"):
+        _check_png(run_folder / "plots" / f"{png}.png")
+
+
+def test_tensorboard_logs_hold_losses_learning_rates_and_an_episode(run_folder):
+    import tensorflow as tf
+
+    def tags(folder):
+        found = set()
+        for name in _events(folder):
+            for event in tf.compat.v1.train.summary_iterator(str(folder / name)):
+                found.update(v.tag for v in event.summary.value)
+        return found
+
+    train = tags(run_folder / "logs" / "mtl_1shot" / "train")
+    assert {"epoch_loss", "epoch_accuracy", "learning_rate/phi", "learning_rate/head"} <= train
+    assert {"epoch_loss", "epoch_accuracy"} <= tags(run_folder / "logs" / "mtl_1shot" / "validation")
+    assert "test_episode" in tags(run_folder / "logs" / "test_1shot")
+
+
+def test_plot_command_rewrites_the_figures(run_folder, tmp_path, capsys):
+    assert cli.main(["plot", str(run_folder), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 5 and all(os.path.exists(p) for p in printed)
+
+
+def test_stages_one_by_one_share_a_run_folder(tiny_config_file, tmp_path, capsys):
+    run_dir = str(tmp_path / "staged")
+    # Pretraining's code path without its cost (0 epochs); later stages read RUN_DIR/config.json.
+    assert (
+        cli.main(
+            [
+                "pretrain",
+                "--config",
+                tiny_config_file,
+                "--set",
+                "pretrain_epochs=0",
+                "--run-dir",
+                run_dir,
+                "--quiet",
+                "--no-tensorboard",
+            ]
+        )
+        == 0
+    )
+    assert os.path.exists(os.path.join(run_dir, "pretrained_backbone.weights.h5"))
+    assert cli.main(["meta-train", "--run-dir", run_dir, "--quiet"]) == 0
+    assert cli.main(["evaluate", "--run-dir", run_dir, "--episodes", "5", "--quiet"]) == 0
+    assert cli.main(["export", "--run-dir", run_dir, "--output", str(tmp_path / "served"), "--quiet"]) == 0
+    assert os.path.exists(tmp_path / "served" / "5way1shot" / "saved_model.pb")
+    metrics = json.loads(open(os.path.join(run_dir, "metrics.json")).read())
+    assert metrics["results"]["MTL (SS, meta-trained)"]["1-shot"]["episodes"] == 5
+    assert {"pretrain", "MTL 1-shot"} <= set(metrics["histories"])
+    assert _events(os.path.join(run_dir, "logs", "mtl_1shot"))
+    assert os.path.exists(os.path.join(run_dir, "plots", "episode_1shot.png"))
+    assert get_config(os.path.join(run_dir, "config.json")).pretrain_epochs == 0
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: mtl-keras {command}" in capsys.readouterr().out
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert all(command in out for command in SUBCOMMANDS)
+
+
+def test_bad_flag_is_named(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--widths", "4"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --widths" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["run", "--set", "wayz=5"], "'wayz'"),
+        (["run", "--set", "ways=five"], "'ways'"),
+        (["run", "--set", "widths=4,4"], "'widths'"),
+        (["run", "--set", "inner_lr=-1"], "'inner_lr'"),
+        (["run", "--set", "ways"], "'ways'"),
+        (["run", "--config", "no-such-preset"], "no-such-preset"),
+        (["run", "--benchmark", "imagenet21k"], "'benchmark'"),
+    ],
+)
+def test_bad_config_value_is_a_one_line_error_naming_it(argv, named, tmp_path, capsys):
+    assert cli.main([*argv, "--run-dir", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mtl-keras {argv[0]}: error:") and named in err and "\n" not in err
+    assert not (tmp_path / "never").exists()
+
+
+def test_bad_numbers_are_rejected_by_argparse(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--run-dir", "x", "--episodes", "0"])
+    assert "--episodes" in capsys.readouterr().err
+
+
+def test_later_stages_need_a_run_dir(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["meta-train"])
+    assert "--run-dir" in capsys.readouterr().err
+
+
+def test_missing_weights_are_reported(tmp_path, capsys):
+    assert cli.main(["meta-train", "--run-dir", str(tmp_path)]) == 2
+    assert "No pretrained weights" in capsys.readouterr().err
+
+
+def test_benchmarks_lists_the_registry(capsys):
+    assert cli.main(["benchmarks"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("glyphs", "mini_imagenet", "tiered_imagenet", "fc100"))
+
+
+def test_demo_keeps_its_defaults():
+    args = cli.build_parser().parse_args(["demo"])
+    assert (args.config, args.run_dir, args.test_episodes) == ("cpu-glyphs", None, None)
+    assert args.func is cli._demo
+
+
+# ----------------------------------------------------------------------------- presets and config
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_loads_and_validates(name):
+    config = get_config(name).validate()
+    assert config is PRESETS[name]
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("benchmark, size", [("mini_imagenet", 84), ("tiered_imagenet", 84), ("fc100", 32)])
+def test_paper_presets_hold_the_official_settings(benchmark, size):
+    both = get_config(f"paper-{benchmark}")
+    assert both.shots == (1, 5)
+    assert get_config(f"paper-{benchmark}-1shot").shots == (1,)
+    assert get_config(f"paper-{benchmark}-5shot").shots == (5,)
+    assert (both.benchmark, both.image_size, both.backbone, both.widths) == (
+        benchmark,
+        size,
+        "resnet12",
+        (64, 128, 256, 512),
+    )
+    assert (both.phi_lr, both.head_lr, both.inner_lr) == (1e-4, 1e-3, 0.01)
+    assert (both.inner_steps, both.eval_inner_steps) == (20, 100)
+    assert (both.ways, both.queries, both.test_episodes) == (5, 15, 600)
+
+
+def test_overrides_parse_each_field_type():
+    config = get_config("cpu-glyphs").with_overrides(
+        ["widths=8,8,8,8", "shots=[1, 5]", "inner_lr=0.5", "first_order=true", "root=none", "benchmark=fc100"]
+    )
+    assert config.widths == (8, 8, 8, 8) and config.shots == (1, 5) and config.inner_lr == 0.5
+    assert config.first_order is True and config.root is None and config.benchmark == "fc100"
+
+
+def test_json_config_can_start_from_a_preset(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"preset": "paper-fc100", "meta_epochs": 3, "widths": [8, 8, 8, 8]}))
+    config = get_config(str(path))
+    assert config.meta_epochs == 3 and config.widths == (8, 8, 8, 8) and config.image_size == 32
+    assert config.phi_lr == PRESETS["paper-fc100"].phi_lr
+
+
+def test_resolve_config_order_and_run_dir_default(tmp_path):
+    get_config("cpu-glyphs").replace(meta_epochs=7).to_json(str(tmp_path / "config.json"))
+    config = resolve_config(None, run_dir=str(tmp_path), assignments=["seed=3"], seed=1, root=None)
+    assert config.meta_epochs == 7 and config.seed == 3
+    assert resolve_config(None, run_dir=str(tmp_path / "new")) == PRESETS["cpu-glyphs"]
+
+
+def test_validate_rejects_wrong_types():
+    with pytest.raises(ValueError, match="'ways'"):
+        get_config("cpu-glyphs").replace(ways=2.5).validate()
+    with pytest.raises(ValueError, match="'first_order'"):
+        get_config("cpu-glyphs").replace(first_order="yes").validate()
+    assert np.isfinite(get_config("cpu-glyphs").validate().phi_lr)

@@ -1,0 +1,199 @@
+"""Keras Tuner: `MTLHyperModel`, the three tuners, `mtl-keras tune`, and distributed tuning."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import keras
+import keras_tuner
+import pytest
+
+from mtl_keras.config import get_config
+from mtl_keras.models.meta_transfer import MetaTransferModel
+from mtl_keras.tuning import MTLHyperModel, distributed_role, make_tuner, run_tuning
+from tests.conftest import make_prototype_split
+
+# A conv4 of 4 filters on 16x16 synthetic classes: each trial is a few seconds.
+CONFIG = get_config("cpu-glyphs").replace(
+    backbone="conv4",
+    widths=(4, 4, 4, 4),
+    image_size=16,
+    shots=(1,),
+    queries=3,
+    meta_batch_size=2,
+    meta_epochs=1,
+    steps_per_epoch=2,
+    inner_steps=2,
+    eval_inner_steps=2,
+    val_episodes=10,
+)
+SPACE = dict(inner_steps_choices=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return (
+        make_prototype_split(num_classes=10, per_class=8, seed=0, name="train"),
+        make_prototype_split(num_classes=6, per_class=8, seed=1, name="val"),
+    )
+
+
+def test_build_returns_a_compiled_model_with_the_trial_values(splits):
+    hypermodel = MTLHyperModel(CONFIG, *splits, **SPACE)
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+    assert isinstance(model, MetaTransferModel) and model.head_optimizer is not None
+    assert set(hp.values) == {"inner_lr", "phi_lr", "head_lr", "inner_steps"}
+    hp.values.update(inner_lr=0.3, phi_lr=2e-4, head_lr=5e-3, inner_steps=1)
+    model = hypermodel.build(hp)
+    assert (model.inner_lr, model.inner_steps) == (0.3, 1)
+    assert float(model.optimizer.learning_rate) == pytest.approx(2e-4)
+    assert float(model.head_optimizer.learning_rate) == pytest.approx(5e-3)
+    # Learning rates are searched on a log scale, inner steps among the choices.
+    space = {p.name: p for p in hp.space}
+    assert all(space[k].sampling == "log" for k in ("inner_lr", "phi_lr", "head_lr"))
+    assert list(space["inner_steps"].values) == [1, 2]
+
+
+def test_build_loads_pretrained_weights(splits, tmp_path):
+    hypermodel = MTLHyperModel(CONFIG, *splits, **SPACE)
+    donor = hypermodel.build(keras_tuner.HyperParameters())
+    kernel = next(w for w in donor.backbone.weights if "kernel" in w.path)
+    kernel.assign(kernel * 0 + 0.5)
+    path = str(tmp_path / "backbone.weights.h5")
+    donor.backbone.save_weights(path)
+    model = MTLHyperModel(CONFIG, *splits, weights_path=path, **SPACE).build(keras_tuner.HyperParameters())
+    loaded = next(w for w in model.backbone.weights if w.path == kernel.path)
+    assert float(keras.ops.min(loaded)) == float(keras.ops.max(loaded)) == 0.5
+
+
+def test_fit_passes_callbacks_and_returns_the_objective(splits):
+    hypermodel = MTLHyperModel(CONFIG, *splits, **SPACE)
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+    seen = []
+    callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(dict(logs)))
+    score = hypermodel.fit(hp, model, callbacks=[callback], epochs=2, steps_per_epoch=1)
+    assert len(seen) == 2 and "val_accuracy" in seen[0]
+    assert score == pytest.approx(max(logs["val_accuracy"] for logs in seen))
+
+
+@pytest.mark.parametrize("kind", ["random", "bayesian", "hyperband"])
+def test_each_tuner_runs_two_trials(kind, splits, tmp_path):
+    if kind == "bayesian":
+        pytest.importorskip(
+            "sklearn", reason="BayesianOptimization needs scikit-learn (keras-tuner[bayesian])"
+        )
+        pytest.importorskip("scipy", reason="BayesianOptimization needs scipy (keras-tuner[bayesian])")
+    # Hyperband with max_epochs=2 and factor 3 is one bracket of 2 trials of 2 epochs.
+    config = CONFIG.replace(meta_epochs=2, steps_per_epoch=1) if kind == "hyperband" else CONFIG
+    hypermodel = MTLHyperModel(config, *splits, **SPACE)
+    tuner = make_tuner(hypermodel, kind, directory=str(tmp_path), max_trials=2, overwrite=True)
+    tuner.search(
+        callbacks=[keras.callbacks.TensorBoard(str(tmp_path / "logs"), write_graph=False)], verbose=0
+    )
+    trials = list(tuner.oracle.trials.values())
+    assert len(trials) == 2 and all(t.status == "COMPLETED" for t in trials)
+    assert all(0.0 <= t.score <= 1.0 for t in trials)
+    best = tuner.get_best_hyperparameters(1)[0].values
+    assert {"inner_lr", "phi_lr", "head_lr", "inner_steps"} <= set(best)
+    assert os.listdir(tmp_path / "logs"), "the tuner's TensorBoard callback wrote nothing"
+
+
+def test_unknown_tuner_is_named(splits):
+    with pytest.raises(ValueError, match="'grid'"):
+        make_tuner(MTLHyperModel(CONFIG, *splits), "grid")
+
+
+def test_distributed_role_follows_the_environment(monkeypatch):
+    monkeypatch.delenv("KERASTUNER_ORACLE_IP", raising=False)
+    assert distributed_role() == "single"
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
+    assert distributed_role() == "chief"
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
+    assert distributed_role() == "worker"
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_chief_and_worker_on_loopback(tiny_config_file, glyph_cache, tmp_path):
+    """`mtl-keras tune` as a chief oracle and one worker, over gRPC on 127.0.0.1 only."""
+    # Build the glyph cache here, not in two processes at once.
+    run_tuning_args = [
+        "--config",
+        tiny_config_file,
+        "--set",
+        "backbone=conv4",
+        "--tuner",
+        "random",
+        "--max-trials",
+        "2",
+        "--run-dir",
+        str(tmp_path / "tune"),
+        "--quiet",
+    ]
+    from mtl_keras.data.registry import load_benchmark
+
+    load_benchmark("glyphs", image_size=16, verbose=False, cache_dir=glyph_cache)
+    port = _free_loopback_port()
+    env = {
+        **os.environ,
+        "MTL_KERAS_CACHE": glyph_cache,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "CUDA_VISIBLE_DEVICES": "",
+        "KERASTUNER_ORACLE_IP": "127.0.0.1",
+        "KERASTUNER_ORACLE_PORT": str(port),
+    }
+    command = [sys.executable, "-m", "mtl_keras.cli", "tune", *run_tuning_args]
+    chief = subprocess.Popen(
+        command,
+        env={**env, "KERASTUNER_TUNER_ID": "chief"},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    worker = subprocess.Popen(
+        command,
+        env={**env, "KERASTUNER_TUNER_ID": "tuner0"},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, worker_err = worker.communicate(timeout=180)
+        _, chief_err = chief.communicate(timeout=60)
+    finally:
+        for process in (worker, chief):
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert worker.returncode == 0, worker_err[-3000:]
+    assert chief.returncode == 0, chief_err[-3000:]
+    summary = json.loads((tmp_path / "tune" / "tuning.json").read_text())
+    assert [t["status"] for t in summary["trials"]] == ["COMPLETED", "COMPLETED"]
+    assert summary["best_hyperparameters"] and 0 <= summary["best_score"] <= 1
+    # Both processes registered in the shared project; the worker ran the trials (checkpoints).
+    project = tmp_path / "tune" / "tuner"
+    assert (project / "chief.json").exists() and (project / "tuner0.json").exists()
+    for trial in ("trial_0", "trial_1"):
+        assert (project / trial / "checkpoint.weights.h5").exists()
+
+
+def test_run_tuning_writes_a_summary(tiny_config_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("KERASTUNER_ORACLE_IP", raising=False)
+    config = get_config(tiny_config_file).replace(backbone="conv4")
+    summary = run_tuning(config, str(tmp_path), max_trials=1, verbose=False, hypermodel_kwargs=SPACE)
+    assert json.loads((tmp_path / "tuning.json").read_text()) == json.loads(
+        json.dumps(summary, default=float)
+    )
+    assert len(summary["trials"]) == 1 and (tmp_path / "config.json").exists()
+    assert os.listdir(tmp_path / "logs" / "tuning")
