@@ -42,6 +42,10 @@ class PretrainModel(keras.Model):
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
         self.classifier.build((None, backbone.output_shape[-1]))
 
+    def fit(self, x=None, y=None, *args, shuffle: bool = False, **kwargs):
+        """`keras.Model.fit`; ``shuffle`` defaults to False (`pretrain_dataset` shuffles)."""
+        return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
+
     def call(self, images, training=False):
         if self.augmentation is not None and training:
             images = self.augmentation(images, training=True)
