@@ -1,14 +1,23 @@
 """Keras callbacks for meta-transfer learning.
 
 * `HardTaskLogger`: per-epoch hard-task counts and the classes the model fails on.
+* `ResumableCheckpoint`: atomic per-epoch backups of weights, both optimizers,
+  the episode stream and the hard-task pool; exact resume after a crash.
+* `StopOnNonFiniteLoss`: stop at the first NaN/inf loss, naming epoch, batch and fix.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
+import tempfile
 import warnings
 from typing import TYPE_CHECKING
 
 import keras
+import numpy as np
 
 if TYPE_CHECKING:
     from mtl_keras.data.hard_tasks import HardTaskPool
@@ -63,3 +72,273 @@ class HardTaskLogger(keras.callbacks.Callback):
                 f"Epoch {epoch + 1}: {info['hard_tasks']} hard tasks; "
                 f"top-{self.top_k} failure classes: {classes}"
             )
+
+
+# --------------------------------------------------------------------------- reliability
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop training as soon as the loss is NaN or infinite, and say what to do.
+
+    Unlike `keras.callbacks.TerminateOnNaN` it names the epoch and batch, warns
+    with the fix, and records where it stopped (``stopped_at = (epoch, batch)``,
+    0-based). The epoch it stops in is not completed, so `ResumableCheckpoint`
+    does not save it: the last good backup stays the one to resume from.
+
+    Args:
+        monitor: the log entry to watch (default ``"loss"``).
+    """
+
+    def __init__(self, monitor: str = "loss"):
+        super().__init__()
+        self.monitor = monitor
+        self.stopped_at = None
+        self.message = None
+        self._epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self.stopped_at = self.message = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or math.isfinite(float(value)):
+            return
+        self.model.stop_training = True
+        self.stopped_at = (self._epoch, int(batch))
+        self.message = (
+            f"{self.monitor} became {float(value)} at epoch {self._epoch + 1}, batch {int(batch) + 1}: "
+            "training stopped and this epoch is not checkpointed. Lower the learning rates "
+            "(phi_learning_rate, head_learning_rate, inner_lr) or check the images for NaN/inf, "
+            "then resume from the last good checkpoint."
+        )
+        warnings.warn(self.message, RuntimeWarning, stacklevel=2)
+
+
+class ResumableCheckpoint(keras.callbacks.Callback):
+    """Back up the whole training state at every epoch end; resume from it exactly.
+
+    What is saved, per completed epoch: the model's weights *with both
+    optimizers' state* (a Keras ``.weights.h5`` holds ``optimizer`` and
+    ``head_optimizer`` variables, hence their iteration counts and so any
+    learning-rate schedule), the epoch, the number of meta-batches trained, the
+    episode stream's position and the `HardTaskPool` state as it was at the last
+    trained meta-batch (the generator runs ahead of training; see
+    `EpisodeStream`), and the per-epoch logs. Writes are atomic: the weights go
+    to a temporary file that is renamed into place, then ``state.json`` — the
+    commit point, naming the weights file — is written the same way and the
+    older weights are deleted. A crash at any moment leaves the previous backup
+    or the new one, never a mix.
+
+    On ``fit`` start, an existing backup is restored and ``fit`` continues at the
+    next epoch: the epoch that was interrupted is redone from its start (a crash
+    costs at most one epoch — choose ``steps_per_epoch`` accordingly), and the
+    final weights equal those of an uninterrupted run (same seeds; CPU float
+    tolerance).
+
+    Compared with `keras.callbacks.BackupAndRestore` (Keras 3.15), which writes
+    the weights file and then its metadata in place (a crash in between leaves a
+    new weights file with the old epoch) and knows nothing of the episode stream
+    or hard-task pool.
+
+    Not restored: the state of other callbacks (e.g. `ReduceLROnPlateau`'s
+    counters) and random augmentation ops in the pipeline (stateful TF random
+    ops); use stateless augmentation for exact resumes. Under a multi-worker
+    strategy only the chief writes; every worker reads ``directory`` (shared storage).
+
+    Args:
+        directory: folder of this run's backups (created; one run per folder).
+        episodes: the training dataset returned by `make_episodes` (or its
+            ``episode_stream``); its position and hard-task pool are saved.
+        hard_tasks: a `HardTaskPool` to save when ``episodes`` is not given.
+        keep: number of epoch backups kept (older weights files are deleted).
+        verbose: 1 prints a line when resuming.
+
+    Example:
+        >>> episodes = make_episodes(train, 5, 1, 15, meta_batch_size=4, seed=0, hard_tasks=pool)
+        >>> model.fit(episodes, steps_per_epoch=100, epochs=50,
+        ...           callbacks=[ResumableCheckpoint("runs/a/backup", episodes),
+        ...                      StopOnNonFiniteLoss()])
+        >>> # killed? run the same script again: it continues after the last completed epoch.
+    """
+
+    STATE_FILE = "state.json"
+    _VERSION = 1
+
+    def __init__(self, directory: str, episodes=None, hard_tasks=None, keep: int = 1, verbose: int = 1):
+        super().__init__()
+        self.directory = os.fspath(directory)
+        self.stream = getattr(episodes, "episode_stream", episodes)
+        if episodes is not None and not hasattr(self.stream, "get_state"):
+            raise ValueError(
+                "ResumableCheckpoint: `episodes` must be the dataset make_episodes returned (with its "
+                "`episode_stream` attribute) or that stream; transformations such as .take() drop it."
+            )
+        if hard_tasks is not None and self.stream is not None:
+            if getattr(self.stream, "hard_tasks", None) is not hard_tasks:
+                raise ValueError("ResumableCheckpoint: `hard_tasks` is not the pool of `episodes`.")
+            hard_tasks = None  # saved through the stream
+        self.hard_tasks = hard_tasks
+        self.keep = max(1, int(keep))
+        self.verbose = int(verbose)
+        self.history: list[dict] = []
+        self.resumed_from = None  # epoch restored at the last fit start, if any
+        self._batches = 0
+        self._epoch_batches = 0
+
+    # ----------------------------------------------------------------- restore
+    def _read_state(self) -> dict | None:
+        path = os.path.join(self.directory, self.STATE_FILE)
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        if state.get("version") != self._VERSION:
+            raise ValueError(f"ResumableCheckpoint: unknown state version in '{path}'.")
+        return state
+
+    def on_train_begin(self, logs=None):
+        self.resumed_from = None
+        state = self._read_state()
+        if state is None:
+            self._batches = 0 if self.stream is None else int(self.stream.trained)
+            self.history = []
+            return
+        model_info = _model_signature(self.model)
+        if state["model"] != model_info:
+            raise ValueError(
+                f"ResumableCheckpoint: '{self.directory}' was written by {state['model']} but this model "
+                f"is {model_info}; use a new directory for a different model."
+            )
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)  # so its state has somewhere to go
+        self.model.load_weights(os.path.join(self.directory, state["weights"]))
+        if self.stream is not None:
+            self.stream.set_state(state["stream"])
+        elif self.hard_tasks is not None and state.get("hard_tasks") is not None:
+            self.hard_tasks.set_state(state["hard_tasks"])
+        self._batches = int(state["batches"])
+        self.history = list(state["history"])
+        self.model._initial_epoch = int(state["epoch"])  # what BackupAndRestore sets too
+        self.resumed_from = int(state["epoch"])
+        steps = self.params.get("steps") if self.params else None
+        if steps and state.get("steps") and steps != state["steps"]:
+            warnings.warn(
+                f"ResumableCheckpoint: resuming with {steps} steps per epoch, the backup used "
+                f"{state['steps']}; the run will not match an uninterrupted one.",
+                stacklevel=2,
+            )
+        if self.verbose:
+            print(
+                f"ResumableCheckpoint: resumed from '{self.directory}' after epoch {state['epoch']} "
+                f"({self._batches} meta-batches trained)."
+            )
+
+    # ----------------------------------------------------------------- save
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._epoch_batches = int(batch) + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        steps = self.params.get("steps") if self.params else None
+        if steps and self._epoch_batches < steps:
+            warnings.warn(
+                f"ResumableCheckpoint: epoch {epoch + 1} stopped after {self._epoch_batches} of {steps} "
+                "batches; not saved (the last backup stays the one to resume from).",
+                stacklevel=2,
+            )
+            return
+        logs = dict(logs or {})
+        bad = [k for k, v in logs.items() if _is_number(v) and not math.isfinite(float(v))]
+        if bad or not _weights_finite(self.model):
+            warnings.warn(
+                f"ResumableCheckpoint: epoch {epoch + 1} has non-finite "
+                f"{', '.join(bad) or 'weights'}; not saved (the last good backup is kept).",
+                stacklevel=2,
+            )
+            return
+        self._batches += self._epoch_batches
+        self.history.append({k: float(v) for k, v in logs.items() if _is_number(v)})
+        if self.stream is not None:
+            self.stream.trained = self._batches
+        strategy = self.model.distribute_strategy
+        if not strategy.extended.should_checkpoint:
+            return
+        self._save(epoch + 1, steps)
+
+    def _save(self, epoch: int, steps) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        name = f"epoch-{epoch:05d}.weights.h5"
+        final = os.path.join(self.directory, name)
+        tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{name}")
+        self.model.save_weights(tmp, overwrite=True)
+        _fsync_file(tmp)
+        os.replace(tmp, final)
+        state = {
+            "version": self._VERSION,
+            "epoch": epoch,
+            "batches": self._batches,
+            "steps": steps,
+            "weights": name,
+            "model": _model_signature(self.model),
+            "stream": None if self.stream is None else self.stream.get_state(),
+            "hard_tasks": None if self.hard_tasks is None else self.hard_tasks.get_state(),
+            "history": self.history,
+        }
+        _atomic_write_text(os.path.join(self.directory, self.STATE_FILE), json.dumps(state))
+        # The commit point has passed: older backups beyond `keep` can go.
+        backups = sorted(f for f in os.listdir(self.directory) if re.fullmatch(r"epoch-\d+\.weights\.h5", f))
+        for old in backups[: -self.keep]:
+            if old != name:
+                os.remove(os.path.join(self.directory, old))
+
+
+def _model_signature(model) -> dict:
+    return {
+        "class": type(model).__name__,
+        "weights": len(model.weights),
+        "params": int(sum(int(np.prod(w.shape)) for w in model.weights)),
+    }
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return np.ndim(value) == 0
+
+
+def _weights_finite(model) -> bool:
+    return all(bool(np.isfinite(np.asarray(w)).all()) for w in model.trainable_weights)
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place (fsynced)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

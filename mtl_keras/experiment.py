@@ -73,11 +73,23 @@ def pretrain(config: ExperimentConfig, train_split, verbose: bool = True, callba
     return model, history.history
 
 
-def meta_model(config: ExperimentConfig, channels: int, weights_path: str | None) -> MetaTransferModel:
-    """A fresh `MetaTransferModel` whose backbone carries the pretrained weights."""
+def meta_model(
+    config: ExperimentConfig, channels: int, weights_path: str | None, strategy: tf.distribute.Strategy | None = None,
+) -> MetaTransferModel:
+    """A fresh `MetaTransferModel` whose backbone carries the pretrained weights.
+
+    With a ``strategy`` (e.g. ``tf.distribute.MirroredStrategy()``) the model and
+    both optimizers are created in its scope, so ``fit`` splits every meta-batch
+    across its replicas (see ``docs/distributed.md``).
+    """
+    if strategy is not None:
+        with strategy.scope():
+            return meta_model(config, channels, weights_path)
+    from mtl_keras.models.weights import load_backbone_weights
+
     backbone = build_backbone(config, channels)
     if weights_path:
-        backbone.load_weights(weights_path)
+        load_backbone_weights(backbone, weights_path)  # names both architectures on a mismatch
     model = MetaTransferModel(
         backbone,
         ways=config.ways,

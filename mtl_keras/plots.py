@@ -251,6 +251,51 @@ def plot_episode_grid(
     return path
 
 
+def plot_accuracy_bars(
+    results: dict[str, dict[str, object]], path: str, title: str = "Test accuracy with 95% CI"
+) -> str:
+    """Mean accuracy with 95% CI error bars: one panel per setting, one bar per method.
+
+    Each panel's y axis is zoomed to its bars (it does not start at 0; the bar labels
+    give the values), so small differences stay visible next to their CIs.
+
+    Args:
+        results: ``{setting label: {method label: EvaluationResult}}`` (anything with
+            ``mean`` and ``ci95`` in 0..1).
+        path: PNG to write.
+        title: figure title.
+
+    Returns:
+        ``path``.
+    """
+    settings = list(results)
+    if not settings:
+        raise ValueError("plot_accuracy_bars: no results to plot.")
+    fig, axes = plt.subplots(1, len(settings), figsize=(1.2 + 3.4 * len(settings), 4.6), squeeze=False)
+    for col, (ax, setting) in enumerate(zip(axes[0], settings)):
+        methods = list(results[setting])
+        means = np.array([100 * float(results[setting][m].mean) for m in methods])
+        cis = np.array([100 * float(results[setting][m].ci95) for m in methods])
+        x = np.arange(len(methods))
+        ax.bar(x, means, yerr=cis, capsize=4, color=[f"C{i}" for i in range(len(methods))], alpha=0.85)
+        low, high = float((means - cis).min()), float((means + cis).max())
+        pad = max(0.5, 0.25 * (high - low))
+        ax.set_ylim(max(0.0, low - 2 * pad), min(100.0, high + pad) + 0.01)
+        for xi, mean in zip(x, means):
+            ax.text(xi, mean, f"{mean:.1f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x)
+        ax.set_xticklabels([_short(m, 18) for m in methods], rotation=30, ha="right", fontsize=8)
+        ax.set_title(setting, fontsize=10)
+        if col == 0:
+            ax.set_ylabel("test accuracy (%), axis zoomed")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
     """Write every figure a run folder's files allow, as PNGs; return their paths.
 

@@ -8,12 +8,12 @@ order-preserving).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
 
+from mtl_keras.data.episode_stream import EpisodeStream
 from mtl_keras.data.split import ClassSplit
 
 
@@ -40,10 +40,24 @@ class EpisodeSampler:
         self.ways, self.shots, self.queries = int(ways), int(shots), int(queries)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        # Entropy of the indexed stream (`seek`); drawn once when seed is None.
+        self._entropy = np.random.SeedSequence(seed).entropy
+        self._next_task = None  # index of the next task once `seek` was called
 
     def reset(self, seed: int | None = None) -> None:
         """Restart the stream (from ``seed``, default the constructor's)."""
         self.rng = np.random.default_rng(self.seed if seed is None else seed)
+
+    def seek(self, task_index: int) -> None:
+        """Switch to the indexed stream, at task ``task_index``.
+
+        From then on the ``j``-th task drawn (`sample_task`) uses a generator
+        seeded with ``(seed, j)`` only, ``j = task_index, task_index + 1, …``:
+        `make_episodes` seeks to ``i * B`` before meta-batch ``i``, so a stream can
+        resume at any meta-batch without replaying the ones before it, and the
+        tasks do not depend on how they are batched.
+        """
+        self._next_task = int(task_index)
 
     def sample_task(self, classes: np.ndarray | None = None, exclude: dict | None = None):
         """One task.
@@ -56,6 +70,11 @@ class EpisodeSampler:
         Returns:
             ``(classes (N,), support_items (N*K,), query_items (N*Q,))`` item indices.
         """
+        if self._next_task is not None:
+            self.rng = np.random.default_rng(
+                np.random.SeedSequence(self._entropy, spawn_key=(self._next_task,))
+            )
+            self._next_task += 1
         if classes is None:
             classes = self.rng.choice(self.split.num_classes, self.ways, replace=False)
         classes = np.asarray(classes)
@@ -124,7 +143,9 @@ def make_episodes(
         seed: sampler seed. Same seed ⇒ same episodes.
         repeatable: if True every pass over the dataset yields the same episodes
             (for validation/test); if False (training) the stream continues across
-            passes (epochs) instead of restarting.
+            passes (epochs) instead of restarting. Task ``j`` of the stream is drawn
+            with a generator seeded by ``(seed, j)``: the episodes do not depend on
+            ``meta_batch_size``, and a stream resumes at any meta-batch (`EpisodeStream`).
         batch_source: advanced: a generator factory ``(sampler, B) → iterator of
             index dicts`` replacing plain random sampling (the hard-task schedule
             plugs in here).
@@ -137,7 +158,9 @@ def make_episodes(
         prefetch: elements to prefetch (None: no prefetch).
 
     Returns:
-        A `tf.data.Dataset` as above.
+        A `tf.data.Dataset` as above, with an ``episode_stream`` attribute (an
+        `EpisodeStream`: the position `fit` and `ResumableCheckpoint` track so a
+        resumed run continues the same stream).
     """
     if hard_tasks is not None:
         if batch_source is not None:
@@ -145,13 +168,12 @@ def make_episodes(
         batch_source = hard_tasks.batch_source
     sampler = EpisodeSampler(split, ways, shots, queries, seed=seed)
     B = int(meta_batch_size)
+    stream = EpisodeStream(sampler, B, batch_source=batch_source, hard_tasks=hard_tasks)
 
     def generate():
-        if repeatable:
-            sampler.reset()
-        source = batch_source(sampler, B) if batch_source else _random_batches(sampler, B)
-        # Stop without drawing one batch too many (a hard-task schedule counts draws).
-        for batch in itertools.islice(source, num_batches):
+        # Meta-batch i is drawn from a generator seeded with (seed, i); the stream
+        # stops without drawing one batch too many (a hard-task schedule counts draws).
+        for batch in stream.batches(num_batches, repeatable):
             yield batch["task_classes"], batch["support_items"], batch["query_items"]
 
     signature = (
@@ -187,12 +209,15 @@ def make_episodes(
         ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
     if prefetch:
         ds = ds.prefetch(prefetch)
+    # A generator cannot be sharded by file: under MultiWorkerMirroredStrategy every
+    # worker draws the same (seeded) meta-batches and keeps its replicas' share.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    ds = ds.with_options(options)
+    # Resume/rewind handle (see `EpisodeStream`); `MetaTransferModel.fit` and
+    # `ResumableCheckpoint` look for it. Lost if the dataset is transformed further.
+    ds.episode_stream = stream
     return ds
-
-
-def _random_batches(sampler: EpisodeSampler, batch: int):
-    while True:
-        yield sampler.sample_batch(batch)
 
 
 def _apply_flat(fn, images):
@@ -217,6 +242,10 @@ def _image_loader(split: ClassSplit):
 
     def decode(path):
         raw = tf.io.read_file(path)
+        # Name the file when it is truncated or not an image (decode_image's own error does not).
+        with tf.control_dependencies([_check_image_bytes(raw, path)]):
+            raw = tf.identity(raw)
+        # Grayscale, RGB and RGBA files mix freely: every file is decoded to `c` channels.
         image = tf.io.decode_image(raw, channels=c, expand_animations=False)
         image = tf.image.resize(tf.cast(image, tf.float32), (h, w), antialias=True)
         return tf.clip_by_value(image, 0.0, 255.0) / 255.0
@@ -229,6 +258,47 @@ def _image_loader(split: ClassSplit):
         return tf.reshape(images, tf.concat([tf.shape(items), [h, w, c]], 0))
 
     return load
+
+
+#: Bytes at the end of a file searched for the JPEG/PNG end marker.
+_TAIL_BYTES = 4096
+
+
+def _check_image_bytes(raw, path):
+    """An assert op that fails, naming ``path``, when ``raw`` is not a complete image file.
+
+    Checks the magic bytes (JPEG, PNG, GIF, BMP, WebP) and, for JPEG and PNG, the
+    end-of-image marker near the end of the file: a truncated download fails here
+    with the file's name instead of inside ``decode_image`` with an anonymous error.
+    """
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(raw, 0, 12), b"\0" * 12]), 0, 12)
+
+    def starts(prefix):
+        return tf.equal(tf.strings.substr(head, 0, len(prefix)), prefix)
+
+    size = tf.strings.length(raw)
+    tail = tf.strings.substr(raw, tf.maximum(size - _TAIL_BYTES, 0), _TAIL_BYTES)
+
+    def has(marker):
+        return tf.size(tf.strings.split(tail, sep=marker)) > 1
+
+    webp = starts(b"RIFF") & tf.equal(tf.strings.substr(head, 8, 4), b"WEBP")
+    complete = (
+        (starts(b"\xff\xd8\xff") & has(b"\xff\xd9"))
+        | (starts(b"\x89PNG\r\n\x1a\n") & has(b"IEND"))
+        | starts(b"GIF8")
+        | starts(b"BM")
+        | webp
+    )
+    return tf.debugging.Assert(
+        complete,
+        [
+            "Image file",
+            path,
+            "is truncated or not an image (JPEG/PNG/GIF/BMP/WebP). Replace or delete it; "
+            "load the benchmark with verify='full' to find every such file before training.",
+        ],
+    )
 
 
 def pretrain_dataset(

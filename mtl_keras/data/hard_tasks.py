@@ -104,6 +104,11 @@ class _Drawn:
     support_items: np.ndarray  # (B, N*K)
     query_items: np.ndarray  # (B, N*Q)
     is_hard: np.ndarray  # (B,) bool
+    before: dict | None = None  # the draw-side state just before this draw (for `rewind`)
+
+
+#: Counters that belong to the drawing side (rewound with it); the others count reports.
+_DRAW_COUNTERS = ("batches_drawn", "hard_tasks_drawn", "hard_rounds", "failures_pooled", "dropped_pending")
 
 
 class HardTaskPool:
@@ -235,6 +240,9 @@ class HardTaskPool:
         self._epoch_failures = collections.Counter()
         self._epoch_hard_tasks = 0
         self.hard_tasks_per_epoch: list[int] = []
+        # Reports in arrival order, kept while a drawn meta-batch's snapshot may need them.
+        self._arrivals = 0
+        self._report_log: collections.deque[tuple[int, int, list]] = collections.deque()
 
     # ----------------------------------------------------------------- pipeline side
     def batch_source(self, sampler, meta_batch_size: int) -> Iterator[dict]:
@@ -304,6 +312,7 @@ class HardTaskPool:
 
     def _draw(self, sampler, B: int) -> dict:
         t = self._serial
+        before = self._draw_state()
         self._pool_received(upto=t - self.delay)
         num_hard, source = self._plan(B)
         tasks, is_hard = [], np.zeros(B, dtype=bool)
@@ -324,7 +333,7 @@ class HardTaskPool:
             self._pending.popleft()
             self._counters["dropped_pending"] += 1
         self._pending.append(
-            _Drawn(t, batch["task_classes"], batch["support_items"], batch["query_items"], is_hard)
+            _Drawn(t, batch["task_classes"], batch["support_items"], batch["query_items"], is_hard, before)
         )
         self._serial += 1
         counters = self._counters
@@ -454,6 +463,83 @@ class HardTaskPool:
                 if self.delay and self._serial > serial + self.delay:
                     counters["late_reports"] += 1
             self._received.append((serial, failures))
+            self._arrivals += 1
+            self._report_log.append((self._arrivals, serial, failures))
+            self._prune_report_log()
+
+    # ----------------------------------------------------------------- rewind
+    def _draw_state(self) -> dict:
+        """The state the drawing side reads and writes (snapshotted before every draw)."""
+        return {
+            "serial": self._serial,
+            "pool": list(self._pool),
+            "received": list(self._received),
+            "round": list(self._round),
+            "normal_since_round": self._normal_since_round,
+            "hard_left": self._hard_left,
+            "credit": self._credit,
+            "rng": self.rng.bit_generator.state,
+            "counters": {k: self._counters[k] for k in _DRAW_COUNTERS},
+            "arrivals": self._arrivals,
+        }
+
+    def _draw_state_at(self, serial: int) -> dict:
+        """The draw-side state as if only meta-batches ``< serial`` had been drawn.
+
+        That is the snapshot taken before drawing ``serial``, plus every report that
+        arrived after it (all of them belong to trained meta-batches ``< serial``).
+        """
+        if serial == self._serial:
+            return self._draw_state()
+        if serial > self._serial:
+            raise ValueError(
+                f"HardTaskPool cannot move forward to meta-batch {serial}: only {self._serial} were drawn."
+            )
+        drawn = next((d for d in self._pending if d.serial == serial and d.before is not None), None)
+        if drawn is None:
+            raise ValueError(
+                f"HardTaskPool cannot rewind to meta-batch {serial}: its state is no longer held "
+                f"(the pool keeps the last {self.max_pending} drawn, unreported meta-batches). "
+                "Restore it from a checkpoint instead (set_state)."
+            )
+        state = dict(drawn.before)
+        later = [(s, f) for n, s, f in self._report_log if n > state["arrivals"] and s < serial]
+        state["received"] = list(state["received"]) + later
+        return state
+
+    def rewind(self, serial: int) -> None:
+        """Forget the meta-batches drawn from ``serial`` on (prefetched, never trained).
+
+        The drawing side (pool, schedule, class-choice generator, draw counters)
+        returns to its state before meta-batch ``serial`` was drawn; the reports
+        received so far are kept. `EpisodeStream.seek` calls this so that a new
+        iterator (a resumed or second `fit`) draws exactly what an uninterrupted
+        run would have.
+
+        Raises:
+            ValueError: ``serial`` is ahead of the draws, or too far back (its
+                snapshot was dropped, see ``max_pending``).
+        """
+        with self._lock:
+            state = self._draw_state_at(int(serial))
+            self._serial = int(state["serial"])
+            self._pool = collections.deque(state["pool"])
+            self._received = list(state["received"])
+            self._round = list(state["round"])
+            self._normal_since_round = int(state["normal_since_round"])
+            self._hard_left = int(state["hard_left"])
+            self._credit = float(state["credit"])
+            self.rng.bit_generator.state = state["rng"]
+            self._counters.update(state["counters"])
+            self._pending = collections.deque(d for d in self._pending if d.serial < self._serial)
+            self._prune_report_log()
+
+    def _prune_report_log(self) -> None:
+        keep_after = (
+            self._pending[0].before["arrivals"] if self._pending and self._pending[0].before else None
+        )
+        while self._report_log and (keep_after is None or self._report_log[0][0] <= keep_after):
+            self._report_log.popleft()
 
     def _match(self, task_classes: np.ndarray) -> _Drawn | None:
         for i, drawn in enumerate(self._pending):
@@ -557,13 +643,20 @@ class HardTaskPool:
             "pool_hard_failures": self.pool_hard_failures,
         }
 
-    def get_state(self) -> dict:
+    def get_state(self, upto: int | None = None) -> dict:
         """A JSON-serialisable snapshot, for checkpoints.
 
         Holds the configuration (checked by `set_state`), the pool, the failures
         reported but not yet pooled, the schedule position, the statistics and the
         class-choice generator's state. Drawn-but-unreported meta-batches are left
         out: after a restart they are never trained.
+
+        Args:
+            upto: the number of meta-batches trained. The generator runs ahead of
+                training (prefetch), so the live drawing state belongs to batches
+                never trained; with ``upto`` the snapshot holds the drawing state
+                from before meta-batch ``upto`` was drawn (see `rewind`), which is
+                what a resumed run must continue from. None: the live state.
 
         Returns:
             A dict of lists, ints, floats, strings and None.
@@ -576,23 +669,24 @@ class HardTaskPool:
             return [[int(k), int(v)] for k, v in sorted(c.items())]
 
         with self._lock:
+            draw = self._draw_state() if upto is None else self._draw_state_at(int(upto))
             return {
                 "version": _STATE_VERSION,
                 "config": self._config(),
                 "bound_to": None if self._split_signature is None else dict(self._split_signature),
-                "serial": self._serial,
-                "pool": failures(self._pool),
-                "received": [[int(s), failures(f)] for s, f in self._received],
-                "normal_since_round": self._normal_since_round,
-                "hard_left": self._hard_left,
-                "round": failures(self._round),
-                "credit": float(self._credit),
-                "counters": {k: int(v) for k, v in self._counters.items()},
+                "serial": draw["serial"],
+                "pool": failures(draw["pool"]),
+                "received": [[int(s), failures(f)] for s, f in draw["received"]],
+                "normal_since_round": draw["normal_since_round"],
+                "hard_left": draw["hard_left"],
+                "round": failures(draw["round"]),
+                "credit": float(draw["credit"]),
+                "counters": {k: int(v) for k, v in {**self._counters, **draw["counters"]}.items()},
                 "failures": counter(self._failures),
                 "epoch_failures": counter(self._epoch_failures),
                 "epoch_hard_tasks": int(self._epoch_hard_tasks),
                 "hard_tasks_per_epoch": [int(n) for n in self.hard_tasks_per_epoch],
-                "rng": _jsonable(self.rng.bit_generator.state),
+                "rng": _jsonable(draw["rng"]),
             }
 
     def set_state(self, state: dict) -> None:

@@ -55,6 +55,8 @@ class ClassSplit:
                 "or `paths` (files)."
             )
         if self.images is not None:
+            if isinstance(self.images, (list, tuple)):
+                _check_same_shape(self.images, self.name)
             images = np.asarray(self.images)
             if images.ndim == 3:
                 images = images[..., None]
@@ -84,8 +86,13 @@ class ClassSplit:
             self.image_size = tuple(int(s) for s in self.image_size)
             self.channels = int(self.channels)
         if self.channels not in (1, 3):
+            fix = {
+                4: " Drop the alpha channel (images[..., :3]).",
+                2: " Drop the alpha channel (images[..., :1]).",
+            }
             raise ValueError(
                 f"ClassSplit '{self.name}': channels must be 1 or 3, got {self.channels}."
+                + fix.get(self.channels, "")
             )
         if len(self.labels) != n:
             raise ValueError(
@@ -225,3 +232,18 @@ class ClassSplit:
             images=images,
             class_ids=class_ids,
         )
+
+
+def _check_same_shape(images: Sequence, split_name: str) -> None:
+    """Raise a `ValueError` naming the first image whose shape differs from image 0's."""
+    if not len(images):
+        return
+    first = np.shape(images[0])
+    for i, image in enumerate(images):
+        if np.shape(image) != first:
+            raise ValueError(
+                f"ClassSplit '{split_name}': image {i} has shape {np.shape(image)} but image 0 has "
+                f"{first}; in-memory images must share one (H, W, C). Convert them first (e.g. "
+                "PIL .convert('L') or .convert('RGB'), then resize), or use a file-backed split "
+                "(load_benchmark('folders', ...)), which decodes every file to `channels`."
+            )

@@ -72,21 +72,27 @@ class ScaleShiftConv2D(keras.layers.Layer):
     def build(self, input_shape):
         cin = int(input_shape[-1])
         kh, kw = self.kernel_size
+        # autocast=False: under a mixed policy (e.g. "mixed_bfloat16") `call` forms kernel * scale
+        # and bias + shift in the variables' float32 and casts the *result* once; autocasting
+        # would round the scale to bfloat16 first (1.003 → 1.0: meta-learned changes lost).
         self.kernel = self.add_weight(
             name="kernel",
             shape=(kh, kw, cin, self.filters),
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
+            autocast=False,
         )
         self.bias = (
-            self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
+            self.add_weight(
+                name="bias", shape=(self.filters,), initializer=self.bias_initializer, autocast=False
+            )
             if self.use_bias
             else None
         )
         self.scale = self.add_weight(
-            name="scale", shape=(1, 1, cin, self.filters), initializer="ones"
+            name="scale", shape=(1, 1, cin, self.filters), initializer="ones", autocast=False
         )
-        self.shift = self.add_weight(name="shift", shape=(self.filters,), initializer="zeros")
+        self.shift = self.add_weight(name="shift", shape=(self.filters,), initializer="zeros", autocast=False)
         self._apply_phase()
 
     # ------------------------------------------------------------------ phases
@@ -116,6 +122,7 @@ class ScaleShiftConv2D(keras.layers.Layer):
 
     # ------------------------------------------------------------------ compute
     def call(self, inputs):
+        # Θ ⊙ Φ in float32, then one cast to the compute dtype (bfloat16 under mixed precision).
         kernel = ops.cast(self.kernel * self.scale, inputs.dtype)
         y = ops.conv(inputs, kernel, strides=self.strides, padding=self.padding)
         offset = self.shift if self.bias is None else self.bias + self.shift

@@ -122,29 +122,33 @@ def inner_loop(
     lr = tf.cast(learning_rate, dtype)
     record_query = query_features is not None
 
-    losses = tf.TensorArray(dtype, size=steps + 1, element_shape=None)
-    queries = tf.TensorArray(dtype, size=steps + 1 if record_query else 1, element_shape=None)
+    # Only the recorded histories are loop variables: an unwritten TensorArray in the loop
+    # breaks XLA compilation of its gradient (ZerosLike of an uninitialised TensorList).
+    arrays = {"support_loss": tf.TensorArray(dtype, size=steps + 1, element_shape=None)}
+    if record_query:
+        arrays["query_logits"] = tf.TensorArray(dtype, size=steps + 1, element_shape=None)
 
-    def body(i, weights, bias, losses, queries):
+    def record(i, arrays, loss, weights, bias):
+        arrays = dict(arrays, support_loss=arrays["support_loss"].write(i, loss))
+        if record_query:
+            arrays["query_logits"] = arrays["query_logits"].write(i, head_logits(query_features, weights, bias))
+        return arrays
+
+    def body(i, weights, bias, arrays):
         loss, grad_w, grad_b = support_loss_and_grads(support_features, onehot, weights, bias)
         if first_order:
             grad_w, grad_b = tf.stop_gradient(grad_w), tf.stop_gradient(grad_b)
-        losses = losses.write(i, loss)
-        if record_query:
-            queries = queries.write(i, head_logits(query_features, weights, bias))
-        return i + 1, weights - lr * grad_w, bias - lr * grad_b, losses, queries
+        arrays = record(i, arrays, loss, weights, bias)
+        return i + 1, weights - lr * grad_w, bias - lr * grad_b, arrays
 
     if steps > 0:
-        _, weights, bias, losses, queries = tf.while_loop(
+        _, weights, bias, arrays = tf.while_loop(
             lambda i, *_: i < steps,
             body,
-            (tf.constant(0), weights, bias, losses, queries),
+            (tf.constant(0), weights, bias, arrays),
             maximum_iterations=steps,
         )
     final_loss, _, _ = support_loss_and_grads(support_features, onehot, weights, bias)
-    losses = losses.write(steps, final_loss)
-    history = {"support_loss": losses.stack()}
-    if record_query:
-        queries = queries.write(steps, head_logits(query_features, weights, bias))
-        history["query_logits"] = queries.stack()
+    arrays = record(steps, arrays, final_loss, weights, bias)
+    history = {name: array.stack() for name, array in arrays.items()}
     return weights, bias, history

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mtl_keras.layers.folding import fold_batch_norm
 from mtl_keras.layers.phase import set_phase
 from mtl_keras.models.base_learner import LinearBaseLearner, head_logits, inner_loop
 
@@ -66,6 +67,16 @@ class MetaTransferModel(keras.Model):
             or ``"transductive"`` (each task normalised with its own batch statistics;
             one backbone call per task).
         set_meta_phase: call ``set_phase(backbone, "meta")`` on construction.
+        fold_batch_norm: run the backbone, whenever its batch norm uses stored
+            statistics (``batch_norm="frozen"``, evaluation), through a view with each
+            BN folded into the convolution before it (`mtl_keras.layers.fold_batch_norm`):
+            the same function of the same variables, with fewer passes over the
+            activations (and, under ``mixed_bfloat16``, no float32 round trip per BN).
+
+    Mixed precision: build the backbone under ``keras.mixed_precision.set_dtype_policy(
+    "mixed_bfloat16")`` (CPUs with AVX512-BF16, TPUs) or ``"mixed_float16"`` (GPUs): the
+    backbone then computes in 16 bits while its variables, the embeddings, the inner loop,
+    the loss and every gradient update stay float32.
 
     Example:
         >>> backbone = mtl_keras.backbones.resnet12((32, 32, 1), widths=(16, 32, 64, 128))
@@ -88,6 +99,7 @@ class MetaTransferModel(keras.Model):
         batch_norm: str = "frozen",
         set_meta_phase: bool = True,
         head: LinearBaseLearner | None = None,
+        fold_batch_norm: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -103,12 +115,21 @@ class MetaTransferModel(keras.Model):
         self.first_order = bool(first_order)
         self.batch_norm = batch_norm
         self.set_meta_phase = bool(set_meta_phase)
+        self.fold_batch_norm = bool(fold_batch_norm)
+        try:
+            feature_dim = backbone.output_shape[-1]
+        except (AttributeError, ValueError) as err:
+            raise ValueError(
+                f"MetaTransferModel: backbone '{backbone.name}' is not built (no output shape). "
+                "Call it once on a batch of images, or use a functional backbone from "
+                "mtl_keras.backbones."
+            ) from err
         if set_meta_phase:
             set_phase(backbone, "meta")
-        feature_dim = backbone.output_shape[-1]
         self.head = head or LinearBaseLearner(self.ways, name="head")
         if not self.head.built:
             self.head.build((None, feature_dim))
+        self._inference_view = _Untracked(_folded_view(backbone) if self.fold_batch_norm else backbone)
         self.head_optimizer = None
         self.task_feedback = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -186,8 +207,46 @@ class MetaTransferModel(keras.Model):
         """`keras.Model.fit` on an episodic dataset (see `make_episodes`).
 
         ``shuffle`` defaults to False: episodes are already random.
+
+        On a `make_episodes` dataset, ``fit`` also keeps the dataset's
+        ``episode_stream`` at the number of meta-batches trained (so a second
+        ``fit`` or a resumed run continues the stream exactly, see
+        `mtl_keras.callbacks.ResumableCheckpoint`). On CPU it first checks that a
+        training step's activations fit in the available memory.
+
+        Raises:
+            MemoryError: when a training step clearly cannot fit in RAM (CPU only,
+                see `mtl_keras.models.memory.check_training_memory`).
+            ValueError: under a `tf.distribute` strategy, when the meta-batch size
+                is not a multiple of the number of replicas.
         """
+        from mtl_keras.models.memory import check_training_memory
+
+        _check_meta_batch_split(self.distribute_strategy.num_replicas_in_sync, x)
+        check_training_memory(self, x)
+        stream = getattr(x, "episode_stream", None)
+        if stream is not None:
+            tracker = stream.tracker()
+            if len(args) >= 4:  # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
+                args = (*args[:3], _with_callback(args[3], tracker, self), *args[4:])
+            else:
+                kwargs["callbacks"] = _with_callback(kwargs.get("callbacks"), tracker, self)
         return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TF trainer, under a tf.distribute strategy, peeks one batch to build
+        # the model symbolically. Everything here is built in __init__ and compile, and
+        # the peek both draws meta-batches that are never trained and, under
+        # MultiWorkerMirroredStrategy, fails to reduce a dict of inputs (Keras 3.15).
+        if self.built and self.head_optimizer is not None and self.optimizer.built:
+            return None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        """`keras.Model.load_weights`, naming both architectures when they differ."""
+        from mtl_keras.models.weights import load_weights_checked
+
+        return load_weights_checked(self, filepath, super().load_weights, *args, **kwargs)
 
     @property
     def metrics(self):
@@ -195,8 +254,13 @@ class MetaTransferModel(keras.Model):
 
     # ----------------------------------------------------------------- forward
     def embed(self, images, training: bool = False):
-        """Backbone features of a flat batch ``(M, H, W, C) → (M, D)`` float32."""
-        return tf.cast(self.backbone(images, training=training), tf.float32)
+        """Backbone features of a flat batch ``(M, H, W, C) → (M, D)`` float32.
+
+        With ``training=False`` (batch norm on stored statistics) the backbone runs
+        through its BN-folded view (see ``fold_batch_norm``): same function, same variables.
+        """
+        backbone = self.backbone if training else self._inference_view.value
+        return tf.cast(backbone(images, training=training), tf.float32)
 
     def _embed_episodes(self, support_images, query_images, training=False):
         """Embed ``(B, S, ...)`` and ``(B, Q, ...)`` images → ``(B, S, D)``, ``(B, Q, D)``."""
@@ -204,6 +268,8 @@ class MetaTransferModel(keras.Model):
         query_images = tf.convert_to_tensor(query_images)
         _check_rank(support_images, 5, "support_images", "(B, N*K, H, W, C)")
         _check_rank(query_images, 5, "query_images", "(B, N*Q, H, W, C)")
+        self._check_image_shape(support_images, "support_images")
+        self._check_image_shape(query_images, "query_images")
         batch = tf.shape(support_images)[0]
         num_support = tf.shape(support_images)[1]
         num_query = tf.shape(query_images)[1]
@@ -255,8 +321,8 @@ class MetaTransferModel(keras.Model):
             ``support_loss (T+1, B)``, ``query_logits (T+1, B, N*Q, N)``.
         """
         steps = self.eval_inner_steps if steps is None else int(steps)
-        support_labels = tf.cast(support_labels, tf.int32)
         support, query = self._embed_episodes(support_images, query_images, training=training)
+        support_labels = self._checked_support_labels(tf.cast(support_labels, tf.int32))
         weights, bias, history = inner_loop(
             support,
             support_labels,
@@ -269,6 +335,59 @@ class MetaTransferModel(keras.Model):
         )
         logits = head_logits(query, weights, bias)
         return (logits, history) if return_history else logits
+
+    def _check_image_shape(self, images, name):
+        got = tuple(images.shape[2:])
+        want = self.image_shape
+        if any(g is not None and w is not None and g != w for g, w in zip(got, want)):
+            fmt = "x".join
+            raise ValueError(
+                f"{name} are {fmt(map(str, got))} images but backbone '{self.backbone.name}' takes "
+                f"{fmt(map(str, want))}. Load the data with image_size={want[0]} and "
+                f"{want[2]} channel(s), or build the backbone for {fmt(map(str, got))} images."
+            )
+
+    def _checked_support_labels(self, support_labels):
+        """``support_labels`` after checking they lie in ``0..N-1`` and cover every class.
+
+        Eager calls raise a `ValueError` naming the task; in a graph (``fit``,
+        export) the same checks run as `tf.debugging.Assert` ops.
+        """
+        ways = self.ways
+        if tf.executing_eagerly():
+            labels = np.asarray(support_labels)
+            if labels.ndim != 2:
+                raise ValueError(f"support_labels must be (B, N*K), got shape {labels.shape}.")
+            bad = np.argwhere((labels < 0) | (labels >= ways))
+            if len(bad):
+                task, pos = bad[0]
+                raise ValueError(
+                    f"support_labels of task {task} hold {labels[task, pos]}, outside 0..{ways - 1}: "
+                    f"label each task's {ways} classes 0..{ways - 1} (episode position, not the "
+                    "global class id)."
+                )
+            for task, row in enumerate(labels):
+                missing = sorted(set(range(ways)) - set(row.tolist()))
+                if missing:
+                    raise ValueError(
+                        f"Task {task} has no support example of class {missing[0]} (of 0..{ways - 1}): "
+                        f"every class needs at least one support image. Are the episodes {ways}-way, "
+                        "like the model?"
+                    )
+            return support_labels
+        in_range = tf.reduce_all((support_labels >= 0) & (support_labels < ways))
+        present = tf.reduce_all(tf.reduce_sum(tf.one_hot(support_labels, ways), axis=-2) > 0)
+        checks = [
+            tf.debugging.Assert(
+                in_range,
+                [f"support_labels must lie in 0..{ways - 1} (episode positions); got", support_labels],
+            ),
+            tf.debugging.Assert(
+                present, [f"every one of the {ways} classes needs a support example; got", support_labels]
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(support_labels)
 
     def call(self, inputs, training=False):
         """Adapted query logits ``(B, N*Q, N)`` of an episode dict (see class doc)."""
@@ -320,10 +439,16 @@ class MetaTransferModel(keras.Model):
             raise RuntimeError("Call model.compile() before fit().")
         backbone_vars = self.backbone.trainable_variables
         head_vars = self.head.trainable_variables
+        # Under tf.distribute each replica holds B / R tasks and the optimizers *sum*
+        # the replicas' gradients: scale by 1/R so the update is that of the mean
+        # loss over the whole meta-batch.
+        replica = tf.distribute.get_replica_context()
+        replicas = replica.num_replicas_in_sync if replica is not None else 1
         with tf.GradientTape() as tape:
             logits = self(inputs, training=True)
             loss, accuracy = self._loss_and_accuracy(logits, query_labels)
-        grads = tape.gradient(loss, backbone_vars + head_vars)
+            scaled_loss = loss / replicas if replicas > 1 else loss
+        grads = tape.gradient(scaled_loss, backbone_vars + head_vars)
         if backbone_vars:
             self.optimizer.apply_gradients(zip(grads[: len(backbone_vars)], backbone_vars))
         self.head_optimizer.apply_gradients(zip(grads[len(backbone_vars) :], head_vars))
@@ -331,10 +456,23 @@ class MetaTransferModel(keras.Model):
         self.accuracy_tracker.update_state(accuracy)
         if self.task_feedback is not None and "task_classes" in inputs:
             class_acc = self.per_class_accuracy(logits, query_labels, self.ways)
-            tf.numpy_function(
-                self._report_feedback, [inputs["task_classes"], class_acc], [], stateful=True
-            )
-        return {m.name: m.result() for m in self.metrics}
+            task_classes = inputs["task_classes"]
+            if replicas > 1:
+                # Report the whole meta-batch (replica order = batch order) once per worker:
+                # every worker's pipeline draws the same stream, so every pool needs it.
+                task_classes = _gather_replicas(replica, task_classes, replicas)
+                class_acc = _gather_replicas(replica, class_acc, replicas)
+            if _reports_here(replica, replicas):
+                tf.numpy_function(self._report_feedback, [task_classes, class_acc], [], stateful=True)
+        return self._metric_logs()
+
+    def _metric_logs(self) -> dict:
+        logs = {m.name: m.result() for m in self.metrics}
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras 3.15 reduces multi-worker step logs with strategy.reduce(MEAN, axis=0),
+            # which needs an axis: give each scalar one (the reduced log is a scalar again).
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
 
     def _report_feedback(self, task_classes, class_accuracy):
         self.task_feedback.report(np.asarray(task_classes), np.asarray(class_accuracy))
@@ -346,7 +484,7 @@ class MetaTransferModel(keras.Model):
         loss, accuracy = self._loss_and_accuracy(logits, query_labels)
         self.loss_tracker.update_state(loss)
         self.accuracy_tracker.update_state(accuracy)
-        return {m.name: m.result() for m in self.metrics}
+        return self._metric_logs()
 
     def predict_step(self, data):
         inputs = data[0] if isinstance(data, tuple) else data
@@ -385,6 +523,7 @@ class MetaTransferModel(keras.Model):
             first_order=self.first_order,
             batch_norm=self.batch_norm,
             set_meta_phase=self.set_meta_phase,
+            fold_batch_norm=self.fold_batch_norm,
         )
         return config
 
@@ -394,6 +533,78 @@ class MetaTransferModel(keras.Model):
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         config["head"] = keras.saving.deserialize_keras_object(config["head"])
         return cls(**config)
+
+
+def _gather_replicas(replica, x, replicas: int):
+    """Concatenate ``x`` of every replica along axis 0, in replica order.
+
+    Written with ``all_reduce`` (each replica fills its own slot of a zero tensor):
+    ``ReplicaContext.all_gather`` fails under MultiWorkerMirroredStrategy in a
+    graph ("destinations can not be empty", TF 2.21). Values must be exact in
+    float32 (class ids < 2**24, accuracies).
+    """
+    slot = tf.one_hot(replica.replica_id_in_sync_group, replicas, dtype=tf.float32)
+    slot = tf.reshape(slot, [replicas] + [1] * x.shape.rank)
+    spread = slot * tf.cast(x, tf.float32)[None]
+    total = replica.all_reduce(tf.distribute.ReduceOp.SUM, spread)
+    return tf.cast(tf.reshape(total, tf.concat([[-1], tf.shape(x)[1:]], 0)), x.dtype)
+
+
+def _multi_worker(strategy) -> bool:
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    in_multi_worker = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return True if in_multi_worker is None else bool(in_multi_worker())
+
+
+def _reports_here(replica, replicas: int) -> bool:
+    """True on the first local replica of each worker (always without a strategy)."""
+    if replicas <= 1:
+        return True
+    replica_id = tf.get_static_value(replica.replica_id_in_sync_group)
+    local = len(tf.distribute.get_strategy().extended.worker_devices)
+    return replica_id is None or int(replica_id) % max(1, local) == 0
+
+
+def _check_meta_batch_split(replicas: int, dataset) -> None:
+    """Each replica must get the same number of tasks (the loss is a mean of replica means)."""
+    if replicas <= 1 or not isinstance(dataset, tf.data.Dataset):
+        return
+    try:
+        batch = dataset.element_spec[0]["support_images"].shape[0]
+    except (TypeError, KeyError, IndexError, AttributeError):
+        return
+    if batch is not None and batch % replicas:
+        raise ValueError(
+            f"meta_batch_size {batch} does not split evenly over {replicas} replicas: each replica "
+            f"trains meta_batch_size / {replicas} tasks. Use a multiple of {replicas}."
+        )
+
+
+def _with_callback(callbacks, callback, model):
+    if callbacks is None:
+        return [callback]
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks.callbacks.append(callback)
+        callback.set_model(model)
+        return callbacks
+    return [*callbacks, callback]
+
+
+class _Untracked:
+    """Holds a value out of Keras' attribute tracking (the BN-folded view shares the
+    backbone's layers and variables, and must not be saved or counted twice)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _folded_view(backbone):
+    """`fold_batch_norm(backbone)`, or ``backbone`` itself when it cannot be folded."""
+    try:
+        return fold_batch_norm(backbone)
+    except (TypeError, ValueError, AttributeError):  # e.g. a subclassed, non-functional backbone
+        return backbone
 
 
 def _check_rank(tensor, rank, name, expected):

@@ -97,3 +97,20 @@ def test_from_conv2d_rejects_activation_and_unbuilt():
     conv(_x())
     with pytest.raises(ValueError, match="activation"):
         ScaleShiftConv2D.from_conv2d(conv)
+
+
+def test_mixed_bfloat16_scales_the_kernel_in_float32_before_casting():
+    """A meta-learned scale of 1.003 must not round to bfloat16's 1.0 before it multiplies Θ."""
+    x = _x()
+    layer = ScaleShiftConv2D(4, 3, dtype="mixed_bfloat16")
+    layer.build(x.shape)
+    layer.kernel.assign(np.full(layer.kernel.shape, 100.0, "float32"))
+    base = layer(x)
+    layer.scale.assign(np.full(layer.scale.shape, 1.003, "float32"))
+    scaled = layer(x)
+    assert scaled.dtype == "bfloat16" and layer.scale.dtype == "float32"
+    assert not np.allclose(np.asarray(base, "float32"), np.asarray(scaled, "float32"))
+    with tf.GradientTape() as tape:
+        y = tf.reduce_sum(tf.cast(layer(x), tf.float32))
+    grads = tape.gradient(y, layer.phi)
+    assert all(g.dtype == tf.float32 and np.all(np.isfinite(g.numpy())) for g in grads)

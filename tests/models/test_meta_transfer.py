@@ -135,3 +135,48 @@ def test_keras_round_trip_restores_both_optimizers(proto_split, tmp_path):
     assert int(loaded.head_optimizer.iterations) == int(model.head_optimizer.iterations) == 2
     for a, b in zip(model.head_optimizer.variables, loaded.head_optimizer.variables):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _bf16_model(**kwargs):
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        return _model(**kwargs)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_mixed_bfloat16_fit_updates_float32_phi_and_head(proto_split):
+    model = _bf16_model()
+    assert model.backbone.layers[1].compute_dtype == "bfloat16"
+    phi = phi_weights(model.backbone)
+    assert all(v.dtype == "float32" for v in phi + model.head.weights)
+    inputs, labels = next(iter(_episodes(proto_split, batches=1)))
+    with tf.GradientTape() as tape:
+        logits = model(inputs, training=True)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    assert logits.dtype == tf.float32  # inner loop and loss in float32
+    grads = tape.gradient(loss, model.trainable_weights)
+    assert all(g.dtype == tf.float32 and np.isfinite(g.numpy()).all() for g in grads)
+    assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+    model.compile(phi_learning_rate=1e-2, head_learning_rate=1e-2)
+    before = [v.numpy().copy() for v in phi]
+    history = model.fit(_episodes(proto_split, batches=2), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, phi))
+
+
+def test_mixed_bfloat16_logits_are_close_to_float32(proto_split):
+    f32, bf16 = _model(), _bf16_model()
+    bf16.set_weights(f32.get_weights())
+    inputs, _ = next(iter(_episodes(proto_split, batches=1)))
+    a, b = f32(inputs).numpy(), bf16(inputs).numpy()
+    assert b.dtype == np.float32
+    np.testing.assert_allclose(b, a, atol=0.05 * np.abs(a).max())
+    assert np.mean(a.argmax(-1) == b.argmax(-1)) >= 0.9
+
+
+def test_train_step_compiles_with_xla(proto_split):
+    model = _model()
+    model.compile(jit_compile=True)
+    history = model.fit(_episodes(proto_split, batches=1), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()

@@ -1,0 +1,132 @@
+"""A benchmark worker for mtl_keras: ``python -m mtl_keras.benchmarking.keras_worker SPEC_JSON``.
+
+Each worker is its own process, so that the dtype policy, the thread pools and the peak resident
+memory belong to one configuration. Kinds:
+
+* ``train``: the model's ``train_function`` (the compiled step `fit` runs) on a fixed synthetic
+  meta-batch (random pixels; the data pipeline is not measured);
+* ``eval``: the evaluation step of `evaluate_episodes` (adapt with the query history, argmax);
+* ``ceiling``: a matmul and a 3×3 convolution, float32 and bfloat16.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+
+def configure_threads(intra: int | None, inter: int | None) -> None:
+    """Set TensorFlow's thread pools (before any op runs); ``None`` keeps TF's default."""
+    import tensorflow as tf
+
+    if intra:
+        tf.config.threading.set_intra_op_parallelism_threads(int(intra))
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(int(inter))
+
+
+def synthetic_episodes(meta_batch, ways, shots, queries, image_size, channels, seed=0):
+    """``(inputs, query_labels)`` as `make_episodes` yields, with random pixels."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+
+    def labels(per_class):
+        return np.tile(np.repeat(np.arange(ways, dtype=np.int32), per_class), (meta_batch, 1))
+
+    shape = (image_size, image_size, channels)
+    inputs = {
+        "support_images": tf.constant(rng.random((meta_batch, ways * shots, *shape), dtype=np.float32)),
+        "support_labels": tf.constant(labels(shots)),
+        "query_images": tf.constant(rng.random((meta_batch, ways * queries, *shape), dtype=np.float32)),
+    }
+    return inputs, tf.constant(labels(queries))
+
+
+def ceiling_steps(conv_shape=(128, 16, 128, 128), matmul_size: int = 2048) -> dict:
+    """Steps timing a matmul and a 3×3 convolution in float32 and bfloat16 (machine ceiling)."""
+    import tensorflow as tf
+
+    steps = {}
+    batch, size, cin, cout = conv_shape
+    for dtype in (tf.float32, tf.bfloat16):
+        a = tf.cast(tf.random.normal((matmul_size, matmul_size)), dtype)
+        x = tf.cast(tf.random.normal((batch, size, size, cin)), dtype)
+        k = tf.cast(tf.random.normal((3, 3, cin, cout)), dtype)
+        matmul = tf.function(lambda a=a: tf.reduce_sum(tf.matmul(a, a)[:1, :1]))
+        conv = tf.function(lambda x=x, k=k: tf.reduce_sum(tf.nn.conv2d(x, k, 1, "SAME")[:1, :1, :1, :1]))
+        steps[f"matmul_{dtype.name}"] = lambda f=matmul: f().numpy()
+        steps[f"conv_{dtype.name}"] = lambda f=conv: f().numpy()
+    return steps
+
+
+def build_steps(spec: dict) -> tuple[dict, dict]:
+    """The worker's steps for ``spec``."""
+    configure_threads(spec.get("intra_threads"), spec.get("inter_threads"))
+    import keras
+    import tensorflow as tf
+
+    info = {
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "intra_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+    if spec["kind"] == "ceiling":
+        return ceiling_steps(), info
+
+    from mtl_keras.backbones.resnet12 import resnet12
+    from mtl_keras.models.meta_transfer import MetaTransferModel
+
+    keras.utils.set_random_seed(spec.get("seed", 0))
+    keras.mixed_precision.set_dtype_policy(spec.get("precision", "float32"))
+    size, channels = spec["image_size"], spec.get("channels", 3)
+    backbone = resnet12((size, size, channels), widths=tuple(spec["widths"]))
+    model = MetaTransferModel(
+        backbone,
+        ways=spec["ways"],
+        inner_steps=spec["inner_steps"],
+        eval_inner_steps=spec["inner_steps"],
+        first_order=spec.get("first_order", False),
+        **spec.get("model_kwargs", {}),
+    )
+    model.compile(jit_compile=spec.get("jit_compile", False))
+    inputs, labels = synthetic_episodes(
+        spec["meta_batch"], spec["ways"], spec["shots"], spec["queries"], size, channels, spec.get("seed", 0)
+    )
+    if spec["kind"] == "train":
+        model.make_train_function()
+
+        def train():
+            logs = model.train_function([(inputs, labels)])
+            return {name: float(value) for name, value in logs.items()}  # waits for the step
+
+        return {"step": train}, info
+    if spec["kind"] == "eval":
+
+        @tf.function(jit_compile=spec.get("jit_compile", False))
+        def run(inputs, labels):  # as in evaluate_episodes
+            _, history = model.adapt(
+                inputs["support_images"], inputs["support_labels"], inputs["query_images"],
+                steps=spec["inner_steps"], return_history=True,
+            )
+            preds = tf.argmax(history["query_logits"], axis=-1, output_type=tf.int32)
+            return tf.reduce_mean(tf.cast(tf.equal(preds, labels[None]), tf.float32), axis=-1)
+
+        return {"step": lambda: run(inputs, labels).numpy()}, info
+    raise ValueError(f"Unknown worker kind {spec['kind']!r}.")
+
+
+def main(argv=None) -> None:
+    from mtl_keras.benchmarking import worker_protocol
+
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(argv[0])
+    steps, info = build_steps(spec)
+    worker_protocol.serve(steps, info, warmup=int(spec.get("warmup", 2)))
+
+
+if __name__ == "__main__":
+    main()

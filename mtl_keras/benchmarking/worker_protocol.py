@@ -1,0 +1,67 @@
+"""The tiny line protocol between the benchmark driver and its worker processes.
+
+Standard library only: the PyTorch baseline imports it without TensorFlow or mtl_keras, so that
+a worker's memory and threads are its own.
+
+A worker builds what it measures, warms it up, then answers one JSON command per line on stdin:
+
+* ``{"cmd": "time", "what": NAME, "n": n}`` → runs step ``NAME`` ``n`` times, answers
+  ``{"seconds": [n wall-clock durations], "cpu_seconds": [n CPU times of the process]}`` (CPU
+  time counts every thread of the worker, spinning ones included; it is less sensitive than wall
+  time to other jobs sharing the machine);
+* ``{"cmd": "quit"}`` → answers ``{"max_rss_mb": peak resident set size}`` and exits.
+
+Answers are single lines prefixed with `PREFIX` on stdout (anything else a library prints there is
+ignored by the driver).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+
+PREFIX = "@@mtl-bench@@"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (``ru_maxrss``, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def send(message: dict, stream=None) -> None:
+    stream = stream or sys.stdout
+    stream.write(PREFIX + json.dumps(message) + "\n")
+    stream.flush()
+
+
+def time_calls(fn: Callable[[], object], n: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU seconds of ``n`` calls of ``fn`` (each must block until done)."""
+    seconds, cpu_seconds = [], []
+    for _ in range(int(n)):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        fn()
+        seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - cpu_start)
+    return seconds, cpu_seconds
+
+
+def serve(steps: dict[str, Callable[[], object]], info: dict, warmup: int = 2) -> None:
+    """Warm every step up (``warmup`` calls, timed into ``info``), announce, answer commands."""
+    warm = {name: time_calls(fn, warmup)[0] for name, fn in steps.items()}
+    send({"ready": True, "warmup_seconds": warm, "startup_rss_mb": peak_rss_mb(), **info})
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        command = json.loads(line)
+        if command["cmd"] == "time":
+            seconds, cpu_seconds = time_calls(steps[command["what"]], command.get("n", 1))
+            send({"seconds": seconds, "cpu_seconds": cpu_seconds})
+        elif command["cmd"] == "quit":
+            send({"max_rss_mb": peak_rss_mb()})
+            return
+        else:
+            send({"error": f"unknown command {command['cmd']!r}"})

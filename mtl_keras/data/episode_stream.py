@@ -1,0 +1,183 @@
+"""`EpisodeStream`: where a training episode stream stands, so it can be resumed exactly.
+
+Task ``j`` of a `make_episodes` stream is drawn by a numpy generator seeded with
+``(seed, j)`` (`EpisodeSampler.seek`), so meta-batch ``i`` (tasks ``i*B … i*B+B-1``)
+is a pure function of the seed and the batch index — plus, with hard tasks, of the `HardTaskPool`'s
+state, which the pool can rewind to any meta-batch it has drawn but not yet
+seen trained. Resuming at meta-batch ``k`` is then `seek(k)`: no replay of the
+``k`` batches before it.
+
+Why a position at all: `tf.data` prefetches, so the generator runs a few
+meta-batches ahead of training, and an iterator that is thrown away (Keras'
+symbolic build under a `tf.distribute` strategy peeks one element; a second
+`fit` call makes a new iterator) loses what it prefetched. The stream therefore
+counts *trained* meta-batches (``trained``, kept by `tracker`, which
+`MetaTransferModel.fit` attaches) and every new `fit` starts the generator at
+``trained``, not at the number drawn.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+
+import keras
+
+
+class EpisodeStream:
+    """The position of one episode pipeline (`make_episodes` attaches one as
+    ``dataset.episode_stream``).
+
+    Args:
+        sampler: the pipeline's `EpisodeSampler`.
+        meta_batch_size: tasks per meta-batch ``B``.
+        batch_source: optional generator factory ``(sampler, B) → index dicts``.
+        hard_tasks: the `HardTaskPool` behind ``batch_source``, if any (rewound with
+            the stream).
+
+    Attributes:
+        next_index: the meta-batch the generator draws next.
+        trained: meta-batches trained so far (updated by `tracker` during `fit`).
+    """
+
+    def __init__(self, sampler, meta_batch_size: int, batch_source: Callable | None = None, hard_tasks=None):
+        self.sampler = sampler
+        self.meta_batch_size = int(meta_batch_size)
+        self.batch_source = batch_source
+        owner = getattr(batch_source, "__self__", None)  # batch_source=pool.batch_source
+        if hard_tasks is None and hasattr(owner, "rewind") and hasattr(owner, "get_state"):
+            hard_tasks = owner
+        self.hard_tasks = hard_tasks
+        self.next_index = 0
+        self.trained = 0
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    def batches(self, num_batches: int | None, repeatable: bool) -> Iterator[dict]:
+        """One pass: index dicts for `make_episodes`' generator.
+
+        A repeatable pass starts at meta-batch 0 every time; otherwise the pass
+        continues at `next_index`. A pass made stale by a later `seek` stops.
+        """
+        with self._lock:
+            generation = self._generation
+            index = 0 if repeatable else self.next_index
+        source = None
+        count = 0
+        while num_batches is None or count < num_batches:
+            with self._lock:
+                if not repeatable and generation != self._generation:
+                    return  # an abandoned iterator: a newer pass owns the stream
+                self.sampler.seek(index * self.meta_batch_size)
+                if source is None:
+                    source = (
+                        self.batch_source(self.sampler, self.meta_batch_size)
+                        if self.batch_source
+                        else _random_batches(self.sampler, self.meta_batch_size)
+                    )
+                batch = next(source)
+                index += 1
+                if not repeatable:
+                    self.next_index = index
+            count += 1
+            yield batch
+
+    def seek(self, index: int, strict: bool = True) -> None:
+        """Make the next pass start at meta-batch ``index`` (before the iterator is made).
+
+        Rewinds the hard-task pool to the state it had before drawing meta-batch
+        ``index`` (meta-batches drawn after it were never trained).
+
+        Args:
+            index: the meta-batch to draw next.
+            strict: if False, a pool that cannot rewind that far only warns and the
+                stream continues where it is (not exactly reproducible).
+
+        Raises:
+            ValueError: the pool cannot rewind that far (see `HardTaskPool.rewind`).
+        """
+        index = int(index)
+        with self._lock:
+            if index != self.next_index:
+                if self.hard_tasks is not None:
+                    try:
+                        self.hard_tasks.rewind(index)
+                    except ValueError as err:
+                        if strict:
+                            raise
+                        warnings.warn(
+                            f"EpisodeStream: {err} Continuing at meta-batch {self.next_index}.", stacklevel=2
+                        )
+                        self.trained = index = self.next_index
+                elif self.batch_source is not None:
+                    warnings.warn(
+                        "EpisodeStream: a custom batch_source cannot be rewound; meta-batches "
+                        f"{index}..{self.next_index - 1} will differ from an uninterrupted run.",
+                        stacklevel=2,
+                    )
+            self.next_index = index
+            self._generation += 1
+
+    def get_state(self) -> dict:
+        """JSON for a checkpoint: ``{"trained": k, "hard_tasks": pool state or None}``.
+
+        The pool's state is taken as it was before meta-batch ``k`` was drawn
+        (`HardTaskPool.get_state(upto=k)`), not the live state of the prefetched
+        batches.
+        """
+        with self._lock:
+            pool = None if self.hard_tasks is None else self.hard_tasks.get_state(upto=self.trained)
+            return {"trained": int(self.trained), "hard_tasks": pool}
+
+    def set_state(self, state: dict) -> None:
+        """Restore `get_state`: the next pass starts at the saved ``trained`` meta-batch.
+
+        Raises:
+            ValueError: the state holds a hard-task pool but this stream has none,
+                or the other way round.
+        """
+        pool = state.get("hard_tasks")
+        if (pool is None) != (self.hard_tasks is None):
+            raise ValueError(
+                "EpisodeStream: the checkpoint was written "
+                f"{'with' if pool is not None else 'without'} a HardTaskPool but this pipeline has "
+                f"{'one' if self.hard_tasks is not None else 'none'}; build the episodes as in the "
+                "interrupted run."
+            )
+        with self._lock:
+            if pool is not None:
+                self.hard_tasks.set_state(pool)
+            self.trained = self.next_index = int(state["trained"])
+            self._generation += 1
+
+    def tracker(self) -> keras.callbacks.Callback:
+        """A callback keeping ``trained`` up to date during `fit`.
+
+        At ``fit`` start it rewinds the stream to ``trained`` (dropping what an
+        earlier iterator or Keras' build peek prefetched); after every batch it
+        records the number of meta-batches trained.
+        """
+        return _StreamTracker(self)
+
+
+def _random_batches(sampler, batch: int):
+    while True:
+        yield sampler.sample_batch(batch)
+
+
+class _StreamTracker(keras.callbacks.Callback):
+    def __init__(self, stream: EpisodeStream):
+        super().__init__()
+        self.stream = stream
+        self._epoch_start = 0
+
+    def on_train_begin(self, logs=None):
+        self.stream.seek(self.stream.trained, strict=False)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self.stream.trained
+
+    def on_train_batch_end(self, batch, logs=None):
+        # `batch` is the last step of the execution (steps_per_execution > 1 skips some).
+        self.stream.trained = self._epoch_start + int(batch) + 1

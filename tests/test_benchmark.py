@@ -1,0 +1,154 @@
+"""The benchmark suite: FLOP counts, the PyTorch baseline's faithfulness, the report, a smoke run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mtl_keras import MetaTransferModel, resnet12
+from mtl_keras.benchmarking import BenchConfig, check_targets, resnet12_convs, step_flops
+from mtl_keras.benchmarking.flops import forward_flops
+from mtl_keras.benchmarking.report import BEGIN, END, write_results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_flop_counts_match_the_resnet12_arithmetic():
+    assert forward_flops(resnet12_convs(32)) / 1e9 == pytest.approx(0.734, abs=1e-3)
+    assert forward_flops(resnet12_convs(84)) / 1e9 == pytest.approx(4.93, abs=1e-2)
+    # 5-shot, meta-batch 8 at 84x84: ~12 TFLOP per second-order step.
+    assert step_flops("mtl_keras", "train", 84, 5, 8, 100) / 1e12 == pytest.approx(11.7, abs=0.1)
+    # The first-order baseline back-propagates the query images only.
+    keras_task = step_flops("mtl_keras", "train", 32, 5, 1, 20)
+    torch_task = step_flops("torch", "train", 32, 5, 1, 20)
+    assert torch_task < keras_task
+    assert step_flops("mtl_keras", "eval", 32, 1, 10, 100) == pytest.approx(10 * 80 * 0.734e9, rel=1e-2)
+
+
+def _randomise(backbone, rng):
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.1, n).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+        elif hasattr(layer, "scale") and hasattr(layer, "shift"):
+            layer.scale.assign(rng.uniform(0.8, 1.2, layer.scale.shape).astype("float32"))
+            layer.shift.assign(rng.normal(0, 0.1, layer.shift.shape).astype("float32"))
+
+
+def test_torch_baseline_computes_the_same_first_order_step_as_mtl_keras():
+    """Same weights and episode: the baseline's logits and Φ/head gradients equal mtl_keras' first order."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    from mtl_keras.benchmarking.torch_baseline import MtlBaseline, build_encoder, load_keras_weights
+
+    rng = np.random.default_rng(0)
+    widths, ways, shots, queries, steps = (4, 8, 8, 8), 5, 2, 3, 3
+    backbone = resnet12((16, 16, 3), widths=widths)
+    _randomise(backbone, rng)
+    model = MetaTransferModel(backbone, ways=ways, inner_steps=steps, inner_lr=0.01, first_order=True)
+    w0 = rng.normal(0, 0.5, (widths[-1], ways)).astype("float32")
+    b0 = rng.normal(0, 0.1, ways).astype("float32")
+    model.head.kernel.assign(w0)
+    model.head.bias.assign(b0)
+    support = rng.random((ways * shots, 16, 16, 3), dtype=np.float32)
+    query = rng.random((ways * queries, 16, 16, 3), dtype=np.float32)
+    support_labels = np.repeat(np.arange(ways), shots).astype("int32")
+    query_labels = np.repeat(np.arange(ways), queries).astype("int32")
+
+    inputs = {"support_images": support[None], "support_labels": support_labels[None], "query_images": query[None]}
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        logits = model(inputs, training=True)[0]
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(query_labels, logits))
+    grads = dict(zip([v.path for v in variables], tape.gradient(loss, variables)))
+
+    encoder = build_encoder(3, widths)
+    load_keras_weights(encoder, {f"{layer.name}/{w.name}": w.numpy() for layer in backbone.layers for w in layer.weights})
+    baseline = MtlBaseline(encoder, ways, widths[-1], update_step=steps, update_lr=0.01)
+    with torch.no_grad():
+        baseline.fc1_w.copy_(torch.from_numpy(w0.T.copy()))
+        baseline.fc1_b.copy_(torch.from_numpy(b0))
+    nchw = lambda x: torch.from_numpy(x.transpose(0, 3, 1, 2).copy())  # noqa: E731
+    torch_logits = baseline.meta_forward(nchw(support), torch.from_numpy(support_labels).long(), nchw(query))
+    F.cross_entropy(torch_logits, torch.from_numpy(query_labels).long()).backward()
+
+    np.testing.assert_allclose(torch_logits.detach().numpy(), logits.numpy(), rtol=1e-4, atol=1e-5)
+    scale = max(float(np.abs(g).max()) for g in grads.values())
+    atol = 1e-4 * scale
+    np.testing.assert_allclose(baseline.fc1_w.grad.numpy().T, grads[model.head.kernel.path], atol=atol)
+    np.testing.assert_allclose(baseline.fc1_b.grad.numpy(), grads[model.head.bias.path], atol=atol)
+    for b, block in enumerate(encoder.blocks, start=1):
+        for j in (1, 2, 3):
+            layer = backbone.get_layer(f"block{b}_conv{j}")
+            conv = getattr(block, f"conv{j}")
+            np.testing.assert_allclose(conv.mtl_weight.grad.numpy().transpose(2, 3, 1, 0),
+                                       grads[layer.scale.path], atol=atol)
+            np.testing.assert_allclose(conv.mtl_bias.grad.numpy(), grads[layer.shift.path], atol=atol)
+
+
+def _row(label, precision="float32", **config):
+    cfg = BenchConfig(precision=precision, **config)
+    import dataclasses
+
+    return {"config": dataclasses.asdict(cfg), "label": label, "ratio": 1.5,
+            "mtl_keras": {"median_step_seconds": config.get("meta_batch", 2) * 1.0,
+                          "tasks_per_s": 1.0, "utilisation": 0.8}}
+
+
+def test_targets_compare_configurations_differing_in_one_factor():
+    rows = [_row("a"), _row("b", inner_steps=100), _row("c", meta_batch=8), _row("d", precision="mixed_bfloat16")]
+    rows[1]["mtl_keras"]["median_step_seconds"] = 2.2  # +10% for 20 -> 100 inner steps
+    targets = {t["target"]: t for t in check_targets({"results": rows})}
+    assert targets["inner steps 20 -> 100 costs <= 5% of step time"]["met"] is False
+    assert targets["inner steps 20 -> 100 costs <= 5% of step time"]["values"]["a"] == pytest.approx(0.1)
+    assert targets["tasks/s at meta-batch 8 >= at meta-batch 2"]["met"] is True
+    assert targets["mixed_bfloat16 >= 2.0x baseline"]["met"] is False
+
+
+def test_results_markdown_keeps_text_outside_the_markers(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Performance\n\nHand-written header.\n")
+    report = {"machine": {}, "results": [], "targets": [], "scaling": []}
+    import mtl_keras.benchmarking.report as report_module
+
+    original = report_module.format_report
+    try:
+        report_module.format_report = lambda r: "first\n"
+        write_results(report, None, str(path))
+        report_module.format_report = lambda r: "second\n"
+        write_results(report, None, str(path))
+    finally:
+        report_module.format_report = original
+    text = path.read_text()
+    assert text.startswith("# Performance\n\nHand-written header.\n")
+    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    assert "second" in text and "first" not in text
+
+
+def test_quick_benchmark_writes_json_and_table(tmp_path):
+    """``scripts/benchmark.py --quick`` runs end to end (nothing is asserted about speed)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert {"machine", "results", "targets", "scaling", "command"} <= set(report)
+    assert report["machine"]["cpu_model"] and report["machine"]["tensorflow"]
+    assert len(report["results"]) == 2
+    for row in report["results"]:
+        assert row["mtl_keras"]["median_step_seconds"] > 0 and row["mtl_keras"]["max_rss_mb"] > 0
+        assert row["ceiling_used_gflop_per_s"] > 0
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "| mode | image |" in table and "| train | 16×16" in table
+    assert "| mode | image |" in proc.stdout

@@ -1,0 +1,189 @@
+"""tf.distribute: MirroredStrategy on two logical CPUs equals a one-device run;
+MultiWorkerMirroredStrategy with two worker processes on 127.0.0.1 completes a fit.
+
+Both run in subprocesses: logical devices must be configured before TensorFlow
+initialises, and a cluster needs one process per worker. See docs/distributed.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+REPO = str(Path(__file__).resolve().parents[1])
+
+COMMON = textwrap.dedent(
+    """
+    import contextlib, json, os, sys
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    """
+)
+
+SETUP = textwrap.dedent(
+    """
+    import keras
+    import numpy as np
+    from mtl_keras import HardTaskPool, MetaTransferModel, make_episodes
+    from mtl_keras.backbones import resnet12
+    from mtl_keras.data import ClassSplit
+
+    rng = np.random.default_rng(0)
+    protos = rng.integers(0, 256, (6, 16, 16, 1))
+    labels = np.repeat(np.arange(6), 8)
+    images = np.clip(protos[labels] + rng.normal(0, 30, (len(labels), 16, 16, 1)), 0, 255)
+    split = ClassSplit.from_arrays(images.astype("uint8"), labels, name="train")
+
+    def run(strategy, steps_per_epoch, epochs, validate=True):
+        with strategy.scope() if strategy else contextlib.nullcontext():
+            keras.utils.set_random_seed(0)
+            model = MetaTransferModel(resnet12((16, 16, 1), widths=(4, 8, 8, 8)), ways=3,
+                                      inner_steps=2, eval_inner_steps=2)
+            model.compile(phi_learning_rate=1e-2, head_learning_rate=1e-2)
+        # delay 10 > the in-flight lag under a strategy (the distributed dataset prefetches too)
+        pool = HardTaskPool(schedule="periodic", every=2, hard_batches=1, delay=10, seed=0)
+        model.task_feedback = pool
+        episodes = make_episodes(split, 3, 1, 2, meta_batch_size=4, seed=0, hard_tasks=pool,
+                                 num_parallel_calls=1)
+        val = make_episodes(split, 3, 1, 2, meta_batch_size=4, seed=1, num_batches=1, repeatable=True)
+        history = model.fit(episodes, steps_per_epoch=steps_per_epoch, epochs=epochs, verbose=0,
+                            validation_data=val if validate else None)
+        return model, history.history, pool
+    """
+)
+
+MIRRORED = (
+    COMMON
+    + textwrap.dedent(
+        """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    """
+    )
+    + SETUP
+    + textwrap.dedent(
+        """
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    per_replica = next(iter(strategy.experimental_distribute_dataset(
+        make_episodes(split, 3, 1, 2, meta_batch_size=4, num_batches=1))))[0]["support_images"]
+    one, one_history, one_pool = run(None, 6, 2)
+    two, two_history, two_pool = run(strategy, 6, 2)
+    np.savez(sys.argv[1] + "/one.npz", *[np.asarray(w) for w in one.weights])
+    np.savez(sys.argv[1] + "/two.npz", *[np.asarray(w) for w in two.weights])
+    json.dump({
+        "replicas": strategy.num_replicas_in_sync,
+        "per_replica_shapes": [list(v.shape) for v in per_replica.values],
+        "one": one_history, "two": two_history,
+        "one_failures": one_pool.failure_counts(), "two_failures": two_pool.failure_counts(),
+        "one_stats": one_pool.stats(), "two_stats": two_pool.stats(),
+    }, open(sys.argv[1] + "/result.json", "w"))
+    """
+    )
+)
+
+WORKER = (
+    COMMON
+    + textwrap.dedent(
+        """
+    out, index, ports = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+    os.environ["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+        "task": {"type": "worker", "index": index},
+    })
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    """
+    )
+    + SETUP
+    + textwrap.dedent(
+        """
+    model, history, pool = run(strategy, 2, 2, validate=False)
+    json.dump({"replicas": strategy.num_replicas_in_sync, "history": history,
+               "weights": [np.asarray(w).tolist() for w in model.trainable_weights],
+               "stats": pool.stats()}, open(f"{out}/worker{index}.json", "w"))
+    """
+    )
+)
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def _run(script_text, tmp_path, name, *args, timeout=120):
+    script = tmp_path / f"{name}.py"
+    script.write_text(script_text)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path), *map(str, args)],
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait(proc, timeout=120):
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout}s: {err[-2000:]}") from None
+    assert proc.returncode == 0, err[-3000:]
+
+
+def _load(path):
+    with np.load(path) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+def test_mirrored_strategy_on_two_cpus_equals_one_device(tmp_path):
+    _wait(_run(MIRRORED, tmp_path, "mirrored"))
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["replicas"] == 2
+    assert result["per_replica_shapes"] == [[2, 3, 16, 16, 1], [2, 3, 16, 16, 1]]  # B=4 split in two
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(result["two"][key], result["one"][key], rtol=0, atol=1e-5)
+    for a, b in zip(_load(tmp_path / "two.npz"), _load(tmp_path / "one.npz")):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    # The hard-task pool heard about whole meta-batches, once, and trained the same hard tasks.
+    one, two = result["one_stats"], result["two_stats"]
+    assert two["tasks_reported"] == one["tasks_reported"] == 12 * 4
+    assert two["hard_tasks_reported"] == one["hard_tasks_reported"] > 0
+    assert two["late_reports"] == 0 and two["unmatched_reports"] == 0
+    assert result["two_failures"] == result["one_failures"]
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_mirrored_strategy_with_two_local_workers_completes_a_fit(tmp_path):
+    ports = ",".join(map(str, _free_ports(2)))
+    workers = [_run(WORKER, tmp_path, f"worker{i}", i, ports) for i in range(2)]
+    for proc in workers:
+        _wait(proc, timeout=150)
+    results = [json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2)]
+    for result in results:
+        assert result["replicas"] == 2
+        assert np.isfinite(result["history"]["loss"]).all() and len(result["history"]["loss"]) == 2
+        assert result["stats"]["tasks_reported"] == 4 * 4  # every worker's pool saw whole meta-batches
+    assert results[0]["history"] == results[1]["history"]
+    for a, b in zip(results[0]["weights"], results[1]["weights"]):
+        np.testing.assert_array_equal(a, b)
