@@ -136,6 +136,9 @@ def meta_train(
     model.load_weights(checkpoint_path)
     hist = dict(history.history)
     hist["initial_val_accuracy"] = [initial["accuracy"]]
+    # Epoch kept: 0 (the pretrained model) unless a meta-training epoch beat it on validation.
+    val = [initial["accuracy"], *hist.get("val_accuracy", [])]
+    hist["kept_epoch"] = [int(max(range(len(val)), key=lambda i: (val[i], -i)))]
     return hist
 
 
@@ -209,7 +212,9 @@ def run_experiment(
             model, test, config.ways, shots, config.test_queries, episodes=config.test_episodes,
             seed=config.seed + 100, verbose=verbose,
         )
-        say(f"    MTL: {result}")
+        kept = hist["kept_epoch"][0]
+        say(f"    MTL: {result}; kept meta-training epoch {kept} of {config.meta_epochs} by validation accuracy"
+            + (" (0 = the pretrained model: no epoch beat it)" if kept == 0 else ""))
         rows["MTL (SS, meta-trained)"][shots] = result
         curves[f"pretrained, {shots}-shot"] = baseline
         curves[f"MTL, {shots}-shot"] = result

@@ -152,3 +152,13 @@ def test_quick_benchmark_writes_json_and_table(tmp_path):
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| mode | image |" in table and "| train | 16×16" in table
     assert "| mode | image |" in proc.stdout
+
+
+def test_suite_skips_the_baseline_with_a_message_without_torch(monkeypatch):
+    import mtl_keras.benchmarking.suite as suite
+
+    monkeypatch.setattr(suite, "torch_available", lambda: False)
+    messages = []
+    report = suite.run_suite([], baseline=True, log=messages.append)
+    assert report["machine"]["baseline"] is False and report["results"] == []
+    assert any("PyTorch is not installed" in m for m in messages)

@@ -434,7 +434,7 @@ class MetaTransferModel(keras.Model):
         return loss, tf.reduce_mean(tf.cast(correct, tf.float32))
 
     def train_step(self, data):
-        inputs, query_labels = data
+        inputs, query_labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         if self.head_optimizer is None:
             raise RuntimeError("Call model.compile() before fit().")
         backbone_vars = self.backbone.trainable_variables
@@ -479,7 +479,7 @@ class MetaTransferModel(keras.Model):
         return []
 
     def test_step(self, data):
-        inputs, query_labels = data
+        inputs, query_labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         logits = self(inputs, training=False)
         loss, accuracy = self._loss_and_accuracy(logits, query_labels)
         self.loss_tracker.update_state(loss)

@@ -180,3 +180,30 @@ def test_train_step_compiles_with_xla(proto_split):
     model.compile(jit_compile=True)
     history = model.fit(_episodes(proto_split, batches=1), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+def test_folded_batch_norm_gives_the_same_logits_and_gradients(proto_split):
+    folded = _model()
+    plain = MetaTransferModel(folded.backbone, ways=4, inner_steps=3, eval_inner_steps=5, inner_lr=0.5,
+                              head=folded.head, fold_batch_norm=False)
+    assert len(folded.weights) == len(plain.weights)
+    inputs, labels = next(iter(_episodes(proto_split, batches=1)))
+    np.testing.assert_allclose(folded(inputs).numpy(), plain(inputs).numpy(), rtol=1e-4, atol=1e-5)
+    grads = []
+    for model in (folded, plain):
+        with tf.GradientTape() as tape:
+            logits = model(inputs, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        grads.append(tape.gradient(loss, model.trainable_weights))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(tf.reduce_max(tf.abs(b))) + 1e-7)
+
+
+def test_train_on_batch_and_test_on_batch_accept_x_y(proto_split):
+    model = _model()
+    model.compile()
+    inputs, labels = next(iter(_episodes(proto_split, batches=1)))
+    logs = model.train_on_batch(inputs, labels, return_dict=True)
+    assert set(logs) >= {"loss", "accuracy"} and np.isfinite(logs["loss"])
+    logs = model.test_on_batch(inputs, labels, return_dict=True)
+    assert 0.0 <= logs["accuracy"] <= 1.0
