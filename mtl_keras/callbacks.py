@@ -4,6 +4,7 @@
 * `ResumableCheckpoint`: atomic per-epoch backups of weights, both optimizers,
   the episode stream and the hard-task pool; exact resume after a crash.
 * `StopOnNonFiniteLoss`: stop at the first NaN/inf loss, naming epoch, batch and fix.
+* `BestCheckpoint`: the best epoch's weights, written atomically (`save_weights_atomic`).
 """
 
 from __future__ import annotations
@@ -144,7 +145,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     Not restored: the state of other callbacks (e.g. `ReduceLROnPlateau`'s
     counters) and random augmentation ops in the pipeline (stateful TF random
     ops); use stateless augmentation for exact resumes. Under a multi-worker
-    strategy only the chief writes; every worker reads ``directory`` (shared storage).
+    strategy only the chief writes and every worker reads ``directory`` (shared
+    storage), unless ``chief_only=False``: then every worker writes, each to its own
+    ``directory``.
 
     Args:
         directory: folder of this run's backups (created; one run per folder).
@@ -153,6 +156,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         hard_tasks: a `HardTaskPool` to save when ``episodes`` is not given.
         keep: number of epoch backups kept (older weights files are deleted).
         verbose: 1 prints a line when resuming.
+        chief_only: under a multi-worker strategy, only the chief writes (default).
 
     Example:
         >>> episodes = make_episodes(train, 5, 1, 15, meta_batch_size=4, seed=0, hard_tasks=pool)
@@ -165,9 +169,18 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     STATE_FILE = "state.json"
     _VERSION = 1
 
-    def __init__(self, directory: str, episodes=None, hard_tasks=None, keep: int = 1, verbose: int = 1):
+    def __init__(
+        self,
+        directory: str,
+        episodes=None,
+        hard_tasks=None,
+        keep: int = 1,
+        verbose: int = 1,
+        chief_only: bool = True,
+    ):
         super().__init__()
         self.directory = os.fspath(directory)
+        self.chief_only = bool(chief_only)
         self.stream = getattr(episodes, "episode_stream", episodes)
         if episodes is not None and not hasattr(self.stream, "get_state"):
             raise ValueError(
@@ -187,6 +200,10 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self._epoch_batches = 0
 
     # ----------------------------------------------------------------- restore
+    def read_state(self) -> dict | None:
+        """The last committed backup's state (``epoch``, ``batches``, ``history``, ...) or None."""
+        return self._read_state()
+
     def _read_state(self) -> dict | None:
         path = os.path.join(self.directory, self.STATE_FILE)
         if not os.path.exists(path):
@@ -235,6 +252,10 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 f"({self._batches} meta-batches trained)."
             )
 
+    def on_train_end(self, logs=None):
+        # Keras keeps `_initial_epoch` on the model; a later fit must not inherit it.
+        self.model._initial_epoch = None
+
     # ----------------------------------------------------------------- save
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_batches = 0
@@ -265,18 +286,14 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         if self.stream is not None:
             self.stream.trained = self._batches
         strategy = self.model.distribute_strategy
-        if not strategy.extended.should_checkpoint:
+        if self.chief_only and not strategy.extended.should_checkpoint:
             return
         self._save(epoch + 1, steps)
 
     def _save(self, epoch: int, steps) -> None:
         os.makedirs(self.directory, exist_ok=True)
         name = f"epoch-{epoch:05d}.weights.h5"
-        final = os.path.join(self.directory, name)
-        tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{name}")
-        self.model.save_weights(tmp, overwrite=True)
-        _fsync_file(tmp)
-        os.replace(tmp, final)
+        save_weights_atomic(self.model, os.path.join(self.directory, name))
         state = {
             "version": self._VERSION,
             "epoch": epoch,
@@ -294,6 +311,71 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         for old in backups[: -self.keep]:
             if old != name:
                 os.remove(os.path.join(self.directory, old))
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save the weights whenever ``monitor`` beats ``best`` at an epoch end, atomically.
+
+    As ``keras.callbacks.ModelCheckpoint(save_best_only=True, save_weights_only=True)``,
+    but the file is written to a temporary name and renamed into place, so a crash
+    while saving leaves the previous best, never a truncated file; and ``best`` can
+    be set before ``fit`` (e.g. to the pretrained model's score, or to the best epoch
+    of a run being resumed). Every process writes: under a multi-worker strategy give
+    each worker its own ``filepath`` (as `mtl_keras.experiment.output_dir` does).
+
+    Args:
+        filepath: a ``.weights.h5`` path.
+        monitor: the epoch log to compare (default ``val_accuracy``).
+        mode: ``"max"`` or ``"min"``.
+        best: starting value to beat (default: -inf for max, inf for min).
+
+    Attributes:
+        best: the best value so far; best_epoch: its 1-based epoch (None: not beaten).
+    """
+
+    def __init__(
+        self, filepath: str, monitor: str = "val_accuracy", mode: str = "max", best: float | None = None
+    ):
+        super().__init__()
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+        self.filepath = os.fspath(filepath)
+        self.monitor = monitor
+        self.mode = mode
+        self.best = best if best is not None else (-math.inf if mode == "max" else math.inf)
+        self.best_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            warnings.warn(
+                f"BestCheckpoint: no '{self.monitor}' in the epoch logs; nothing saved.", stacklevel=2
+            )
+            return
+        value = float(value)
+        better = value > self.best if self.mode == "max" else value < self.best
+        if math.isfinite(value) and better:
+            self.best, self.best_epoch = value, epoch + 1
+            save_weights_atomic(self.model, self.filepath)
+
+
+def save_weights_atomic(model, path: str) -> str:
+    """``model.save_weights(path)`` through a temporary file renamed into place (fsynced).
+
+    A crash at any moment leaves the old file (or none), never a partial one.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        model.save_weights(tmp, overwrite=True)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
 
 
 def _model_signature(model) -> dict:

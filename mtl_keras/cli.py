@@ -52,57 +52,56 @@ def _config_and_dir(args):
     return config, run_dir
 
 
-def _run(args) -> int:
-    from mtl_keras.experiment import run_workflow
+# `mtl-keras` stage commands: command → (function of mtl_keras.experiment, {its keyword: args attribute}).
+_STAGES = {
+    "run": ("run_workflow", {"tensorboard": "tensorboard", "strategy": "strategy", "restart": "restart"}),
+    "pretrain": (
+        "pretrain_stage",
+        {"tensorboard": "tensorboard", "strategy": "strategy", "restart": "restart"},
+    ),
+    "meta-train": (
+        "meta_train_stage",
+        {
+            "weights_path": "weights",
+            "tensorboard": "tensorboard",
+            "strategy": "strategy",
+            "restart": "restart",
+        },
+    ),
+    "evaluate": (
+        "evaluate_stage",
+        {"weights_path": "weights", "episodes": "episodes", "tensorboard": "tensorboard"},
+    ),
+    "export": ("export_stage", {"output_dir": "output"}),
+}
 
+
+def _stage(args) -> int:
+    from mtl_keras import experiment
+
+    strategy = _strategy(args)  # before any other TensorFlow work
     config, run_dir = _config_and_dir(args)
-    run_workflow(config, run_dir, verbose=not args.quiet, tensorboard=not args.no_tensorboard)
+    if strategy is not None and not args.quiet:
+        devices = ", ".join(strategy.extended.worker_devices)
+        name = {"mirrored": "MirroredStrategy", "multi-worker": "MultiWorkerMirroredStrategy"}[args.strategy]
+        print(f"{name}: {strategy.num_replicas_in_sync} replicas ({devices} on this worker)")
+    function, options = _STAGES[args.command]
+    values = {"tensorboard": not getattr(args, "no_tensorboard", False), "strategy": strategy}
+    kwargs = {key: values[attr] if attr in values else getattr(args, attr) for key, attr in options.items()}
+    getattr(experiment, function)(config, run_dir, verbose=not args.quiet, **kwargs)
     return 0
 
 
-def _pretrain(args) -> int:
-    from mtl_keras.experiment import pretrain_stage
+def _strategy(args):
+    """The `tf.distribute` strategy of ``--strategy`` / ``--devices`` / ``--logical-cpus`` (None: default)."""
+    if not hasattr(args, "strategy"):
+        return None
+    from mtl_keras.distribute import configure_logical_cpus, make_strategy
 
-    config, run_dir = _config_and_dir(args)
-    pretrain_stage(config, run_dir, verbose=not args.quiet, tensorboard=not args.no_tensorboard)
-    return 0
-
-
-def _meta_train(args) -> int:
-    from mtl_keras.experiment import meta_train_stage
-
-    config, run_dir = _config_and_dir(args)
-    meta_train_stage(
-        config,
-        run_dir,
-        weights_path=args.weights,
-        verbose=not args.quiet,
-        tensorboard=not args.no_tensorboard,
-    )
-    return 0
-
-
-def _evaluate(args) -> int:
-    from mtl_keras.experiment import evaluate_stage
-
-    config, run_dir = _config_and_dir(args)
-    evaluate_stage(
-        config,
-        run_dir,
-        weights_path=args.weights,
-        episodes=args.episodes,
-        verbose=not args.quiet,
-        tensorboard=not args.no_tensorboard,
-    )
-    return 0
-
-
-def _export(args) -> int:
-    from mtl_keras.experiment import export_stage
-
-    config, run_dir = _config_and_dir(args)
-    export_stage(config, run_dir, output_dir=args.output, verbose=not args.quiet)
-    return 0
+    if args.logical_cpus:
+        configure_logical_cpus(args.logical_cpus)
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    return make_strategy(args.strategy, devices)
 
 
 def _tune(args) -> int:
@@ -194,6 +193,38 @@ def _add_config_options(parser: argparse.ArgumentParser, run_dir_required: bool 
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("resume and distribution")
+    group.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over instead of resuming the interrupted or finished training in RUN_DIR "
+        "(a rerun with the same --run-dir resumes by default: completed stages are skipped, an "
+        "interrupted one continues after its last completed epoch)",
+    )
+    group.add_argument(
+        "--strategy",
+        choices=("none", "mirrored", "multi-worker"),
+        default="none",
+        help="tf.distribute strategy for training: mirrored = this machine's GPUs (or its logical CPUs), "
+        "multi-worker = one process per host, cluster in TF_CONFIG; the meta-batch is split across "
+        "replicas (see docs/distributed.md; default: none)",
+    )
+    group.add_argument(
+        "--devices",
+        default=None,
+        metavar="DEV,DEV",
+        help="devices of --strategy mirrored, e.g. /gpu:0,/gpu:1 (default: every GPU, else every logical CPU)",
+    )
+    group.add_argument(
+        "--logical-cpus",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="split the CPU into N logical devices (to try --strategy mirrored without GPUs)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtl-keras",
@@ -225,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(run)
     run.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
-    run.set_defaults(func=_run)
+    _add_training_options(run)
+    run.set_defaults(func=_stage)
 
     pre = sub.add_parser(
         "pretrain",
@@ -236,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(pre)
     pre.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
-    pre.set_defaults(func=_pretrain)
+    _add_training_options(pre)
+    pre.set_defaults(func=_stage)
 
     meta = sub.add_parser(
         "meta-train",
@@ -252,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="pretrained backbone weights (default: RUN_DIR/pretrained_backbone.weights.h5)",
     )
     meta.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
-    meta.set_defaults(func=_meta_train)
+    _add_training_options(meta)
+    meta.set_defaults(func=_stage)
 
     ev = sub.add_parser(
         "evaluate",
@@ -271,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="test episodes (default: the config's test_episodes)",
     )
     ev.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
-    ev.set_defaults(func=_evaluate)
+    ev.set_defaults(func=_stage)
 
     ex = sub.add_parser(
         "export",
@@ -282,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(ex, run_dir_required=True)
     ex.add_argument("--output", default=None, help="folder for the SavedModels (default: RUN_DIR/export)")
-    ex.set_defaults(func=_export)
+    ex.set_defaults(func=_stage)
 
     tune = sub.add_parser(
         "tune",
@@ -340,20 +374,39 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: mtl-keras reproduce --quick --out runs/reproduce-quick",
     )
     rep.add_argument("--out", default=None, help="output folder (default: runs/reproduce-<benchmark>)")
-    rep.add_argument("--quick", action="store_true", help="the short version: 16px images, a small backbone, "
-                     "short runs, 200 test episodes")
-    rep.add_argument("--config", default=None, metavar="NAME|FILE.json",
-                     help="preset or JSON file (default: cpu-glyphs with val_episodes=600)")
+    rep.add_argument(
+        "--quick",
+        action="store_true",
+        help="the short version: 16px images, a small backbone, short runs, 200 test episodes",
+    )
+    rep.add_argument(
+        "--config",
+        default=None,
+        metavar="NAME|FILE.json",
+        help="preset or JSON file (default: cpu-glyphs with val_episodes=600)",
+    )
     rep.add_argument("--benchmark", default=None, help="benchmark name (see `mtl-keras benchmarks`)")
     rep.add_argument("--root", default=None, help="the benchmark's data folder")
     rep.add_argument("--seed", type=int, default=None, help="seed of every sampler and initialiser")
-    rep.add_argument("--shots", type=_positive_int, nargs="+", default=None, metavar="K",
-                     help="shot settings (default: the config's)")
-    rep.add_argument("--weights", default=None, help="pretrained backbone weights to use instead of pretraining")
-    rep.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="override a config field (e.g. widths=8,8,8,8) or a reproduction setting (scratch_filters, "
-                     "scratch_epochs, scratch_steps_per_epoch, scratch_lr, ft_lrs, ft_probe_steps, ht_every, "
-                     "ht_hard_batches, hard_ways, eval_chunk); repeatable, applied last")
+    rep.add_argument(
+        "--shots",
+        type=_positive_int,
+        nargs="+",
+        default=None,
+        metavar="K",
+        help="shot settings (default: the config's)",
+    )
+    rep.add_argument(
+        "--weights", default=None, help="pretrained backbone weights to use instead of pretraining"
+    )
+    rep.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field (e.g. widths=8,8,8,8) or a reproduction setting (scratch_filters, "
+        "scratch_epochs, scratch_steps_per_epoch, scratch_lr, ft_lrs, ft_probe_steps, ht_every, "
+        "ht_hard_batches, hard_ways, eval_chunk); repeatable, applied last",
+    )
     rep.add_argument("--quiet", action="store_true", help="no progress output")
     rep.set_defaults(func=_reproduce)
 

@@ -77,7 +77,8 @@ def evaluate_episodes(
     inner_steps: int | None = None,
     meta_batch_size: int = 10,
     verbose: bool = True,
-) -> EvaluationResult:
+    return_details: bool = False,
+):
     """Mean query accuracy and 95% CI of ``model`` over ``episodes`` test episodes.
 
     Episodes are drawn from ``split`` with ``seed``, so two models evaluated with
@@ -92,9 +93,21 @@ def evaluate_episodes(
         inner_steps: inner steps (default ``model.eval_inner_steps``).
         meta_batch_size: episodes adapted per call (speed only; results identical).
         verbose: show a progress bar.
+        return_details: also return per-class statistics from the same pass.
 
     Returns:
-        An `EvaluationResult`.
+        An `EvaluationResult`; with ``return_details``, ``(result, details)`` where
+        ``details`` holds:
+
+        * ``class_ids``, ``class_names``: the split's classes that appeared;
+        * ``accuracy``: each one's mean query accuracy over the episodes it was in;
+        * ``episodes``: how many episodes it was in;
+        * ``worst``: how many times it was its episode's *failure class* (lowest
+          accuracy, the hard-task criterion; episodes whose classes all tie count for
+          none);
+        * ``sample``: the first episode — ``support_images (N*K, H, W, C) uint8``,
+          ``support_labels (N*K,)``, ``query_images (N*Q, H, W, C) uint8``,
+          ``query_labels``, ``query_predictions (N*Q,)``, ``class_names (N,)``.
     """
     if model.ways != ways:
         raise ValueError(f"The model has a {model.ways}-way head; cannot evaluate {ways}-way episodes.")
@@ -102,21 +115,33 @@ def evaluate_episodes(
     batch = max(1, min(meta_batch_size, episodes))
     num_batches = math.ceil(episodes / batch)
     ds = make_episodes(
-        split, ways, shots, queries, meta_batch_size=batch, num_batches=num_batches,
-        seed=seed, repeatable=True,
+        split,
+        ways,
+        shots,
+        queries,
+        meta_batch_size=batch,
+        num_batches=num_batches,
+        seed=seed,
+        repeatable=True,
     )
 
     @tf.function(reduce_retracing=True)
     def run(inputs, labels):
         _, history = model.adapt(
-            inputs["support_images"], inputs["support_labels"], inputs["query_images"],
-            steps=steps, return_history=True,
+            inputs["support_images"],
+            inputs["support_labels"],
+            inputs["query_images"],
+            steps=steps,
+            return_history=True,
         )
-        preds = tf.argmax(history["query_logits"], axis=-1, output_type=tf.int32)
-        correct = tf.reduce_mean(tf.cast(tf.equal(preds, labels[None]), tf.float32), axis=-1)
-        return correct, history["support_loss"]  # (T+1, B), (T+1, B)
+        logits = history["query_logits"]  # (T+1, B, N*Q, N)
+        preds = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        correct = tf.reduce_mean(tf.cast(tf.equal(preds, labels[None]), tf.float32), axis=-1)  # (T+1, B)
+        class_acc = model.per_class_accuracy(logits[-1], labels, ways)  # (B, N)
+        return correct, history["support_loss"], class_acc, preds[-1]
 
-    correct_all, loss_all = [], []
+    correct_all, loss_all, class_acc_all, classes_all = [], [], [], []
+    sample = None
     # On a terminal a live bar; in a log file one line at the end.
     bar = (
         keras.utils.Progbar(episodes, unit_name="episode", verbose=1 if sys.stdout.isatty() else 2)
@@ -125,9 +150,14 @@ def evaluate_episodes(
     )
     seen = 0
     for inputs, labels in ds:
-        correct, loss = run(inputs, labels)
+        correct, loss, class_acc, preds = run(inputs, labels)
         correct_all.append(correct.numpy())
         loss_all.append(loss.numpy())
+        if return_details:
+            class_acc_all.append(class_acc.numpy())
+            classes_all.append(inputs["task_classes"].numpy())
+            if sample is None:
+                sample = _sample_episode(inputs, labels, preds)
         seen += correct.shape[1]
         if bar is not None:
             bar.update(min(seen, episodes))
@@ -135,8 +165,52 @@ def evaluate_episodes(
     losses = np.concatenate(loss_all, axis=1)[:, :episodes]
     final = correct[-1]
     mean, ci = confidence_interval(final)
-    return EvaluationResult(
-        mean=mean, ci95=ci, episode_accuracies=final,
-        per_step_accuracy=correct.mean(axis=1), per_step_support_loss=losses.mean(axis=1),
-        ways=ways, shots=shots, queries=queries, inner_steps=steps,
+    result = EvaluationResult(
+        mean=mean,
+        ci95=ci,
+        episode_accuracies=final,
+        per_step_accuracy=correct.mean(axis=1),
+        per_step_support_loss=losses.mean(axis=1),
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        inner_steps=steps,
     )
+    if not return_details:
+        return result
+    class_acc = np.concatenate(class_acc_all, axis=0)[:episodes]  # (E, N)
+    task_classes = np.concatenate(classes_all, axis=0)[:episodes]  # (E, N) global ids
+    return result, _class_details(split, class_acc, task_classes, sample)
+
+
+def _sample_episode(inputs, labels, preds) -> dict:
+    """The first episode of a meta-batch, images as uint8."""
+    return {
+        "support_images": np.round(inputs["support_images"][0].numpy() * 255).astype(np.uint8),
+        "support_labels": inputs["support_labels"][0].numpy(),
+        "query_images": np.round(inputs["query_images"][0].numpy() * 255).astype(np.uint8),
+        "query_labels": labels[0].numpy(),
+        "query_predictions": preds[0].numpy(),
+        "task_classes": inputs["task_classes"][0].numpy(),
+    }
+
+
+def _class_details(split: ClassSplit, class_acc: np.ndarray, task_classes: np.ndarray, sample: dict) -> dict:
+    """Per-class accuracy, episode counts and failure-class counts of ``(E, N)`` results."""
+    name_of = dict(zip(np.asarray(split.class_ids).tolist(), split.class_names))
+    ids, inverse = np.unique(task_classes.reshape(-1), return_inverse=True)
+    hits = np.bincount(inverse, weights=class_acc.reshape(-1), minlength=len(ids))
+    counts = np.bincount(inverse, minlength=len(ids))
+    failing = class_acc.min(axis=1) < class_acc.max(axis=1)
+    worst_ids = task_classes[np.arange(len(task_classes)), class_acc.argmin(axis=1)][failing]
+    worst = dict(zip(*np.unique(worst_ids, return_counts=True))) if len(worst_ids) else {}
+    sample = dict(sample)
+    sample["class_names"] = np.array([name_of[int(c)] for c in sample.pop("task_classes")])
+    return {
+        "class_ids": ids.tolist(),
+        "class_names": [name_of[int(c)] for c in ids],
+        "accuracy": (hits / np.maximum(counts, 1)).tolist(),
+        "episodes": counts.tolist(),
+        "worst": [int(worst.get(c, 0)) for c in ids],
+        "sample": sample,
+    }

@@ -6,9 +6,10 @@ can call the same steps one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -19,14 +20,26 @@ import numpy as np
 import tensorflow as tf
 
 from mtl_keras.backbones import get_backbone
+from mtl_keras.callbacks import (
+    BestCheckpoint,
+    ResumableCheckpoint,
+    StopOnNonFiniteLoss,
+    _atomic_write_text,
+    save_weights_atomic,
+)
 from mtl_keras.config import ExperimentConfig
 from mtl_keras.data.augment import pretrain_augmentation
 from mtl_keras.data.episodes import make_episodes, pretrain_dataset
 from mtl_keras.data.registry import load_benchmark
-from mtl_keras.evaluation import EvaluationResult, confidence_interval, evaluate_episodes
+from mtl_keras.distribute import worker_index
+from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.models.pretrain import PretrainModel
 from mtl_keras.plots import plot_accuracy_vs_inner_steps, plot_episode_grid, plot_learning_curves, plot_run
+
+BASELINE_ROW = "pretrained + inner loop (no meta-training)"
+MTL_ROW = "MTL (SS, meta-trained)"
+PRETRAINED_WEIGHTS = "pretrained_backbone.weights.h5"
 
 
 def _verbose_mode(verbose: bool) -> int:
@@ -39,105 +52,198 @@ def build_backbone(config: ExperimentConfig, channels: int) -> keras.Model:
     return get_backbone(config.backbone, (config.image_size, config.image_size, channels), **kwargs)
 
 
-def pretrain(config: ExperimentConfig, train_split, verbose: bool = True, callbacks: list | None = None):
+def pretrain(
+    config: ExperimentConfig,
+    train_split,
+    verbose: bool = True,
+    callbacks: list | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    backup_dir: str | None = None,
+):
     """Train the backbone as a classifier over the base classes.
 
-    ``callbacks`` (optional) are passed to ``fit`` (e.g. `tensorboard_callbacks`).
+    Args:
+        config: the experiment settings (``pretrain_*``, backbone, seed).
+        train_split: the base classes.
+        verbose: progress output.
+        callbacks: passed to ``fit`` (e.g. `tensorboard_callbacks`).
+        strategy: a `tf.distribute` strategy to build and train the model under.
+        backup_dir: back up the training state there at every epoch end
+            (`ResumableCheckpoint`) and resume from it if a backup is there: a crash
+            costs at most one epoch. (The resumed run reshuffles the images from
+            the start, so it is not bit-identical to an uninterrupted one.)
 
     Returns:
         ``(PretrainModel, history dict)``. 10% of each class is held out and
         reported as ``val_accuracy``.
     """
     keras.utils.set_random_seed(config.seed)
-    backbone = build_backbone(config, train_split.channels)
-    model = PretrainModel(
-        backbone,
-        train_split.num_classes,
-        augmentation=pretrain_augmentation(seed=config.seed) if config.pretrain_augment else None,
-        dropout=config.pretrain_dropout,
-    )
-    train_ds, held_ds = pretrain_dataset(
-        train_split, batch_size=config.pretrain_batch_size, seed=config.seed, holdout=0.1
-    )
-    steps = sum(1 for _ in train_ds) * max(1, config.pretrain_epochs)
-    schedule = keras.optimizers.schedules.CosineDecay(config.pretrain_lr, decay_steps=steps)
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        backbone = build_backbone(config, train_split.channels)
+        model = PretrainModel(
+            backbone,
+            train_split.num_classes,
+            augmentation=pretrain_augmentation(seed=config.seed) if config.pretrain_augment else None,
+            dropout=config.pretrain_dropout,
+        )
+        train_ds, held_ds = pretrain_dataset(
+            train_split, batch_size=config.pretrain_batch_size, seed=config.seed, holdout=0.1
+        )
+        steps = sum(1 for _ in train_ds) * max(1, config.pretrain_epochs)
+        schedule = keras.optimizers.schedules.CosineDecay(config.pretrain_lr, decay_steps=steps)
+        model.compile(
+            optimizer=keras.optimizers.Adam(schedule),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+    backup = ResumableCheckpoint(backup_dir, verbose=int(verbose), chief_only=False) if backup_dir else None
     history = model.fit(
-        train_ds, validation_data=held_ds, epochs=config.pretrain_epochs, verbose=_verbose_mode(verbose),
-        callbacks=list(callbacks or []),
+        train_ds,
+        validation_data=held_ds,
+        epochs=config.pretrain_epochs,
+        verbose=_verbose_mode(verbose),
+        callbacks=[*([backup] if backup else []), *(callbacks or [])],
     )
-    return model, history.history
+    return model, _full_history(history.history, backup)
+
+
+def _full_history(history: dict, backup: ResumableCheckpoint | None) -> dict:
+    """A fit's history, with the epochs of earlier (interrupted) runs when resumed from ``backup``."""
+    if backup is None or not backup.history:
+        return dict(history)
+    keys = sorted({k for epoch in backup.history for k in epoch})
+    return {k: [epoch.get(k, float("nan")) for epoch in backup.history] for k in keys}
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Build layers under the Keras dtype policy ``name`` (e.g. ``"mixed_bfloat16"``), then restore it."""
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
 
 
 def meta_model(
-    config: ExperimentConfig, channels: int, weights_path: str | None, strategy: tf.distribute.Strategy | None = None,
+    config: ExperimentConfig,
+    channels: int,
+    weights_path: str | None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> MetaTransferModel:
     """A fresh `MetaTransferModel` whose backbone carries the pretrained weights.
 
     With a ``strategy`` (e.g. ``tf.distribute.MirroredStrategy()``) the model and
     both optimizers are created in its scope, so ``fit`` splits every meta-batch
-    across its replicas (see ``docs/distributed.md``).
+    across its replicas (see ``docs/distributed.md``). The backbone is built under
+    the dtype policy ``config.precision`` (``"mixed_bfloat16"``: 16-bit backbone,
+    float32 variables, inner loop and updates), whatever the global Keras policy is.
     """
     if strategy is not None:
         with strategy.scope():
             return meta_model(config, channels, weights_path)
     from mtl_keras.models.weights import load_backbone_weights
 
-    backbone = build_backbone(config, channels)
-    if weights_path:
-        load_backbone_weights(backbone, weights_path)  # names both architectures on a mismatch
-    model = MetaTransferModel(
-        backbone,
-        ways=config.ways,
-        inner_steps=config.inner_steps,
-        eval_inner_steps=config.eval_inner_steps,
-        inner_lr=config.inner_lr,
-        first_order=config.first_order,
-    )
+    with dtype_policy(config.precision):
+        backbone = build_backbone(config, channels)
+        if weights_path:
+            load_backbone_weights(backbone, weights_path)  # names both architectures on a mismatch
+        model = MetaTransferModel(
+            backbone,
+            ways=config.ways,
+            inner_steps=config.inner_steps,
+            eval_inner_steps=config.eval_inner_steps,
+            inner_lr=config.inner_lr,
+            first_order=config.first_order,
+        )
     model.compile(phi_learning_rate=config.phi_lr, head_learning_rate=config.head_lr)
     return model
 
 
 def meta_train(
-    config: ExperimentConfig, model: MetaTransferModel, train_split, val_split, shots: int,
-    checkpoint_path: str, verbose: bool = True, callbacks: list | None = None,
+    config: ExperimentConfig,
+    model: MetaTransferModel,
+    train_split,
+    val_split,
+    shots: int,
+    checkpoint_path: str,
+    verbose: bool = True,
+    callbacks: list | None = None,
+    backup_dir: str | None = None,
 ) -> dict:
     """Meta-train ``model`` on ``shots``-shot episodes; keep the best validation epoch.
 
-    The weights with the highest mean validation-episode accuracy are written to
-    ``checkpoint_path`` and restored into ``model`` at the end. ``callbacks``
-    (optional) are passed to ``fit`` after the checkpoint callback.
+    The weights with the highest mean validation-episode accuracy — the pretrained
+    model before any meta-training (epoch 0) competes too — are written atomically
+    to ``checkpoint_path`` and restored into ``model`` at the end.
+
+    Args:
+        config: the experiment settings.
+        model: a compiled `MetaTransferModel` (e.g. from `meta_model`).
+        train_split, val_split: base and validation classes.
+        shots: ``K``.
+        checkpoint_path: the best weights (``.weights.h5``).
+        verbose: progress output.
+        callbacks: passed to ``fit`` after the checkpoint callbacks.
+        backup_dir: back up the whole training state (weights, both optimizers,
+            episode stream) there at every epoch end and, if a backup is there,
+            resume from it: the resumed run trains the same meta-batches as an
+            uninterrupted one (`ResumableCheckpoint`).
+
+    Returns:
+        The history (every epoch, including those of an interrupted earlier run),
+        with ``initial_val_accuracy`` and ``kept_epoch`` (0 = the pretrained model).
     """
     keras.utils.set_random_seed(config.seed)
     train_eps = make_episodes(
-        train_split, config.ways, shots, config.queries, meta_batch_size=config.meta_batch_size,
+        train_split,
+        config.ways,
+        shots,
+        config.queries,
+        meta_batch_size=config.meta_batch_size,
         seed=config.seed,
     )
     val_batch = 10
     val_eps = make_episodes(
-        val_split, config.ways, shots, config.queries, meta_batch_size=val_batch,
-        num_batches=max(1, config.val_episodes // val_batch), seed=config.seed + 1, repeatable=True,
+        val_split,
+        config.ways,
+        shots,
+        config.queries,
+        meta_batch_size=val_batch,
+        num_batches=max(1, config.val_episodes // val_batch),
+        seed=config.seed + 1,
+        repeatable=True,
     )
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        checkpoint_path, monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True,
+    # Every worker of a multi-worker strategy writes its own backup (see `output_dir`).
+    backup = (
+        ResumableCheckpoint(backup_dir, train_eps, verbose=int(verbose), chief_only=False)
+        if backup_dir
+        else None
     )
+    state = backup.read_state() if backup is not None else None
     # Epoch 0: the pretrained model before any meta-training competes too.
-    initial = model.evaluate(val_eps, verbose=0, return_dict=True)
-    model.save_weights(checkpoint_path)
-    checkpoint.best = initial["accuracy"]
+    initial = model.evaluate(val_eps, verbose=0, return_dict=True)["accuracy"]
+    best = BestCheckpoint(checkpoint_path, monitor="val_accuracy", mode="max", best=initial)
+    if state is not None and os.path.exists(checkpoint_path):
+        # Resuming: the best of the epochs already trained is on disk (saved before the backup).
+        best.best = max([initial, *(e["val_accuracy"] for e in state["history"] if "val_accuracy" in e)])
+    else:
+        save_weights_atomic(model, checkpoint_path)
+    # `best` before `backup`: a backed-up epoch's best weights are always on disk already.
     history = model.fit(
-        train_eps, steps_per_epoch=config.steps_per_epoch, epochs=config.meta_epochs,
-        validation_data=val_eps, callbacks=[checkpoint, *(callbacks or [])], verbose=_verbose_mode(verbose),
+        train_eps,
+        steps_per_epoch=config.steps_per_epoch,
+        epochs=config.meta_epochs,
+        validation_data=val_eps,
+        callbacks=[best, *([backup] if backup else []), StopOnNonFiniteLoss(), *(callbacks or [])],
+        verbose=_verbose_mode(verbose),
     )
     model.load_weights(checkpoint_path)
-    hist = dict(history.history)
-    hist["initial_val_accuracy"] = [initial["accuracy"]]
+    hist = _full_history(history.history, backup)
+    hist["initial_val_accuracy"] = [initial]
     # Epoch kept: 0 (the pretrained model) unless a meta-training epoch beat it on validation.
-    val = [initial["accuracy"], *hist.get("val_accuracy", [])]
+    val = [initial, *hist.get("val_accuracy", [])]
     hist["kept_epoch"] = [int(max(range(len(val)), key=lambda i: (val[i], -i)))]
     return hist
 
@@ -156,9 +262,104 @@ def format_table(rows: dict[str, dict[int, EvaluationResult]], ways: int) -> str
     return "\n".join(lines)
 
 
+class RunProgress:
+    """Which training stages of a run folder are complete, so that a rerun resumes.
+
+    Kept in ``RUN_DIR/backup/progress.json`` (written atomically) with the config it
+    was made with; each unfinished stage backs up its state in
+    ``RUN_DIR/backup/<stage>`` (`ResumableCheckpoint`). A rerun with the same run
+    folder skips the completed stages and resumes the interrupted one after its last
+    completed epoch. Settings that do not change training (``shots``,
+    ``test_episodes``, ``test_queries``, ``eval_inner_steps``, ``root``) may change
+    between runs; any other difference is an error naming the keys.
+
+    Args:
+        run_dir: the run folder (outputs of this process).
+        config: this run's settings.
+        restart: forget earlier progress (delete ``RUN_DIR/backup``).
+    """
+
+    FILE = "progress.json"
+    FREE_KEYS = ("shots", "test_episodes", "test_queries", "eval_inner_steps", "root")
+
+    def __init__(self, run_dir: str, config: ExperimentConfig, restart: bool = False):
+        self.folder = os.path.join(run_dir, "backup")
+        if restart and os.path.isdir(self.folder):
+            shutil.rmtree(self.folder)
+        self.path = os.path.join(self.folder, self.FILE)
+        current = json.loads(json.dumps(config.to_dict()))
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                self.state = json.load(f)
+            stored = self.state["config"]
+            differ = sorted(
+                k
+                for k in set(stored) | set(current)
+                if k not in self.FREE_KEYS and stored.get(k) != current.get(k)
+            )
+            if differ:
+                changes = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differ)
+                raise ValueError(
+                    f"'{run_dir}' holds a run made with other settings ({changes}); resuming it would mix "
+                    "the two. Use another --run-dir, the same settings, or --restart to start it over."
+                )
+        else:
+            self.state = {"config": current, "stages": {}}
+
+    def done(self, stage: str) -> bool:
+        return bool(self.state["stages"].get(stage, {}).get("done"))
+
+    def history(self, stage: str) -> dict:
+        return self.state["stages"][stage]["history"]
+
+    def backup_dir(self, stage: str) -> str:
+        return os.path.join(self.folder, stage)
+
+    def started(self, stage: str) -> bool:
+        return os.path.exists(os.path.join(self.backup_dir(stage), ResumableCheckpoint.STATE_FILE))
+
+    def complete(self, stage: str, history: dict) -> None:
+        """Record ``stage`` as done (its backup is no longer needed)."""
+        os.makedirs(self.folder, exist_ok=True)
+        self.state["stages"][stage] = {
+            "done": True,
+            "history": json.loads(json.dumps(history, default=_jsonable)),
+        }
+        _atomic_write_text(self.path, json.dumps(self.state, indent=1))
+        shutil.rmtree(self.backup_dir(stage), ignore_errors=True)
+
+
+def check_strategy(config: ExperimentConfig, strategy: tf.distribute.Strategy | None) -> None:
+    """Fail fast when ``config.meta_batch_size`` does not split over the strategy's replicas."""
+    replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
+    if config.meta_batch_size % replicas:
+        fit = replicas * -(-config.meta_batch_size // replicas)
+        raise ValueError(
+            f"Config key 'meta_batch_size' ({config.meta_batch_size}) must be a multiple of the {replicas} "
+            f"replicas of the strategy: each replica trains meta_batch_size / {replicas} tasks. "
+            f"Use --set meta_batch_size={fit}."
+        )
+
+
+def output_dir(run_dir: str, strategy: tf.distribute.Strategy | None) -> str:
+    """Where this process writes: ``run_dir``, or ``run_dir/worker-{i}`` on a non-chief worker.
+
+    Under `tf.distribute.MultiWorkerMirroredStrategy` every worker runs the same
+    program; only the chief (worker 0) writes the run folder itself, the others
+    write their (identical) copies beside it so that no two processes write one file.
+    """
+    index = worker_index(strategy)
+    return run_dir if index == 0 else os.path.join(run_dir, f"worker-{index}")
+
+
 def run_experiment(
-    config: ExperimentConfig, run_dir: str, verbose: bool = True,
+    config: ExperimentConfig,
+    run_dir: str,
+    verbose: bool = True,
     callbacks: Callable[[str], list] | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    restart: bool = False,
+    details: Callable[[int, EvaluationResult, dict], None] | None = None,
 ) -> dict:
     """Pretrain, evaluate the pretrained baseline, meta-train with MTL, evaluate, export.
 
@@ -167,77 +368,148 @@ def run_experiment(
     ``learning_curves.png``, ``accuracy_vs_inner_steps.png`` and
     ``export/{N}way{K}shot`` SavedModels.
 
-    ``callbacks`` (optional): a function ``stage → list of Keras callbacks`` for the
-    ``fit`` of each stage, ``"pretrain"`` and ``"mtl_{K}shot"`` (`run_workflow` passes
-    TensorBoard callbacks this way). None (default): no extra callbacks.
+    Resumable: run it again with the same ``run_dir`` after a crash and it skips
+    the completed training stages and resumes the interrupted one after its last
+    completed epoch (see `RunProgress`); ``restart=True`` starts over.
+
+    Args:
+        config: the experiment settings.
+        run_dir: the run folder.
+        verbose: progress output.
+        callbacks: a function ``stage → list of Keras callbacks`` for the ``fit`` of
+            each stage, ``"pretrain"`` and ``"mtl_{K}shot"`` (`run_workflow` passes
+            TensorBoard callbacks this way).
+        strategy: a `tf.distribute` strategy for pretraining and meta-training
+            (evaluation and export run on one device). Under a multi-worker
+            strategy non-chief workers write to `output_dir`.
+        restart: ignore (delete) the progress of an earlier run in ``run_dir``.
+        details: called as ``details(K, result, per_class_details)`` after the MTL test
+            evaluation (see `evaluate_episodes` ``return_details``).
 
     Returns:
         The metrics dict that is also written to ``metrics.json``.
     """
     start = time.time()
+    check_strategy(config, strategy)
+    run_dir = output_dir(run_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
+    progress = RunProgress(run_dir, config, restart=restart)
     config.to_json(os.path.join(run_dir, "config.json"))
     say = print if verbose else (lambda *a, **k: None)
 
     say(f"[1/4] Loading benchmark '{config.benchmark}'")
     train, val, test = load_benchmark(config.benchmark, root=config.root, image_size=config.image_size)
 
-    say(f"[2/4] Pretraining {config.backbone} {tuple(config.widths)} on {train.num_classes} base classes")
-    pre_model, pre_hist = pretrain(
-        config, train, verbose=verbose, callbacks=callbacks("pretrain") if callbacks else None
-    )
-    weights_path = os.path.join(run_dir, "pretrained_backbone.weights.h5")
-    pre_model.backbone.save_weights(weights_path)
+    weights_path = os.path.join(run_dir, PRETRAINED_WEIGHTS)
+    if progress.done("pretrain") and os.path.exists(weights_path):
+        say(f"[2/4] Pretraining: done in an earlier run ({weights_path})")
+        pre_hist = progress.history("pretrain")
+    else:
+        say(
+            f"[2/4] Pretraining {config.backbone} {tuple(config.widths)} on {train.num_classes} base classes"
+            + (" (resuming)" if progress.started("pretrain") else "")
+        )
+        pre_model, pre_hist = pretrain(
+            config,
+            train,
+            verbose=verbose,
+            callbacks=callbacks("pretrain") if callbacks else None,
+            strategy=strategy,
+            backup_dir=progress.backup_dir("pretrain"),
+        )
+        save_weights_atomic(pre_model.backbone, weights_path)
+        progress.complete("pretrain", pre_hist)
     histories = {"pretrain": pre_hist}
 
-    rows: dict[str, dict[int, EvaluationResult]] = {"pretrained + inner loop (no meta-training)": {}, "MTL (SS, meta-trained)": {}}
+    rows: dict[str, dict[int, EvaluationResult]] = {BASELINE_ROW: {}, MTL_ROW: {}}
     curves = {}
     for shots in config.shots:
+        stage = f"mtl_{shots}shot"
         say(f"[3/4] {config.ways}-way {shots}-shot: baseline evaluation, then meta-training")
-        model = meta_model(config, train.channels, weights_path)
+        single = meta_model(config, train.channels, weights_path)  # evaluation and export: one device
         baseline = evaluate_episodes(
-            model, test, config.ways, shots, config.test_queries, episodes=config.test_episodes,
-            seed=config.seed + 100, verbose=verbose,
+            single,
+            test,
+            config.ways,
+            shots,
+            config.test_queries,
+            episodes=config.test_episodes,
+            seed=config.seed + 100,
+            verbose=verbose,
         )
         say(f"    pretrained + inner loop: {baseline}")
-        rows["pretrained + inner loop (no meta-training)"][shots] = baseline
-        hist = meta_train(
-            config, model, train, val, shots,
-            os.path.join(run_dir, f"mtl_{shots}shot.weights.h5"), verbose=verbose,
-            callbacks=callbacks(f"mtl_{shots}shot") if callbacks else None,
-        )
+        rows[BASELINE_ROW][shots] = baseline
+        path = checkpoint_path(run_dir, shots)
+        if progress.done(stage) and os.path.exists(path):
+            say(f"    meta-training: done in an earlier run ({path})")
+            hist = progress.history(stage)
+        else:
+            if progress.started(stage):
+                say("    meta-training: resuming")
+            model = single if strategy is None else meta_model(config, train.channels, weights_path, strategy)
+            hist = meta_train(
+                config,
+                model,
+                train,
+                val,
+                shots,
+                path,
+                verbose=verbose,
+                callbacks=callbacks(stage) if callbacks else None,
+                backup_dir=progress.backup_dir(stage),
+            )
+            progress.complete(stage, hist)
+        single.load_weights(path)
         histories[f"MTL {shots}-shot"] = hist
         say(f"[4/4] {config.ways}-way {shots}-shot: test evaluation ({config.test_episodes} episodes)")
-        result = evaluate_episodes(
-            model, test, config.ways, shots, config.test_queries, episodes=config.test_episodes,
-            seed=config.seed + 100, verbose=verbose,
+        result, per_class = evaluate_episodes(
+            single,
+            test,
+            config.ways,
+            shots,
+            config.test_queries,
+            episodes=config.test_episodes,
+            seed=config.seed + 100,
+            verbose=verbose,
+            return_details=True,
         )
         kept = hist["kept_epoch"][0]
-        say(f"    MTL: {result}; kept meta-training epoch {kept} of {config.meta_epochs} by validation accuracy"
-            + (" (0 = the pretrained model: no epoch beat it)" if kept == 0 else ""))
-        rows["MTL (SS, meta-trained)"][shots] = result
+        say(
+            f"    MTL: {result}; kept meta-training epoch {kept} of {config.meta_epochs} by validation accuracy"
+            + (" (0 = the pretrained model: no epoch beat it)" if kept == 0 else "")
+        )
+        rows[MTL_ROW][shots] = result
+        if details is not None:
+            details(shots, result, per_class)
         curves[f"pretrained, {shots}-shot"] = baseline
         curves[f"MTL, {shots}-shot"] = result
-        model.export(os.path.join(run_dir, "export", f"{config.ways}way{shots}shot"), verbose=verbose)
+        single.export(os.path.join(run_dir, "export", f"{config.ways}way{shots}shot"), verbose=verbose)
 
     table = format_table(rows, config.ways)
-    plot_learning_curves(histories, os.path.join(run_dir, "learning_curves.png"),
-                         title=f"{config.benchmark}: pretraining and meta-training")
+    plot_learning_curves(
+        histories,
+        os.path.join(run_dir, "learning_curves.png"),
+        title=f"{config.benchmark}: pretraining and meta-training",
+    )
     plot_accuracy_vs_inner_steps(curves, os.path.join(run_dir, "accuracy_vs_inner_steps.png"))
-    metrics = {
-        "benchmark": config.benchmark,
-        "splits": {s.name: {"classes": s.num_classes, "images": s.num_images} for s in (train, val, test)},
-        "results": {name: {f"{k}-shot": r.to_dict() for k, r in by.items()} for name, by in rows.items()},
-        "histories": histories,
-        "seconds": round(time.time() - start, 1),
-    }
-    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1, default=float)
+    metrics = update_metrics(
+        run_dir,
+        {
+            "benchmark": config.benchmark,
+            "splits": _split_summary((train, val, test)),
+            "channels": train.channels,
+            "results": {name: {f"{k}-shot": r.to_dict() for k, r in by.items()} for name, by in rows.items()},
+            "histories": histories,
+            "seconds": round(time.time() - start, 1),
+        },
+    )
     with open(os.path.join(run_dir, "results.md"), "w") as f:
         f.write(table + "\n")
     say("")
-    say(f"Test accuracy (%) on {test.num_classes} unseen {config.benchmark} classes, "
-        f"{config.test_episodes} episodes, mean ± 95% CI:")
+    say(
+        f"Test accuracy (%) on {test.num_classes} unseen {config.benchmark} classes, "
+        f"{config.test_episodes} episodes, mean ± 95% CI:"
+    )
     say(table)
     say(f"\nRun folder: {run_dir} ({metrics['seconds']:.0f} s)")
     return metrics
@@ -247,9 +519,6 @@ def run_experiment(
 # The `mtl-keras` subcommands, one function each: every stage reads and writes the
 # same run folder, so `pretrain` → `meta-train` → `evaluate` → `export` → `plot`
 # run one after the other (possibly days apart) give what `run` gives in one go.
-
-MTL_ROW = "MTL (SS, meta-trained)"
-PRETRAINED_WEIGHTS = "pretrained_backbone.weights.h5"
 
 
 def checkpoint_path(run_dir: str, shots: int) -> str:
@@ -281,8 +550,11 @@ class TrainingScalarsLogger(keras.callbacks.Callback):
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
         head = getattr(self.model, "head_optimizer", None)
-        optimizers = ((("phi", self.model.optimizer), ("head", head)) if head is not None
-                      else (("optimizer", getattr(self.model, "optimizer", None)),))
+        optimizers = (
+            (("phi", self.model.optimizer), ("head", head))
+            if head is not None
+            else (("optimizer", getattr(self.model, "optimizer", None)),)
+        )
         with self._writer.as_default(step=epoch):
             for name, optimizer in optimizers:
                 if optimizer is not None:
@@ -365,26 +637,49 @@ def _split_summary(splits) -> dict:
 
 def _run_info(config: ExperimentConfig, splits) -> dict:
     """What later stages need to know without loading the data again."""
-    return {"benchmark": config.benchmark, "splits": _split_summary(splits), "channels": splits.train.channels}
+    return {
+        "benchmark": config.benchmark,
+        "splits": _split_summary(splits),
+        "channels": splits.train.channels,
+    }
 
 
-def pretrain_stage(config: ExperimentConfig, run_dir: str, verbose: bool = True, tensorboard: bool = True) -> str:
+def pretrain_stage(
+    config: ExperimentConfig,
+    run_dir: str,
+    verbose: bool = True,
+    tensorboard: bool = True,
+    strategy: tf.distribute.Strategy | None = None,
+    restart: bool = False,
+) -> str:
     """Pretrain the backbone into a run folder (``mtl-keras pretrain``).
 
     Writes ``config.json``, ``pretrained_backbone.weights.h5``, the ``pretrain``
     history in ``metrics.json``, TensorBoard logs in ``logs/pretrain`` and the plots.
+    Resumes an interrupted pretraining of the same run folder (`RunProgress`;
+    ``restart=True`` starts over); under a multi-worker ``strategy`` non-chief
+    workers write to `output_dir`.
 
     Returns:
         The path of the pretrained backbone weights.
     """
+    check_strategy(config, strategy)
+    run_dir = output_dir(run_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
+    progress = RunProgress(run_dir, config, restart=restart)
     config.to_json(os.path.join(run_dir, "config.json"))
     splits = load_config_benchmark(config)
-    train = splits.train
     callbacks = tensorboard_callbacks(os.path.join(run_dir, "logs", "pretrain")) if tensorboard else None
-    model, history = pretrain(config, train, verbose=verbose, callbacks=callbacks)
-    path = os.path.join(run_dir, PRETRAINED_WEIGHTS)
-    model.backbone.save_weights(path)
+    model, history = pretrain(
+        config,
+        splits.train,
+        verbose=verbose,
+        callbacks=callbacks,
+        strategy=strategy,
+        backup_dir=progress.backup_dir("pretrain"),
+    )
+    path = save_weights_atomic(model.backbone, os.path.join(run_dir, PRETRAINED_WEIGHTS))
+    progress.complete("pretrain", history)
     update_metrics(run_dir, {**_run_info(config, splits), "histories": {"pretrain": history}})
     plot_run(run_dir)
     if verbose:
@@ -393,8 +688,13 @@ def pretrain_stage(config: ExperimentConfig, run_dir: str, verbose: bool = True,
 
 
 def meta_train_stage(
-    config: ExperimentConfig, run_dir: str, weights_path: str | None = None, verbose: bool = True,
+    config: ExperimentConfig,
+    run_dir: str,
+    weights_path: str | None = None,
+    verbose: bool = True,
     tensorboard: bool = True,
+    strategy: tf.distribute.Strategy | None = None,
+    restart: bool = False,
 ) -> dict[int, str]:
     """Meta-train one MTL model per ``config.shots`` from pretrained weights (``mtl-keras meta-train``).
 
@@ -406,6 +706,10 @@ def meta_train_stage(
             configured backbone.
         verbose: progress output.
         tensorboard: log to ``logs/mtl_{K}shot``.
+        strategy: a `tf.distribute` strategy to train under (see ``docs/distributed.md``);
+            non-chief workers of a multi-worker strategy write to `output_dir`.
+        restart: start over instead of resuming an interrupted meta-training of this
+            run folder (`RunProgress`).
 
     Returns:
         ``{K: checkpoint path}`` (``mtl_{K}shot.weights.h5``, the best validation epoch).
@@ -413,22 +717,35 @@ def meta_train_stage(
     Raises:
         FileNotFoundError: no pretrained weights.
     """
+    check_strategy(config, strategy)
     weights_path = weights_path or os.path.join(run_dir, PRETRAINED_WEIGHTS)
     if not os.path.exists(weights_path):
         raise FileNotFoundError(
             f"No pretrained weights at {weights_path}: run `mtl-keras pretrain --run-dir {run_dir}` "
             "first or pass --weights."
         )
+    run_dir = output_dir(run_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
+    progress = RunProgress(run_dir, config, restart=restart)
     config.to_json(os.path.join(run_dir, "config.json"))
     splits = load_config_benchmark(config)
     written = {}
     for shots in config.shots:
-        model = meta_model(config, splits.train.channels, weights_path)
-        callbacks = (tensorboard_callbacks(os.path.join(run_dir, "logs", f"mtl_{shots}shot"))
-                     if tensorboard else None)
-        history = meta_train(config, model, splits.train, splits.val, shots, checkpoint_path(run_dir, shots),
-                             verbose=verbose, callbacks=callbacks)
+        stage = f"mtl_{shots}shot"
+        model = meta_model(config, splits.train.channels, weights_path, strategy)
+        callbacks = tensorboard_callbacks(os.path.join(run_dir, "logs", stage)) if tensorboard else None
+        history = meta_train(
+            config,
+            model,
+            splits.train,
+            splits.val,
+            shots,
+            checkpoint_path(run_dir, shots),
+            verbose=verbose,
+            callbacks=callbacks,
+            backup_dir=progress.backup_dir(stage),
+        )
+        progress.complete(stage, history)
         update_metrics(run_dir, {**_run_info(config, splits), "histories": {f"MTL {shots}-shot": history}})
         written[shots] = checkpoint_path(run_dir, shots)
         if verbose:
@@ -449,92 +766,40 @@ def evaluate_in_detail(
     meta_batch_size: int = 10,
     verbose: bool = False,
 ) -> tuple[EvaluationResult, dict]:
-    """`evaluate_episodes` (same episodes, same result) plus per-class statistics.
+    """``evaluate_episodes(..., return_details=True)``: the result and per-class statistics.
 
     Returns:
-        ``(result, details)`` with ``details``:
-
-        * ``class_ids``, ``class_names``: the split's classes that appeared;
-        * ``accuracy``: each one's mean query accuracy over the episodes it was in;
-        * ``episodes``: how many episodes it was in;
-        * ``worst``: how many times it was its episode's *failure class* (lowest
-          accuracy, the hard-task criterion; episodes whose classes all tie count for
-          none);
-        * ``sample``: the first episode — ``support_images (N*K, H, W, C) uint8``,
-          ``support_labels``, ``query_images``, ``query_labels``,
-          ``query_predictions``, ``class_names (N,)``.
+        ``(result, details)``; see `mtl_keras.evaluation.evaluate_episodes`.
     """
-    if model.ways != ways:
-        raise ValueError(f"The model has a {model.ways}-way head; cannot evaluate {ways}-way episodes.")
-    steps = model.eval_inner_steps if inner_steps is None else int(inner_steps)
-    batch = max(1, min(meta_batch_size, episodes))
-    ds = make_episodes(split, ways, shots, queries, meta_batch_size=batch,
-                       num_batches=math.ceil(episodes / batch), seed=seed, repeatable=True)
-
-    @tf.function(reduce_retracing=True)
-    def run(inputs, labels):
-        _, history = model.adapt(inputs["support_images"], inputs["support_labels"], inputs["query_images"],
-                                 steps=steps, return_history=True)
-        logits = history["query_logits"]  # (T+1, B, N*Q, N)
-        preds = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        correct = tf.reduce_mean(tf.cast(tf.equal(preds, labels[None]), tf.float32), axis=-1)  # (T+1, B)
-        class_acc = MetaTransferModel.per_class_accuracy(logits[-1], labels, ways)  # (B, N)
-        return correct, history["support_loss"], class_acc, preds[-1]
-
-    correct_all, loss_all, class_acc_all, classes_all = [], [], [], []
-    sample = None
-    bar = keras.utils.Progbar(episodes, unit_name="episode") if verbose else None
-    for inputs, labels in ds:
-        correct, loss, class_acc, preds = run(inputs, labels)
-        correct_all.append(correct.numpy())
-        loss_all.append(loss.numpy())
-        class_acc_all.append(class_acc.numpy())
-        classes_all.append(inputs["task_classes"].numpy())
-        if sample is None:
-            sample = {
-                "support_images": np.round(inputs["support_images"][0].numpy() * 255).astype(np.uint8),
-                "support_labels": inputs["support_labels"][0].numpy(),
-                "query_images": np.round(inputs["query_images"][0].numpy() * 255).astype(np.uint8),
-                "query_labels": labels[0].numpy(),
-                "query_predictions": preds[0].numpy(),
-                "task_classes": inputs["task_classes"][0].numpy(),
-            }
-        if bar is not None:
-            bar.update(min(sum(c.shape[1] for c in correct_all), episodes))
-    correct = np.concatenate(correct_all, axis=1)[:, :episodes]
-    losses = np.concatenate(loss_all, axis=1)[:, :episodes]
-    class_acc = np.concatenate(class_acc_all, axis=0)[:episodes]  # (E, N)
-    task_classes = np.concatenate(classes_all, axis=0)[:episodes]  # (E, N) global ids
-    mean, ci = confidence_interval(correct[-1])
-    result = EvaluationResult(
-        mean=mean, ci95=ci, episode_accuracies=correct[-1], per_step_accuracy=correct.mean(axis=1),
-        per_step_support_loss=losses.mean(axis=1), ways=ways, shots=shots, queries=queries, inner_steps=steps,
+    return evaluate_episodes(
+        model,
+        split,
+        ways,
+        shots,
+        queries,
+        episodes=episodes,
+        seed=seed,
+        inner_steps=inner_steps,
+        meta_batch_size=meta_batch_size,
+        verbose=verbose,
+        return_details=True,
     )
-    name_of = dict(zip(np.asarray(split.class_ids).tolist(), split.class_names))
-    ids, inverse = np.unique(task_classes.reshape(-1), return_inverse=True)
-    hits = np.bincount(inverse, weights=class_acc.reshape(-1), minlength=len(ids))
-    counts = np.bincount(inverse, minlength=len(ids))
-    failing = class_acc.min(axis=1) < class_acc.max(axis=1)
-    worst_ids = task_classes[np.arange(len(task_classes)), class_acc.argmin(axis=1)][failing]
-    worst = dict(zip(*np.unique(worst_ids, return_counts=True))) if len(worst_ids) else {}
-    sample["class_names"] = np.array([name_of[int(c)] for c in sample.pop("task_classes")])
-    details = {
-        "class_ids": ids.tolist(),
-        "class_names": [name_of[int(c)] for c in ids],
-        "accuracy": (hits / np.maximum(counts, 1)).tolist(),
-        "episodes": counts.tolist(),
-        "worst": [int(worst.get(c, 0)) for c in ids],
-        "sample": sample,
-    }
-    return result, details
 
 
-def _save_evaluation(run_dir: str, shots: int, result: EvaluationResult | None, details: dict,
-                     benchmark: str, tensorboard: bool) -> None:
+def _save_evaluation(
+    run_dir: str,
+    shots: int,
+    result: EvaluationResult | None,
+    details: dict,
+    benchmark: str,
+    tensorboard: bool,
+) -> None:
     """Write an evaluation's per-class statistics, sample episode (and result) into the run folder."""
     key = f"{shots}-shot"
     updates = {
-        "per_class": {key: {k: details[k] for k in ("class_ids", "class_names", "accuracy", "episodes", "worst")}},
+        "per_class": {
+            key: {k: details[k] for k in ("class_ids", "class_names", "accuracy", "episodes", "worst")}
+        },
         "hard_classes": {key: {n: w for n, w in zip(details["class_names"], details["worst"]) if w}},
         "episodes": {key: os.path.join("episodes", f"sample_{shots}shot.npz")},
     }
@@ -547,16 +812,25 @@ def _save_evaluation(run_dir: str, shots: int, result: EvaluationResult | None, 
         sample = details["sample"]
         with tempfile.TemporaryDirectory() as tmp:
             png = plot_episode_grid(
-                sample["support_images"], sample["support_labels"], sample["query_images"], sample["query_labels"],
-                os.path.join(tmp, "episode.png"), query_predictions=sample["query_predictions"],
-                class_names=sample["class_names"], title=f"{benchmark}: a test episode ({shots}-shot)",
+                sample["support_images"],
+                sample["support_labels"],
+                sample["query_images"],
+                sample["query_labels"],
+                os.path.join(tmp, "episode.png"),
+                query_predictions=sample["query_predictions"],
+                class_names=sample["class_names"],
+                title=f"{benchmark}: a test episode ({shots}-shot)",
             )
             write_episode_image(os.path.join(run_dir, "logs", f"test_{shots}shot"), png, tag="test_episode")
 
 
 def evaluate_stage(
-    config: ExperimentConfig, run_dir: str, weights_path: str | None = None, episodes: int | None = None,
-    verbose: bool = True, tensorboard: bool = True,
+    config: ExperimentConfig,
+    run_dir: str,
+    weights_path: str | None = None,
+    episodes: int | None = None,
+    verbose: bool = True,
+    tensorboard: bool = True,
 ) -> dict[int, EvaluationResult]:
     """Evaluate meta-trained weights on test episodes (``mtl-keras evaluate``).
 
@@ -584,8 +858,14 @@ def evaluate_stage(
         model = meta_model(config, test.channels, None)
         model.load_weights(path)
         result, details = evaluate_in_detail(
-            model, test, config.ways, shots, config.test_queries, episodes=episodes or config.test_episodes,
-            seed=config.seed + 100, verbose=verbose,
+            model,
+            test,
+            config.ways,
+            shots,
+            config.test_queries,
+            episodes=episodes or config.test_episodes,
+            seed=config.seed + 100,
+            verbose=verbose,
         )
         _save_evaluation(run_dir, shots, result, details, config.benchmark, tensorboard)
         results[shots] = result
@@ -595,8 +875,9 @@ def evaluate_stage(
     return results
 
 
-def export_stage(config: ExperimentConfig, run_dir: str, output_dir: str | None = None,
-                 verbose: bool = True) -> dict[int, str]:
+def export_stage(
+    config: ExperimentConfig, run_dir: str, output_dir: str | None = None, verbose: bool = True
+) -> dict[int, str]:
     """Export each meta-trained model as an ``adapt_and_classify`` SavedModel (``mtl-keras export``).
 
     Writes ``{output_dir or run_dir/export}/{N}way{K}shot`` from ``mtl_{K}shot.weights.h5``.
@@ -619,32 +900,35 @@ def export_stage(config: ExperimentConfig, run_dir: str, output_dir: str | None 
     return written
 
 
-def run_workflow(config: ExperimentConfig, run_dir: str, verbose: bool = True, tensorboard: bool = True) -> dict:
+def run_workflow(
+    config: ExperimentConfig,
+    run_dir: str,
+    verbose: bool = True,
+    tensorboard: bool = True,
+    strategy: tf.distribute.Strategy | None = None,
+    restart: bool = False,
+) -> dict:
     """`run_experiment` plus what the ``mtl-keras run`` folder promises on top.
 
-    Runs `run_experiment` (pretrain → baseline → meta-train → evaluate → export) with
-    TensorBoard callbacks (``logs/pretrain``, ``logs/mtl_{K}shot``), then one more pass
-    over the same test episodes per K (`evaluate_in_detail`) for the per-class accuracy,
-    failure-class counts and a sample episode (also shown in TensorBoard), and writes
+    Runs `run_experiment` (pretrain → baseline → meta-train → evaluate → export;
+    resumable, see `RunProgress`) with TensorBoard callbacks (``logs/pretrain``,
+    ``logs/mtl_{K}shot``), keeps the per-class accuracy, failure-class counts and a
+    sample episode of its test evaluation (also shown in TensorBoard), and writes
     every plot into ``run_dir/plots``.
 
     Returns:
         The final ``metrics.json`` content.
     """
-    factory = (lambda stage: tensorboard_callbacks(os.path.join(run_dir, "logs", stage))) if tensorboard else None
-    run_experiment(config, run_dir, verbose=verbose, callbacks=factory)
-    splits = load_config_benchmark(config)
-    test = splits.test
-    update_metrics(run_dir, _run_info(config, splits))
-    for shots in config.shots:
-        model = meta_model(config, test.channels, None)
-        model.load_weights(checkpoint_path(run_dir, shots))
-        _, details = evaluate_in_detail(
-            model, test, config.ways, shots, config.test_queries, episodes=config.test_episodes,
-            seed=config.seed + 100, verbose=False,
-        )
-        _save_evaluation(run_dir, shots, None, details, config.benchmark, tensorboard)
-    written = plot_run(run_dir)
+    out = output_dir(run_dir, strategy)
+    factory = (lambda stage: tensorboard_callbacks(os.path.join(out, "logs", stage))) if tensorboard else None
+
+    def keep(shots, result, details):
+        _save_evaluation(out, shots, None, details, config.benchmark, tensorboard)
+
+    run_experiment(
+        config, run_dir, verbose=verbose, callbacks=factory, strategy=strategy, restart=restart, details=keep
+    )
+    written = plot_run(out)
     if verbose:
-        print(f"Plots: {', '.join(os.path.basename(p) for p in written)} in {os.path.join(run_dir, 'plots')}")
-    return read_metrics(run_dir)
+        print(f"Plots: {', '.join(os.path.basename(p) for p in written)} in {os.path.join(out, 'plots')}")
+    return read_metrics(out)

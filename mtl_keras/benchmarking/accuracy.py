@@ -32,7 +32,6 @@ def precision_accuracy(
     Returns:
         ``{"float32": EvaluationResult.to_dict(), "mixed_bfloat16": ..., "config": {...}}``.
     """
-    import keras
 
     from mtl_keras.config import get_config
     from mtl_keras.evaluation import evaluate_episodes
@@ -41,21 +40,16 @@ def precision_accuracy(
     config = get_config(preset, **{"shots": (1,), "test_episodes": episodes, "seed": seed, **overrides})
     splits = load_config_benchmark(config)
     results = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()}}
-    previous = keras.mixed_precision.dtype_policy().name
     with tempfile.TemporaryDirectory() as tmp:
-        keras.mixed_precision.set_dtype_policy("float32")
-        pretrained, _ = pretrain(config, splits.train, verbose=verbose)
+        pretrained, _ = pretrain(config, splits.train, verbose=verbose)  # float32
         weights = os.path.join(tmp, "pretrained_backbone.weights.h5")
         pretrained.backbone.save_weights(weights)
-        try:
-            for precision in PRECISIONS:
-                keras.mixed_precision.set_dtype_policy(precision)
-                model = meta_model(config, splits.train.channels, weights)
-                meta_train(config, model, splits.train, splits.val, 1,
-                           os.path.join(tmp, f"meta_{precision}.weights.h5"), verbose=verbose)
-                result = evaluate_episodes(model, splits.test, config.ways, 1, config.test_queries,
-                                           episodes=episodes, seed=seed, verbose=verbose)
-                results[precision] = result.to_dict()
-        finally:
-            keras.mixed_precision.set_dtype_policy(previous)
+        for precision in PRECISIONS:
+            # meta_model builds the backbone under config.precision
+            model = meta_model(config.replace(precision=precision), splits.train.channels, weights)
+            meta_train(config, model, splits.train, splits.val, 1,
+                       os.path.join(tmp, f"meta_{precision}.weights.h5"), verbose=verbose)
+            result = evaluate_episodes(model, splits.test, config.ways, 1, config.test_queries,
+                                       episodes=episodes, seed=seed, verbose=verbose)
+            results[precision] = result.to_dict()
     return results

@@ -14,8 +14,10 @@ What a step holds (second order, batch norm frozen):
   backbone's activations: 100 inner steps cost about as much as 20.
 
 `check_training_memory` rejects, before training starts, a configuration whose
-*activations alone* exceed the RAM available (CPU runs only; on a GPU TensorFlow
-reports out-of-memory itself). The estimate is a lower bound (TensorFlow adds
+*activations alone* exceed the memory available: the RAM available on CPU (all
+local replicas share it), or on GPUs the memory of the smallest visible GPU
+(``nvidia-smi``) for one replica's share of the meta-batch (``B / replicas``
+under a `tf.distribute` strategy). The estimate is a lower bound (TensorFlow adds
 workspace and copies), so a configuration it lets through may still run out of
 memory; one it rejects cannot fit.
 """
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
 
 import keras
 import numpy as np
@@ -64,6 +68,29 @@ def available_memory() -> int | None:
             available = free if available is None else min(available, free)
         break
     return available
+
+
+def gpu_memory() -> list[int] | None:
+    """Total bytes of each GPU TensorFlow can see, from ``nvidia-smi``; None when unknown.
+
+    Follows a numeric ``CUDA_VISIBLE_DEVICES``; None without ``nvidia-smi`` or on any error.
+    """
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout
+        totals = [int(float(line.strip())) * 2**20 for line in out.splitlines() if line.strip()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and all(v.strip().isdigit() for v in visible.split(",") if v.strip()):
+        index = [int(v) for v in visible.split(",") if v.strip()]
+        totals = [totals[i] for i in index if i < len(totals)]
+    return totals or None
 
 
 def activation_floats_per_image(backbone) -> int:
@@ -118,19 +145,19 @@ def _gb(n: int) -> str:
 
 
 def check_training_memory(model, dataset) -> None:
-    """Raise `MemoryError` when a training step on ``dataset`` clearly cannot fit in RAM.
+    """Raise `MemoryError` when a training step on ``dataset`` clearly cannot fit in memory.
 
-    Runs only on CPU (no GPU visible), for a `tf.data.Dataset` of episodes with
-    static shapes; skipped when the environment variable ``MTL_KERAS_SKIP_MEMORY_CHECK``
-    is 1.
+    On CPU the activations of this worker's share of the meta-batch are compared
+    with the available RAM; on GPUs one replica's share (``B / replicas``) with the
+    smallest visible GPU's memory (when ``nvidia-smi`` tells it). Needs a
+    `tf.data.Dataset` of episodes with static shapes; skipped when the environment
+    variable ``MTL_KERAS_SKIP_MEMORY_CHECK`` is 1.
 
     Raises:
-        MemoryError: the backbone activations of one meta-batch exceed the
-            available RAM; the message names the sizes and what to lower.
+        MemoryError: the backbone activations exceed the memory; the message names
+            the sizes and what to lower.
     """
     if os.environ.get(SKIP_ENV) == "1" or not isinstance(dataset, tf.data.Dataset):
-        return
-    if tf.config.list_logical_devices("GPU"):
         return
     try:
         inputs = dataset.element_spec[0]
@@ -140,20 +167,33 @@ def check_training_memory(model, dataset) -> None:
         return
     if support.rank != 5 or query.rank != 5 or None in (support[0], support[1], query[1]):
         return
-    available = available_memory()
-    if available is None:
-        return
-    estimate = estimate_training_memory(
-        model.backbone, int(support[0]), int(support[1]), int(query[1]), model.ways, model.inner_steps
-    )
+    strategy = model.distribute_strategy
+    replicas = max(1, int(strategy.num_replicas_in_sync))
+    try:
+        local = max(1, len(strategy.extended.worker_devices))
+    except RuntimeError:  # the default strategy has no device list: one replica
+        local = 1
+    b, s, q = int(support[0]), int(support[1]), int(query[1])
+    if tf.config.list_logical_devices("GPU"):
+        totals = gpu_memory()
+        if not totals:
+            return
+        available, tasks, where = min(totals), math.ceil(b / replicas), "the smallest GPU's memory"
+        per = f"{tasks} of the {b} tasks per replica"
+    else:
+        available = available_memory()
+        if available is None:
+            return
+        tasks = math.ceil(b * min(local, replicas) / replicas)
+        where, per = "RAM", f"{tasks} tasks" + (f" (of {b}, for this worker's replicas)" if tasks != b else "")
+    estimate = estimate_training_memory(model.backbone, tasks, s, q, model.ways, model.inner_steps)
     if estimate["activations"] > available:
-        b, s, q = int(support[0]), int(support[1]), int(query[1])
         h, w, c = (int(d) if d is not None else "?" for d in support[2:])
-        per_task = math.ceil(estimate["activations"] / b)
+        per_task = math.ceil(estimate["activations"] / tasks)
         raise MemoryError(
             f"A meta-training step needs at least {_gb(estimate['activations'])} for backbone "
-            f"activations ({b} tasks x {s + q} images of {h}x{w}x{c} through "
-            f"'{model.backbone.name}', {_gb(per_task)} per task) but only {_gb(available)} of RAM "
-            "is available. Lower meta_batch_size, queries or image_size, or train on a GPU "
-            f"(set {SKIP_ENV}=1 to skip this check)."
+            f"activations ({per} x {s + q} images of {h}x{w}x{c} through "
+            f"'{model.backbone.name}', {_gb(per_task)} per task) but only {_gb(available)} of {where} "
+            "is available. Lower meta_batch_size, queries or image_size, use mixed precision "
+            f"or more replicas (set {SKIP_ENV}=1 to skip this check)."
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from mtl_keras.layers.phase import set_phase
 
@@ -46,6 +47,22 @@ class PretrainModel(keras.Model):
         """`keras.Model.fit`; ``shuffle`` defaults to False (`pretrain_dataset` shuffles)."""
         return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a tf.distribute strategy Keras 3.15's TF trainer peeks one batch of the
+        # (distributed) dataset to build the model: the batch is never trained, and under
+        # MultiWorkerMirroredStrategy reducing it fails ("PerReplica ... to a Tensor").
+        # Build from a one-image zero batch of the right shapes instead.
+        if iterator is not None and getattr(self, "_distribute_strategy", None) is not None:
+            shape = tuple(self.backbone.input_shape[1:])
+            iterator, data_batch = None, (tf.zeros((1, *shape)), tf.zeros((1,), tf.int32))
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data):
+        return _with_batch_axis(super().train_step(data))
+
+    def test_step(self, data):
+        return _with_batch_axis(super().test_step(data))
+
     def call(self, images, training=False):
         if self.augmentation is not None and training:
             images = self.augmentation(images, training=True)
@@ -73,3 +90,16 @@ class PretrainModel(keras.Model):
         if config.get("augmentation") is not None:
             config["augmentation"] = keras.saving.deserialize_keras_object(config["augmentation"])
         return cls(**config)
+
+
+def _with_batch_axis(logs):
+    """Keras 3.15 reduces multi-worker step logs with ``strategy.reduce(MEAN, axis=0)``,
+    which needs an axis: give each scalar log one (the reduced log is a scalar again)."""
+    from mtl_keras.models.meta_transfer import _multi_worker
+
+    if not _multi_worker(tf.distribute.get_strategy()):
+        return logs
+    return {
+        k: tf.reshape(v, [1]) if getattr(v, "shape", None) is not None and v.shape.rank == 0 else v
+        for k, v in logs.items()
+    }

@@ -1,0 +1,145 @@
+"""`mtl-keras run` after a crash: the rerun skips finished stages, resumes the interrupted
+one after its last completed epoch, and ends where an uninterrupted run ends.
+
+The crash is a SIGKILL in the middle of a meta-training epoch, injected by a wrapper
+script (so that it always lands at the same batch); both runs are subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mtl_keras import cli
+from mtl_keras.config import ExperimentConfig
+from mtl_keras.experiment import RunProgress
+from tests.conftest import TINY_CONFIG
+
+REPO = str(Path(__file__).resolve().parents[1])
+
+# Runs `mtl-keras ARGS`; with CRASH_AT=EPOCH:BATCH it SIGKILLs itself right after that
+# meta-training batch (0-based), mid-epoch.
+WRAPPER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from mtl_keras import callbacks, cli
+
+    crash = os.environ.get("CRASH_AT")
+    if crash:
+        epoch_at, batch_at = map(int, crash.split(":"))
+        begin, end = callbacks.ResumableCheckpoint.on_epoch_begin, callbacks.ResumableCheckpoint.on_train_batch_end
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._test_epoch = epoch
+            begin(self, epoch, logs)
+
+        def on_train_batch_end(self, batch, logs=None):
+            end(self, batch, logs)
+            if "mtl_" in self.directory and self._test_epoch == epoch_at and batch == batch_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        callbacks.ResumableCheckpoint.on_epoch_begin = on_epoch_begin
+        callbacks.ResumableCheckpoint.on_train_batch_end = on_train_batch_end
+    sys.exit(cli.main(sys.argv[1:]))
+    """
+)
+
+
+def _run_cli(tmp_path, args, cache, crash=None, timeout=300):
+    script = tmp_path / "wrapper.py"
+    script.write_text(WRAPPER)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(MTL_KERAS_CACHE=cache, TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
+    env.pop("CRASH_AT", None)
+    if crash:
+        env["CRASH_AT"] = crash
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _h5_arrays(path):
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+        )
+    return arrays
+
+
+def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, glyph_cache):
+    config = tmp_path / "tiny.json"
+    # Learning rates high enough that meta-training moves the weights visibly.
+    config.write_text(
+        json.dumps({**TINY_CONFIG, "meta_epochs": 4, "steps_per_epoch": 3, "phi_lr": 0.01, "head_lr": 0.01})
+    )
+    common = ["run", "--config", str(config), "--no-tensorboard"]
+    reference = _run_cli(tmp_path, [*common, "--run-dir", str(tmp_path / "ref")], glyph_cache)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    run_dir = tmp_path / "crashed"
+    killed = _run_cli(tmp_path, [*common, "--run-dir", str(run_dir)], glyph_cache, crash="2:1")
+    assert killed.returncode == -9, (killed.returncode, killed.stderr[-3000:])
+    state = json.loads((run_dir / "backup" / "mtl_1shot" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["batches"] == 6  # epochs 1-2 backed up, epoch 3 was cut short
+    assert not (run_dir / "results.md").exists()
+
+    resumed = _run_cli(tmp_path, [*common, "--run-dir", str(run_dir)], glyph_cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Pretraining: done in an earlier run" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "after epoch 2" in resumed.stdout
+
+    ref_metrics = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    ref_hist, hist = ref_metrics["histories"]["MTL 1-shot"], metrics["histories"]["MTL 1-shot"]
+    assert len(hist["loss"]) == 4  # no epoch trained twice, none missing
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "initial_val_accuracy", "kept_epoch"):
+        np.testing.assert_allclose(hist[key], ref_hist[key], rtol=0, atol=1e-5, err_msg=key)
+    assert ref_hist["loss"][0] != pytest.approx(ref_hist["loss"][-1], abs=1e-4)  # training did something
+    ref_weights = _h5_arrays(tmp_path / "ref" / "mtl_1shot.weights.h5")
+    weights = _h5_arrays(run_dir / "mtl_1shot.weights.h5")
+    assert ref_weights.keys() == weights.keys()
+    for name in ref_weights:
+        np.testing.assert_allclose(weights[name], ref_weights[name], rtol=0, atol=1e-5, err_msg=name)
+    ref_result = ref_metrics["results"]["MTL (SS, meta-trained)"]["1-shot"]["mean"]
+    assert metrics["results"]["MTL (SS, meta-trained)"]["1-shot"]["mean"] == pytest.approx(
+        ref_result, abs=1e-6
+    )
+    assert not (run_dir / "backup" / "mtl_1shot").exists()  # a finished stage's backup is removed
+
+    # Other settings in the same folder: refused, naming the key, before anything is written.
+    before = (run_dir / "config.json").read_text()
+    code = cli.main([*common, "--run-dir", str(run_dir), "--set", "phi_lr=0.5", "--quiet"])
+    assert code == 2
+    assert (run_dir / "config.json").read_text() == before
+
+
+def test_run_progress_skips_done_stages_refuses_other_settings_and_restarts(tmp_path, capsys):
+    config = ExperimentConfig.from_dict({**{k: v for k, v in TINY_CONFIG.items() if k != "preset"}})
+    progress = RunProgress(str(tmp_path), config)
+    assert not progress.done("pretrain") and not progress.started("pretrain")
+    os.makedirs(progress.backup_dir("pretrain"))
+    (Path(progress.backup_dir("pretrain")) / "state.json").write_text("{}")
+    assert progress.started("pretrain")
+    progress.complete("pretrain", {"loss": [np.float32(1.5)]})
+    assert not os.path.exists(progress.backup_dir("pretrain"))
+
+    again = RunProgress(str(tmp_path), config.replace(test_episodes=7, shots=(5,)))  # evaluation-only changes
+    assert again.done("pretrain") and again.history("pretrain") == {"loss": [1.5]}
+    with pytest.raises(ValueError, match=r"other settings \(inner_lr: .* -> 0\.5.*--restart"):
+        RunProgress(str(tmp_path), config.replace(inner_lr=0.5))
+    fresh = RunProgress(str(tmp_path), config.replace(inner_lr=0.5), restart=True)
+    assert not fresh.done("pretrain")
