@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+#: Dtype policies `ExperimentConfig.precision` takes.
+PRECISIONS = ("float32", "mixed_bfloat16")
+
 
 @dataclasses.dataclass
 class ExperimentConfig:
@@ -28,7 +31,8 @@ class ExperimentConfig:
         ways, shots (one MTL model is meta-trained per shot setting), queries,
         meta_batch_size, meta_epochs, steps_per_epoch, inner_steps, eval_inner_steps,
         inner_lr, phi_lr (Φ, paper code: 1e-4), head_lr (head init, paper code: 1e-3),
-        first_order.
+        first_order, precision (the backbone's dtype policy in meta-training,
+        evaluation and export: ``float32`` or ``mixed_bfloat16``; pretraining is float32).
     Evaluation:
         val_episodes (per epoch, for model selection), test_episodes (paper: 600),
         test_queries.
@@ -57,6 +61,7 @@ class ExperimentConfig:
     phi_lr: float = 1e-4
     head_lr: float = 1e-3
     first_order: bool = False
+    precision: str = "float32"
     val_episodes: int = 100
     test_episodes: int = 600
     test_queries: int = 15
@@ -108,15 +113,32 @@ class ExperimentConfig:
             fail("root", "a folder path or None")
         if self.backbone not in BACKBONE_NAMES:
             fail("backbone", f"one of {list(BACKBONE_NAMES)}")
-        if not (isinstance(self.widths, tuple) and self.widths and all(is_int(w) and w > 0 for w in self.widths)):
+        if not (
+            isinstance(self.widths, tuple) and self.widths and all(is_int(w) and w > 0 for w in self.widths)
+        ):
             fail("widths", "a non-empty tuple of positive ints")
         if self.backbone in ("resnet12", "resnet18") and len(self.widths) != 4:
             fail("widths", f"4 channel counts for {self.backbone}")
-        if not (isinstance(self.shots, tuple) and self.shots and all(is_int(k) and k > 0 for k in self.shots)):
+        if not (
+            isinstance(self.shots, tuple) and self.shots and all(is_int(k) and k > 0 for k in self.shots)
+        ):
             fail("shots", "a non-empty tuple of positive ints")
-        minimum = {"image_size": 16, "pretrain_batch_size": 1, "ways": 2, "queries": 1, "meta_batch_size": 1,
-                   "steps_per_epoch": 1, "val_episodes": 1, "test_episodes": 1, "test_queries": 1,
-                   "pretrain_epochs": 0, "meta_epochs": 0, "inner_steps": 0, "eval_inner_steps": 0, "seed": 0}
+        minimum = {
+            "image_size": 16,
+            "pretrain_batch_size": 1,
+            "ways": 2,
+            "queries": 1,
+            "meta_batch_size": 1,
+            "steps_per_epoch": 1,
+            "val_episodes": 1,
+            "test_episodes": 1,
+            "test_queries": 1,
+            "pretrain_epochs": 0,
+            "meta_epochs": 0,
+            "inner_steps": 0,
+            "eval_inner_steps": 0,
+            "seed": 0,
+        }
         for key, low in minimum.items():
             value = getattr(self, key)
             if not (is_int(value) and value >= low):
@@ -130,6 +152,11 @@ class ExperimentConfig:
         for key in ("pretrain_augment", "first_order"):
             if not isinstance(getattr(self, key), bool):
                 fail(key, "true or false")
+        if self.precision not in PRECISIONS:
+            fail(
+                "precision",
+                f"one of {list(PRECISIONS)} (mixed_float16 needs loss scaling, not supported yet)",
+            )
         return self
 
     def with_overrides(self, assignments: Sequence[str]) -> ExperimentConfig:
@@ -307,6 +334,7 @@ for _benchmark, _size in (("mini_imagenet", 84), ("tiered_imagenet", 84), ("fc10
     for _shot in (1, 5):
         PRESETS[f"paper-{_benchmark}-{_shot}shot"] = _paper_config(_benchmark, _size, (_shot,))
 del _benchmark, _size, _shot
+
 
 def get_config(name_or_path: str, **overrides) -> ExperimentConfig:
     """A preset by name, or a JSON file of `ExperimentConfig` fields, with overrides.

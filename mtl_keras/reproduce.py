@@ -198,8 +198,14 @@ class ReproduceSettings:
     def validate(self) -> ReproduceSettings:
         """Check the config and the row settings; return ``self``."""
         self.config.validate()
-        for key in ("scratch_filters", "scratch_epochs", "scratch_steps_per_epoch", "ht_every",
-                    "ht_hard_batches", "eval_chunk"):
+        for key in (
+            "scratch_filters",
+            "scratch_epochs",
+            "scratch_steps_per_epoch",
+            "ht_every",
+            "ht_hard_batches",
+            "eval_chunk",
+        ):
             if getattr(self, key) < 1:
                 raise ValueError(f"Setting '{key}' must be an int >= 1, got {getattr(self, key)!r}.")
         if self.ft_probe_steps < 0:
@@ -209,8 +215,9 @@ class ReproduceSettings:
         if not self.scratch_lr > 0:
             raise ValueError(f"Setting 'scratch_lr' must be positive, got {self.scratch_lr!r}.")
         if self.hard_ways and self.hard_ways <= self.config.ways:
-            raise ValueError(f"Setting 'hard_ways' must be 0 or more than ways={self.config.ways}, "
-                             f"got {self.hard_ways}.")
+            raise ValueError(
+                f"Setting 'hard_ways' must be 0 or more than ways={self.config.ways}, got {self.hard_ways}."
+            )
         return self
 
     def to_dict(self) -> dict:
@@ -244,8 +251,9 @@ class EpisodeSet:
         return len(self.support_items)
 
 
-def draw_episodes(split, ways: int, shots: int, queries: int, episodes: int, seed: int,
-                  meta_batch_size: int = 10) -> EpisodeSet:
+def draw_episodes(
+    split, ways: int, shots: int, queries: int, episodes: int, seed: int, meta_batch_size: int = 10
+) -> EpisodeSet:
     """The episodes `evaluate_episodes` (same ``seed`` and ``meta_batch_size``) adapts on.
 
     Draws the index stream of `make_episodes` (``repeatable=True``) itself — the same
@@ -259,8 +267,15 @@ def draw_episodes(split, ways: int, shots: int, queries: int, episodes: int, see
     def cat(key):
         return np.concatenate([p[key] for p in parts])[:episodes]
 
-    return EpisodeSet(cat("support_items").astype(np.int64), cat("query_items").astype(np.int64),
-                      cat("task_classes"), int(ways), int(shots), int(queries), int(seed))
+    return EpisodeSet(
+        cat("support_items").astype(np.int64),
+        cat("query_items").astype(np.int64),
+        cat("task_classes"),
+        int(ways),
+        int(shots),
+        int(queries),
+        int(seed),
+    )
 
 
 def embed_split(backbone: keras.Model, split, batch_size: int = 256) -> np.ndarray:
@@ -274,10 +289,18 @@ def embed_split(backbone: keras.Model, split, batch_size: int = 256) -> np.ndarr
 
 
 @tf.function  # static shapes: the inner loop needs the number of ways
-def _adapt_on_features(support, support_labels, query, query_labels, init_weights, init_bias, steps,
-                       learning_rate):
-    _, _, history = inner_loop(support, support_labels, init_weights, init_bias, steps=steps,
-                               learning_rate=learning_rate, query_features=query)
+def _adapt_on_features(
+    support, support_labels, query, query_labels, init_weights, init_bias, steps, learning_rate
+):
+    _, _, history = inner_loop(
+        support,
+        support_labels,
+        init_weights,
+        init_bias,
+        steps=steps,
+        learning_rate=learning_rate,
+        query_features=query,
+    )
     preds = tf.argmax(history["query_logits"], axis=-1, output_type=tf.int32)
     correct = tf.reduce_mean(tf.cast(tf.equal(preds, query_labels[None]), tf.float32), axis=-1)
     return correct, history["support_loss"]  # (T+1, B), (T+1, B)
@@ -311,13 +334,18 @@ def evaluate_features(
     b0 = tf.constant(init_bias, tf.float32)
     correct_all, loss_all = [], []
     for start in range(0, episodes.episodes, chunk):
-        s_items = episodes.support_items[start:start + chunk]
-        q_items = episodes.query_items[start:start + chunk]
+        s_items = episodes.support_items[start : start + chunk]
+        q_items = episodes.query_items[start : start + chunk]
         b = len(s_items)
         correct, loss = _adapt_on_features(
-            tf.constant(features[s_items]), tf.constant(np.tile(support_labels, (b, 1))),
-            tf.constant(features[q_items]), tf.constant(np.tile(query_labels, (b, 1))),
-            w0, b0, int(steps), float(inner_lr),
+            tf.constant(features[s_items]),
+            tf.constant(np.tile(support_labels, (b, 1))),
+            tf.constant(features[q_items]),
+            tf.constant(np.tile(query_labels, (b, 1))),
+            w0,
+            b0,
+            int(steps),
+            float(inner_lr),
         )
         correct_all.append(correct.numpy())
         loss_all.append(loss.numpy())
@@ -325,8 +353,15 @@ def evaluate_features(
     losses = np.concatenate(loss_all, axis=1)
     mean, ci = confidence_interval(correct[-1])
     return EvaluationResult(
-        mean=mean, ci95=ci, episode_accuracies=correct[-1], per_step_accuracy=correct.mean(axis=1),
-        per_step_support_loss=losses.mean(axis=1), ways=n, shots=k, queries=q, inner_steps=int(steps),
+        mean=mean,
+        ci95=ci,
+        episode_accuracies=correct[-1],
+        per_step_accuracy=correct.mean(axis=1),
+        per_step_support_loss=losses.mean(axis=1),
+        ways=n,
+        shots=k,
+        queries=q,
+        inner_steps=int(steps),
     )
 
 
@@ -345,8 +380,9 @@ def head_init(model: MetaTransferModel, ways: int) -> tuple[np.ndarray, np.ndarr
     return np.zeros((dim, ways), np.float32), np.zeros((ways,), np.float32)
 
 
-def evaluate_model(model: MetaTransferModel, features: np.ndarray, episodes: EpisodeSet,
-                   chunk: int = 50) -> EvaluationResult:
+def evaluate_model(
+    model: MetaTransferModel, features: np.ndarray, episodes: EpisodeSet, chunk: int = 50
+) -> EvaluationResult:
     """A model's accuracy on ``episodes`` from its cached embeddings ``features``."""
     weights, bias = head_init(model, episodes.ways)
     return evaluate_features(features, episodes, weights, bias, model.eval_inner_steps, model.inner_lr, chunk)
@@ -376,8 +412,14 @@ class EpisodeValidation(keras.callbacks.Callback):
     (1-based, among the trained epochs; epoch 0 never wins), ``best_weights``.
     """
 
-    def __init__(self, model: MetaTransferModel, split, episodes: EpisodeSet, initial: float | None = None,
-                 chunk: int = 50):
+    def __init__(
+        self,
+        model: MetaTransferModel,
+        split,
+        episodes: EpisodeSet,
+        initial: float | None = None,
+        chunk: int = 50,
+    ):
         super().__init__()
         self._row_model = model
         self.split = split
@@ -407,8 +449,13 @@ class EpisodeValidation(keras.callbacks.Callback):
 
 
 # --------------------------------------------------------------------------- rows
-def build_row_model(kind: str, settings: ReproduceSettings, channels: int, weights_path: str | None,
-                    ft_lr: float | None = None) -> MetaTransferModel:
+def build_row_model(
+    kind: str,
+    settings: ReproduceSettings,
+    channels: int,
+    weights_path: str | None,
+    ft_lr: float | None = None,
+) -> MetaTransferModel:
     """The `MetaTransferModel` of one row, compiled, before meta-training.
 
     * ``scratch``: Conv-4 (``scratch_filters``) from random initialisation, phase
@@ -442,16 +489,29 @@ def build_row_model(kind: str, settings: ReproduceSettings, channels: int, weigh
     else:
         raise ValueError(f"Unknown row '{kind}'. Known: {', '.join(ROWS)}.")
     model = MetaTransferModel(
-        backbone, ways=config.ways, inner_steps=config.inner_steps, eval_inner_steps=config.eval_inner_steps,
-        inner_lr=config.inner_lr, first_order=config.first_order, set_meta_phase=meta_phase,
+        backbone,
+        ways=config.ways,
+        inner_steps=config.inner_steps,
+        eval_inner_steps=config.eval_inner_steps,
+        inner_lr=config.inner_lr,
+        first_order=config.first_order,
+        set_meta_phase=meta_phase,
     )
     model.compile(phi_learning_rate=backbone_lr, head_learning_rate=head_lr)
     return model
 
 
 def meta_train_row(
-    model: MetaTransferModel, settings: ReproduceSettings, train, val, val_episodes: EpisodeSet,
-    shots: int, epochs: int, steps_per_epoch: int, hard_tasks: bool = False, initial_val: float | None = None,
+    model: MetaTransferModel,
+    settings: ReproduceSettings,
+    train,
+    val,
+    val_episodes: EpisodeSet,
+    shots: int,
+    epochs: int,
+    steps_per_epoch: int,
+    hard_tasks: bool = False,
+    initial_val: float | None = None,
     verbose: bool = True,
 ) -> dict:
     """Meta-train one row; restore its best validation epoch (1..epochs).
@@ -462,18 +522,38 @@ def meta_train_row(
     """
     config = settings.config
     keras.utils.set_random_seed(config.seed)
-    pool = (HardTaskPool(schedule="periodic", every=settings.ht_every, hard_batches=settings.ht_hard_batches,
-                         seed=config.seed) if hard_tasks else None)
-    episodes = make_episodes(train, config.ways, shots, config.queries, meta_batch_size=config.meta_batch_size,
-                             seed=config.seed, hard_tasks=pool)
+    pool = (
+        HardTaskPool(
+            schedule="periodic",
+            every=settings.ht_every,
+            hard_batches=settings.ht_hard_batches,
+            seed=config.seed,
+        )
+        if hard_tasks
+        else None
+    )
+    episodes = make_episodes(
+        train,
+        config.ways,
+        shots,
+        config.queries,
+        meta_batch_size=config.meta_batch_size,
+        seed=config.seed,
+        hard_tasks=pool,
+    )
     validation = EpisodeValidation(model, val, val_episodes, initial=initial_val, chunk=settings.eval_chunk)
     callbacks = [validation]
     if pool is not None:
         model.task_feedback = pool
         callbacks.append(HardTaskLogger(pool, top_k=3, verbose=1 if verbose else 0))
     start = time.time()
-    history = model.fit(episodes, steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=callbacks,
-                        verbose=(1 if sys.stdout.isatty() else 2) if verbose else 0)
+    history = model.fit(
+        episodes,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=(1 if sys.stdout.isatty() else 2) if verbose else 0,
+    )
     validation.restore_best()
     model.task_feedback = None
     record = {
@@ -487,8 +567,18 @@ def meta_train_row(
         stats = pool.stats()
         record["hard_tasks"] = {
             "per_epoch": list(pool.hard_tasks_per_epoch),
-            **{k: int(stats[k]) for k in ("hard_rounds", "hard_tasks_drawn", "hard_tasks_reported",
-                                          "failures_pooled", "tasks_reported", "late_reports") if k in stats},
+            **{
+                k: int(stats[k])
+                for k in (
+                    "hard_rounds",
+                    "hard_tasks_drawn",
+                    "hard_tasks_reported",
+                    "failures_pooled",
+                    "tasks_reported",
+                    "late_reports",
+                )
+                if k in stats
+            },
         }
     return record
 
@@ -498,8 +588,13 @@ def setting_name(ways: int, shots: int) -> str:
     return f"{ways}-way {shots}-shot"
 
 
-def reproduce(settings: ReproduceSettings, out_dir: str, weights: str | None = None, verbose: bool = True,
-              command: str | None = None) -> dict:
+def reproduce(
+    settings: ReproduceSettings,
+    out_dir: str,
+    weights: str | None = None,
+    verbose: bool = True,
+    command: str | None = None,
+) -> dict:
     """Run the five rows and write ``RESULTS.md``, ``results.json`` and plots into ``out_dir``.
 
     Args:
@@ -538,8 +633,11 @@ def reproduce(settings: ReproduceSettings, out_dir: str, weights: str | None = N
         weights_path = weights
         say(f"[pretrain] Using the pretrained backbone {weights}")
     else:
-        say(f"[pretrain] {config.backbone} {tuple(config.widths)} on {train.num_classes} base classes, "
-            f"{config.pretrain_epochs} epochs", flush=True)
+        say(
+            f"[pretrain] {config.backbone} {tuple(config.widths)} on {train.num_classes} base classes, "
+            f"{config.pretrain_epochs} epochs",
+            flush=True,
+        )
         pre_model, pretrain_history = pretrain(config, train, verbose=verbose)
         pre_model.backbone.save_weights(weights_path)
         del pre_model
@@ -558,10 +656,14 @@ def reproduce(settings: ReproduceSettings, out_dir: str, weights: str | None = N
                 say(f"    (skipping {setting_name(settings.hard_ways, shots)}: {err})")
                 continue
             settings_of[setting_name(settings.hard_ways, shots)] = (settings.hard_ways, shots)
-    test_episodes = {name: draw_episodes(test, n, k, config.test_queries, config.test_episodes, config.seed + 100)
-                     for name, (n, k) in settings_of.items()}
-    val_episodes = {k: draw_episodes(val, ways, k, config.queries, config.val_episodes, config.seed + 1)
-                    for k in shots_list}
+    test_episodes = {
+        name: draw_episodes(test, n, k, config.test_queries, config.test_episodes, config.seed + 100)
+        for name, (n, k) in settings_of.items()
+    }
+    val_episodes = {
+        k: draw_episodes(val, ways, k, config.queries, config.val_episodes, config.seed + 1)
+        for k in shots_list
+    }
     results: dict[str, dict[str, EvaluationResult]] = {name: {} for name in settings_of}
     histories: dict[str, dict] = {}
     chunk = settings.eval_chunk
@@ -577,8 +679,12 @@ def reproduce(settings: ReproduceSettings, out_dir: str, weights: str | None = N
     t = time.time()
     base = build_row_model("pretrained", settings, channels, weights_path)
     val_features = embed_split(base.backbone, val)
-    initial_val = {k: float(evaluate_model(base, val_features, val_episodes[k], chunk).mean) for k in shots_list}
-    say(f"[row 2] pretrained + inner loop: validation {', '.join(f'{k}-shot {100 * a:.2f}%' for k, a in initial_val.items())}")
+    initial_val = {
+        k: float(evaluate_model(base, val_features, val_episodes[k], chunk).mean) for k in shots_list
+    }
+    say(
+        f"[row 2] pretrained + inner loop: validation {', '.join(f'{k}-shot {100 * a:.2f}%' for k, a in initial_val.items())}"
+    )
     test_row("pretrained", base, shots_list)
     del base
     lap("pretrained row", t)
@@ -588,15 +694,29 @@ def reproduce(settings: ReproduceSettings, out_dir: str, weights: str | None = N
     probe_shots = shots_list[0]
     ft_probe = {}
     if len(settings.ft_lrs) > 1 and settings.ft_probe_steps > 0:
-        say(f"[FT lr] probing {list(settings.ft_lrs)} with {settings.ft_probe_steps} steps of {probe_shots}-shot "
-            "meta-training each, on validation episodes", flush=True)
+        say(
+            f"[FT lr] probing {list(settings.ft_lrs)} with {settings.ft_probe_steps} steps of {probe_shots}-shot "
+            "meta-training each, on validation episodes",
+            flush=True,
+        )
         for lr in settings.ft_lrs:
             model = build_row_model("ft", settings, channels, weights_path, ft_lr=lr)
-            record = meta_train_row(model, settings, train, val, val_episodes[probe_shots], probe_shots, epochs=1,
-                                    steps_per_epoch=settings.ft_probe_steps, initial_val=initial_val[probe_shots],
-                                    verbose=False)
+            record = meta_train_row(
+                model,
+                settings,
+                train,
+                val,
+                val_episodes[probe_shots],
+                probe_shots,
+                epochs=1,
+                steps_per_epoch=settings.ft_probe_steps,
+                initial_val=initial_val[probe_shots],
+                verbose=False,
+            )
             ft_probe[lr] = record["val_accuracy"][-1]
-            say(f"    FT lr {lr:g}: validation {100 * ft_probe[lr]:.2f}% (before: {100 * initial_val[probe_shots]:.2f}%)")
+            say(
+                f"    FT lr {lr:g}: validation {100 * ft_probe[lr]:.2f}% (before: {100 * initial_val[probe_shots]:.2f}%)"
+            )
             del model
         ft_lr = max(settings.ft_lrs, key=lambda lr: ft_probe[lr])  # ties: the first listed
     else:
@@ -612,12 +732,24 @@ def reproduce(settings: ReproduceSettings, out_dir: str, weights: str | None = N
             steps = settings.scratch_steps_per_epoch if scratch else config.steps_per_epoch
             say(f"[{SHORT[row]}, {ways}-way {shots}-shot] meta-training {epochs} x {steps} steps", flush=True)
             model = build_row_model(row, settings, channels, None if scratch else weights_path, ft_lr=ft_lr)
-            record = meta_train_row(model, settings, train, val, val_episodes[shots], shots, epochs, steps,
-                                    hard_tasks=row == "ss_ht", initial_val=None if scratch else initial_val[shots],
-                                    verbose=verbose)
+            record = meta_train_row(
+                model,
+                settings,
+                train,
+                val,
+                val_episodes[shots],
+                shots,
+                epochs,
+                steps,
+                hard_tasks=row == "ss_ht",
+                initial_val=None if scratch else initial_val[shots],
+                verbose=verbose,
+            )
             histories[f"{SHORT[row]} {shots}-shot"] = record
-            say(f"    validation per epoch (0 = before): {' '.join(f'{100 * a:.2f}' for a in record['val_accuracy'])}"
-                f"; kept epoch {record['best_epoch']}")
+            say(
+                f"    validation per epoch (0 = before): {' '.join(f'{100 * a:.2f}' for a in record['val_accuracy'])}"
+                f"; kept epoch {record['best_epoch']}"
+            )
             test_row(row, model, (shots,))
             del model
             lap(f"{SHORT[row]} {shots}-shot", t)
@@ -627,8 +759,11 @@ def reproduce(settings: ReproduceSettings, out_dir: str, weights: str | None = N
         "benchmark": config.benchmark,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": command,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
         "settings": settings.to_dict(),
         "weights": weights_path,
         "splits": {s.name: {"classes": s.num_classes, "images": s.num_images} for s in (train, val, test)},
@@ -637,8 +772,13 @@ def reproduce(settings: ReproduceSettings, out_dir: str, weights: str | None = N
         "ft_lr": ft_lr,
         "ft_probe": {f"{lr:g}": a for lr, a in ft_probe.items()},
         "histories": histories,
-        "results": {name: {row: {**r.to_dict(), "episode_accuracies": r.episode_accuracies.tolist()}
-                           for row, r in by_row.items()} for name, by_row in results.items()},
+        "results": {
+            name: {
+                row: {**r.to_dict(), "episode_accuracies": r.episode_accuracies.tolist()}
+                for row, r in by_row.items()
+            }
+            for name, by_row in results.items()
+        },
         "seconds": seconds,
     }
     with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -666,9 +806,15 @@ def rewrite_report(out_dir: str) -> dict[str, str]:
         for row, r in by_row.items():
             steps = np.asarray(r["per_step_accuracy"], dtype=float)
             results[name][row] = EvaluationResult(
-                mean=r["mean"], ci95=r["ci95"], episode_accuracies=np.asarray(r["episode_accuracies"], dtype=float),
-                per_step_accuracy=steps, per_step_support_loss=np.zeros_like(steps), ways=r["ways"],
-                shots=r["shots"], queries=r["queries"], inner_steps=r["inner_steps"],
+                mean=r["mean"],
+                ci95=r["ci95"],
+                episode_accuracies=np.asarray(r["episode_accuracies"], dtype=float),
+                per_step_accuracy=steps,
+                per_step_support_loss=np.zeros_like(steps),
+                ways=r["ways"],
+                shots=r["shots"],
+                queries=r["queries"],
+                inner_steps=r["inner_steps"],
             )
     plots = write_plots(results, summary["histories"], out_dir, summary["benchmark"])
     return write_results_md(summary, results, os.path.join(out_dir, "RESULTS.md"), plots)
@@ -685,16 +831,28 @@ def row_label(row: str, config: ExperimentConfig, settings: ReproduceSettings | 
     }[row]
 
 
-def format_results_table(results: dict[str, dict[str, EvaluationResult]], names: Sequence[str],
-                         config: ExperimentConfig) -> str:
+def format_results_table(
+    results: dict[str, dict[str, EvaluationResult]], names: Sequence[str], config: ExperimentConfig
+) -> str:
     """Markdown: one row per method, one column per setting, ``mean ± CI`` in %."""
+    return _method_table(
+        results,
+        names,
+        lambda row: row_label(row, config),
+        lambda r: f"{100 * r.mean:.2f} ± {100 * r.ci95:.2f}",
+    )
+
+
+def _method_table(results, names, label, cell) -> str:
+    """Markdown: one row per method ``label(row)`` of `ROWS`, one column per setting of ``names``,
+    ``cell(result)`` where the method has a result for the setting, else ``–``."""
     lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for row in ROWS:
         cells = []
         for name in names:
             r = results[name].get(row)
-            cells.append(f"{100 * r.mean:.2f} ± {100 * r.ci95:.2f}" if r is not None else "–")
-        lines.append(f"| {row_label(row, config)} | " + " | ".join(cells) + " |")
+            cells.append(cell(r) if r is not None else "–")
+        lines.append(f"| {label(row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -740,24 +898,27 @@ def _per_step_table(results, name) -> str:
     for row in ROWS:
         r = results[name].get(row)
         if r is not None:
-            lines.append(f"| {SHORT[row]} | " + " | ".join(f"{100 * r.per_step_accuracy[s]:.2f}" for s in steps) + " |")
+            lines.append(
+                f"| {SHORT[row]} | " + " | ".join(f"{100 * r.per_step_accuracy[s]:.2f}" for s in steps) + " |"
+            )
     return "\n".join(lines)
 
 
 def _ceiling_table(results, names) -> str:
-    lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for row in ROWS:
-        cells = []
-        for name in names:
-            r = results[name].get(row)
-            cells.append(f"{100 * np.mean(np.asarray(r.episode_accuracies) >= 1.0):.0f}%" if r is not None else "–")
-        lines.append(f"| {SHORT[row]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _method_table(
+        results,
+        names,
+        SHORT.__getitem__,
+        lambda r: f"{100 * np.mean(np.asarray(r.episode_accuracies) >= 1.0):.0f}%",
+    )
 
 
 def _validation_table(summary) -> str:
-    lines = ["| run | validation accuracy per epoch (%), epoch 0 = before meta-training | kept epoch | "
-             "train loss per epoch | seconds |", "|---|---|---|---|---|"]
+    lines = [
+        "| run | validation accuracy per epoch (%), epoch 0 = before meta-training | kept epoch | "
+        "train loss per epoch | seconds |",
+        "|---|---|---|---|---|",
+    ]
     for name, h in summary["histories"].items():
         val = " ".join(f"{100 * a:.2f}" for a in h["val_accuracy"])
         loss = " ".join(f"{v:.3f}" for v in h["loss"])
@@ -773,21 +934,39 @@ def write_plots(results, histories, out_dir: str, benchmark: str) -> list[str]:
     written = []
     results = {name: {row: by_row[row] for row in ROWS if row in by_row} for name, by_row in results.items()}
     if any(results.values()):
-        bars = {name: {SHORT[row]: r for row, r in by_row.items()} for name, by_row in results.items() if by_row}
-        written.append(plot_accuracy_bars(bars, os.path.join(out_dir, "accuracy_bars.png"),
-                                          title=f"{benchmark}: test accuracy, mean ± 95% CI (same episodes per panel)"))
+        bars = {
+            name: {SHORT[row]: r for row, r in by_row.items()} for name, by_row in results.items() if by_row
+        }
+        written.append(
+            plot_accuracy_bars(
+                bars,
+                os.path.join(out_dir, "accuracy_bars.png"),
+                title=f"{benchmark}: test accuracy, mean ± 95% CI (same episodes per panel)",
+            )
+        )
     for name, by_row in results.items():
         if by_row:
             tag = name.replace(" ", "").replace("-", "")
             curves = {SHORT[row]: r for row, r in by_row.items()}
-            written.append(plot_accuracy_vs_inner_steps(
-                curves, os.path.join(out_dir, f"inner_steps_{tag}.png"),
-                title=f"{benchmark} {name}: test query accuracy after each inner step"))
+            written.append(
+                plot_accuracy_vs_inner_steps(
+                    curves,
+                    os.path.join(out_dir, f"inner_steps_{tag}.png"),
+                    title=f"{benchmark} {name}: test query accuracy after each inner step",
+                )
+            )
     if histories:
-        curves = {name: {"loss": h["loss"], "accuracy": h["accuracy"], "val_accuracy": h["val_accuracy"][1:]}
-                  for name, h in histories.items()}
-        written.append(plot_learning_curves(curves, os.path.join(out_dir, "meta_training.png"),
-                                            title=f"{benchmark}: meta-training (validation = 5-way episodes)"))
+        curves = {
+            name: {"loss": h["loss"], "accuracy": h["accuracy"], "val_accuracy": h["val_accuracy"][1:]}
+            for name, h in histories.items()
+        }
+        written.append(
+            plot_learning_curves(
+                curves,
+                os.path.join(out_dir, "meta_training.png"),
+                title=f"{benchmark}: meta-training (validation = 5-way episodes)",
+            )
+        )
     return written
 
 
@@ -806,34 +985,44 @@ def write_results_md(summary: dict, results, path: str, plots: Sequence[str] = (
     out = []
     add = out.append
     add(f"# Reproducing the MTL ablation on `{config.benchmark}`\n")
-    add(f"Date: {summary['date']}. Total time: {secs['total']:.0f} s ({secs['total'] / 60:.1f} min) on "
+    add(
+        f"Date: {summary['date']}. Total time: {secs['total']:.0f} s ({secs['total'] / 60:.1f} min) on "
         f"{summary['machine']['cpus']} CPU cores shared with other jobs (load average at the end: "
-        f"{', '.join(f'{v:.1f}' for v in summary['machine']['load_average_at_end'] or [])}).\n")
+        f"{', '.join(f'{v:.1f}' for v in summary['machine']['load_average_at_end'] or [])}).\n"
+    )
     add("Command:\n")
     add(f"```\n{summary['command']}\n```\n")
     add(f"## Test accuracy, {config.ways}-way (the issue's table)\n")
-    add(f"Mean query accuracy (%) ± 95% CI over {config.test_episodes} test episodes of "
+    add(
+        f"Mean query accuracy (%) ± 95% CI over {config.test_episodes} test episodes of "
         f"{config.test_queries} queries per class, on {splits['test']['classes']} classes never seen in training. "
-        "Every row is evaluated on the *same* episodes (one sampler seed).\n")
+        "Every row is evaluated on the *same* episodes (one sampler seed).\n"
+    )
     add(main + "\n")
     if hard:
         add(f"## A harder setting: {', '.join(hard_names)}\n")
-        add(f"The same models (meta-trained {config.ways}-way) on {', '.join(hard_names)} test episodes "
+        add(
+            f"The same models (meta-trained {config.ways}-way) on {', '.join(hard_names)} test episodes "
             "(same episodes for every row). The head starts from zeros: a head init meta-learned for "
             f"{config.ways} positions has no meaning for other positions, and its column mean tiled over all "
             "classes gives the same softmax as zeros. Nothing here was chosen or tuned; this setting was fixed "
-            "before any test result was seen, because 5-way glyph episodes were known to be near ceiling.\n")
+            "before any test result was seen, because 5-way glyph episodes were known to be near ceiling.\n"
+        )
         add(hard + "\n")
     add("## The paper's ordering, tested with paired differences\n")
-    add("Same episodes for every row, so the per-episode difference `row A - row B` has its own 95% CI "
+    add(
+        "Same episodes for every row, so the per-episode difference `row A - row B` has its own 95% CI "
         "(1.96·std/√n), much tighter than comparing two overlapping CIs. Points of accuracy; *holds*: the CI "
         "lies above 0, ***reversed***: below 0, *n.s.*: it contains 0. One seed and one pretraining: the CIs "
-        "cover episode sampling, not training randomness.\n")
+        "cover episode sampling, not training randomness.\n"
+    )
     add(claims + "\n")
     add(_summary_sentences(verdicts, names))
     add("## Evidence: accuracy after each inner step (test)\n")
-    add("Query accuracy (%) after t inner-loop steps on the support set (step 0 = the head "
-        "initialisation). The curves are in the `inner_steps_*.png` plots.\n")
+    add(
+        "Query accuracy (%) after t inner-loop steps on the support set (step 0 = the head "
+        "initialisation). The curves are in the `inner_steps_*.png` plots.\n"
+    )
     for name in names:
         add(_per_step_table(results, name) + "\n")
     add("Share of test episodes classified perfectly (100% of queries), a measure of the ceiling:\n")
@@ -843,20 +1032,32 @@ def write_results_md(summary: dict, results, path: str, plots: Sequence[str] = (
     add("## Settings, and what was chosen on the validation split\n")
     add(_settings_text(summary, config, settings) + "\n")
     add("## The paper, for comparison (miniImageNet, not run here)\n")
-    add("miniImageNet 5-way 1-shot, as quoted in issue 7 (Sun et al.): "
+    add(
+        "miniImageNet 5-way 1-shot, as quoted in issue 7 (Sun et al.): "
         + "; ".join(f"{k} {v}" for k, v in PAPER_MINI_IMAGENET_1SHOT.items())
         + ". The paper's FT and MAML rows there include HT; the rows here follow issue 7 (FT and scratch "
         "without HT). The same script runs on the real benchmarks with the paper presets of `mtl_keras.config` "
-        "(needs the data folder and, in practice, a GPU):\n")
-    add("```\nmtl-keras reproduce --config paper-mini_imagenet --benchmark mini_imagenet --root DATA/mini_imagenet "
+        "(needs the data folder and, in practice, a GPU):\n"
+    )
+    add(
+        "```\nmtl-keras reproduce --config paper-mini_imagenet --benchmark mini_imagenet --root DATA/mini_imagenet "
         "--out runs/reproduce-mini\nmtl-keras reproduce --config paper-fc100 --benchmark fc100 --root DATA/cifar100 "
         "--out runs/reproduce-fc100\nmtl-keras reproduce --config paper-tiered_imagenet --benchmark tiered_imagenet "
-        "--root DATA/tiered_imagenet --out runs/reproduce-tiered\n```\n")
+        "--root DATA/tiered_imagenet --out runs/reproduce-tiered\n```\n"
+    )
     add("## Files\n")
-    add("`results.json` (every number, per-episode accuracies included), "
+    add(
+        "`results.json` (every number, per-episode accuracies included), "
         + ", ".join(f"`{os.path.basename(p)}`" for p in plots)
-        + (", `pretrained_backbone.weights.h5`" if summary["weights"].endswith("pretrained_backbone.weights.h5") else "")
-        + ". Time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()) + ".\n")
+        + (
+            ", `pretrained_backbone.weights.h5`"
+            if summary["weights"].endswith("pretrained_backbone.weights.h5")
+            else ""
+        )
+        + ". Time per stage (s): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in secs.items())
+        + ".\n"
+    )
     text = "\n".join(out)
     with open(path, "w") as f:
         f.write(text)
@@ -866,7 +1067,11 @@ def write_results_md(summary: dict, results, path: str, plots: Sequence[str] = (
 def _summary_sentences(verdicts: dict, names: Sequence[str]) -> str:
     lines = ["In words (generated from the table above):\n"]
     for better, worse, what in CLAIMS:
-        parts = [f"{name}: {verdicts[(better, worse, name)]}" for name in names if (better, worse, name) in verdicts]
+        parts = [
+            f"{name}: {verdicts[(better, worse, name)]}"
+            for name in names
+            if (better, worse, name) in verdicts
+        ]
         if parts:
             lines.append(f"- *{what}* — " + "; ".join(parts) + ".")
     return "\n".join(lines) + "\n"
@@ -898,7 +1103,7 @@ def _settings_text(summary: dict, config: ExperimentConfig, settings: dict) -> s
         f"{settings['scratch_epochs']} epochs × {settings['scratch_steps_per_epoch']} steps, Adam "
         f"{settings['scratch_lr']:g} (MAML's meta rate) on every weight and the head init. It has no pretraining, "
         "so it gets more meta-training steps; Conv-4 steps are cheap.",
-        "- Batch norm: every row calls the backbone with `training=False` (`batch_norm=\"frozen\"`), so batch norm "
+        '- Batch norm: every row calls the backbone with `training=False` (`batch_norm="frozen"`), so batch norm '
         "uses moving statistics that never change during meta-training. For FT these are the pretrained "
         "statistics while γ/β (and all convolution weights) train; with `set_phase('pretrain')` the BN layers are "
         "trainable and would use batch statistics if called in training mode, which `MetaTransferModel` does "
@@ -942,8 +1147,12 @@ def settings_from_args(args: argparse.Namespace) -> ReproduceSettings:
     settings = ReproduceSettings(config=config)
     if args.quick:
         settings = settings.quick()
-    fields = {"benchmark": args.benchmark, "root": args.root, "seed": args.seed,
-              "shots": tuple(args.shots) if args.shots else None}
+    fields = {
+        "benchmark": args.benchmark,
+        "root": args.root,
+        "seed": args.seed,
+        "shots": tuple(args.shots) if args.shots else None,
+    }
     settings = settings.replace(**{k: v for k, v in fields.items() if v is not None})
     return settings.with_overrides(args.set or ()).validate()
 
@@ -969,9 +1178,12 @@ def command_from_args(args: argparse.Namespace, prog: str = "mtl-keras reproduce
 def run_from_args(args: argparse.Namespace, prog: str = "mtl-keras reproduce") -> dict:
     """`reproduce` as the command line asks; the command is recorded in ``RESULTS.md``."""
     settings = settings_from_args(args)
-    out = args.out or os.path.join("runs", f"reproduce-{settings.config.benchmark}{'-quick' if args.quick else ''}")
-    return reproduce(settings, out, weights=args.weights, verbose=not args.quiet,
-                     command=command_from_args(args, prog))
+    out = args.out or os.path.join(
+        "runs", f"reproduce-{settings.config.benchmark}{'-quick' if args.quick else ''}"
+    )
+    return reproduce(
+        settings, out, weights=args.weights, verbose=not args.quiet, command=command_from_args(args, prog)
+    )
 
 
 __all__ = [

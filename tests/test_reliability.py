@@ -263,19 +263,33 @@ def _episodes(split, seed=0, **kwargs):
     return make_episodes(split, 3, 1, 2, meta_batch_size=2, seed=seed, **kwargs)
 
 
-def test_checkpoint_crash_between_weights_and_state_keeps_previous_backup(proto_split, tmp_path, monkeypatch):
-    import mtl_keras.callbacks as callbacks_module
+def _fit_with_backup(model, episodes, backup, epochs, steps_per_epoch=2, callbacks=()):
+    """``model.fit`` quietly, with a `ResumableCheckpoint` into ``backup`` before ``callbacks``."""
+    return model.fit(
+        episodes,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[ResumableCheckpoint(backup, episodes, verbose=0), *callbacks],
+    )
 
+
+@pytest.fixture
+def one_epoch_backup(proto_split, tmp_path):
+    """``(model, episodes, backup)``: a tiny model after one epoch checkpointed into ``backup``."""
     backup = tmp_path / "backup"
     model = _tiny_model()
     episodes = _episodes(proto_split)
-    model.fit(
-        episodes,
-        steps_per_epoch=2,
-        epochs=1,
-        verbose=0,
-        callbacks=[ResumableCheckpoint(backup, episodes, verbose=0)],
-    )
+    _fit_with_backup(model, episodes, backup, epochs=1)
+    return model, episodes, backup
+
+
+def test_checkpoint_crash_between_weights_and_state_keeps_previous_backup(
+    one_epoch_backup, proto_split, monkeypatch
+):
+    import mtl_keras.callbacks as callbacks_module
+
+    model, episodes, backup = one_epoch_backup
     assert json.loads((backup / "state.json").read_text())["epoch"] == 1
 
     def crash(path, text):
@@ -283,13 +297,7 @@ def test_checkpoint_crash_between_weights_and_state_keeps_previous_backup(proto_
 
     monkeypatch.setattr(callbacks_module, "_atomic_write_text", crash)
     with pytest.raises(OSError, match="disk died"):
-        model.fit(
-            episodes,
-            steps_per_epoch=2,
-            epochs=2,
-            verbose=0,
-            callbacks=[ResumableCheckpoint(backup, episodes, verbose=0)],
-        )
+        _fit_with_backup(model, episodes, backup, epochs=2)
     monkeypatch.undo()
     state = json.loads((backup / "state.json").read_text())
     assert state["epoch"] == 1 and (backup / state["weights"]).exists()
@@ -301,19 +309,10 @@ def test_checkpoint_crash_between_weights_and_state_keeps_previous_backup(proto_
     assert episodes.episode_stream.trained == 4
 
 
-def test_backup_holds_both_optimizers_and_refuses_another_model(proto_split, tmp_path):
+def test_backup_holds_both_optimizers_and_refuses_another_model(one_epoch_backup, proto_split):
     import h5py
 
-    backup = tmp_path / "backup"
-    model = _tiny_model()
-    episodes = _episodes(proto_split)
-    model.fit(
-        episodes,
-        steps_per_epoch=2,
-        epochs=1,
-        verbose=0,
-        callbacks=[ResumableCheckpoint(backup, episodes, verbose=0)],
-    )
+    _, _, backup = one_epoch_backup
     state = json.loads((backup / "state.json").read_text())
     with h5py.File(backup / state["weights"]) as f:
         assert {"optimizer", "head_optimizer"} <= set(f)
@@ -343,12 +342,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(proto_split,
 
     guard = StopOnNonFiniteLoss()
     with pytest.warns(RuntimeWarning, match=r"loss became nan at epoch 2, batch 1: training stopped"):
-        history = model.fit(
-            episodes,
-            steps_per_epoch=3,
-            epochs=4,
-            verbose=0,
-            callbacks=[ResumableCheckpoint(backup, episodes, verbose=0), guard, Poison()],
+        history = _fit_with_backup(
+            model, episodes, backup, epochs=4, steps_per_epoch=3, callbacks=[guard, Poison()]
         )
     assert guard.stopped_at == (1, 0) and len(history.history["loss"]) == 2
     state = json.loads((backup / "state.json").read_text())

@@ -13,22 +13,11 @@ import pytest
 from mtl_keras.config import get_config
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.tuning import MTLHyperModel, distributed_role, make_tuner, run_tuning
-from tests.conftest import make_prototype_split
+from tests.conftest import TINY_CONFIG, make_prototype_split
 
-# A conv4 of 4 filters on 16x16 synthetic classes: each trial is a few seconds.
-CONFIG = get_config("cpu-glyphs").replace(
-    backbone="conv4",
-    widths=(4, 4, 4, 4),
-    image_size=16,
-    shots=(1,),
-    queries=3,
-    meta_batch_size=2,
-    meta_epochs=1,
-    steps_per_epoch=2,
-    inner_steps=2,
-    eval_inner_steps=2,
-    val_episodes=10,
-)
+# The end-to-end tests' `TINY_CONFIG` with a conv4 of 4 filters: each trial is a few seconds.
+_TINY = {key: tuple(v) if isinstance(v, list) else v for key, v in TINY_CONFIG.items() if key != "preset"}
+CONFIG = get_config(TINY_CONFIG["preset"], **_TINY).replace(backbone="conv4", eval_inner_steps=2)
 SPACE = dict(inner_steps_choices=(1, 2))
 
 
@@ -152,22 +141,19 @@ def test_distributed_chief_and_worker_on_loopback(tiny_config_file, glyph_cache,
         "KERASTUNER_ORACLE_PORT": str(port),
     }
     command = [sys.executable, "-m", "mtl_keras.cli", "tune", *run_tuning_args]
-    chief = subprocess.Popen(
-        command,
-        env={**env, "KERASTUNER_TUNER_ID": "chief"},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    worker = subprocess.Popen(
-        command,
-        env={**env, "KERASTUNER_TUNER_ID": "tuner0"},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+
+    def start(tuner_id):
+        return subprocess.Popen(
+            command,
+            env={**env, "KERASTUNER_TUNER_ID": tuner_id},
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    chief = start("chief")
+    worker = start("tuner0")
     try:
         _, worker_err = worker.communicate(timeout=180)
         _, chief_err = chief.communicate(timeout=60)

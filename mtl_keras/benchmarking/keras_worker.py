@@ -11,9 +11,6 @@ memory belong to one configuration. Kinds:
 
 from __future__ import annotations
 
-import json
-import sys
-
 import numpy as np
 
 
@@ -109,8 +106,11 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
         @tf.function(jit_compile=spec.get("jit_compile", False))
         def run(inputs, labels):  # as in evaluate_episodes
             _, history = model.adapt(
-                inputs["support_images"], inputs["support_labels"], inputs["query_images"],
-                steps=spec["inner_steps"], return_history=True,
+                inputs["support_images"],
+                inputs["support_labels"],
+                inputs["query_images"],
+                steps=spec["inner_steps"],
+                return_history=True,
             )
             preds = tf.argmax(history["query_logits"], axis=-1, output_type=tf.int32)
             return tf.reduce_mean(tf.cast(tf.equal(preds, labels[None]), tf.float32), axis=-1)
@@ -122,10 +122,7 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
 def main(argv=None) -> None:
     from mtl_keras.benchmarking import worker_protocol
 
-    argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(argv[0])
-    steps, info = build_steps(spec)
-    worker_protocol.serve(steps, info, warmup=int(spec.get("warmup", 2)))
+    worker_protocol.run_worker(build_steps, argv)
 
 
 if __name__ == "__main__":

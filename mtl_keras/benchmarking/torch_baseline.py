@@ -25,7 +25,6 @@ imports neither TensorFlow nor mtl_keras; the driver talks to it with `worker_pr
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -72,7 +71,11 @@ def build_encoder(channels: int = 3, widths: Sequence[int] = (64, 128, 256, 512)
             self.res_conv = nn.Conv2d(cin, cout, 1, bias=False)
             self.res_conv.weight.requires_grad = False
             self.res_bn = frozen_bn(cout)
-            self.conv1, self.conv2, self.conv3 = Conv2dMtl(cin, cout, 3), Conv2dMtl(cout, cout, 3), Conv2dMtl(cout, cout, 3)
+            self.conv1, self.conv2, self.conv3 = (
+                Conv2dMtl(cin, cout, 3),
+                Conv2dMtl(cout, cout, 3),
+                Conv2dMtl(cout, cout, 3),
+            )
             self.bn1, self.bn2, self.bn3 = frozen_bn(cout), frozen_bn(cout), frozen_bn(cout)
 
         def forward(self, x):
@@ -132,8 +135,16 @@ class MtlBaseline:
         meta_lr1, meta_lr2: Adam learning rates of Φ and of the head (official 1e-4, 1e-3).
     """
 
-    def __init__(self, encoder, ways: int, feature_dim: int, update_step: int, update_lr: float = 0.01,
-                 meta_lr1: float = 1e-4, meta_lr2: float = 1e-3):
+    def __init__(
+        self,
+        encoder,
+        ways: int,
+        feature_dim: int,
+        update_step: int,
+        update_lr: float = 0.01,
+        meta_lr1: float = 1e-4,
+        meta_lr2: float = 1e-3,
+    ):
         import torch
         from torch import nn
 
@@ -225,7 +236,12 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
     encoder = build_encoder(spec.get("channels", 3), widths)
     model = MtlBaseline(encoder, spec["ways"], widths[-1], update_step=spec["inner_steps"])
     shot, label_shot, query, label_query = _episode(
-        spec["ways"], spec["shots"], spec["queries"], spec["image_size"], spec.get("channels", 3), spec.get("seed", 0)
+        spec["ways"],
+        spec["shots"],
+        spec["queries"],
+        spec["image_size"],
+        spec.get("channels", 3),
+        spec.get("seed", 0),
     )
     if spec["kind"] == "train":
         return {"step": lambda: model.train_step(shot, label_shot, query, label_query)}, info
@@ -237,10 +253,7 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(argv[0])
-    steps, info = build_steps(spec)
-    worker_protocol.serve(steps, info, warmup=int(spec.get("warmup", 2)))
+    worker_protocol.run_worker(build_steps, argv)
 
 
 if __name__ == "__main__":

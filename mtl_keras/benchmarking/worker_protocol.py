@@ -21,7 +21,7 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 PREFIX = "@@mtl-bench@@"
 
@@ -65,3 +65,13 @@ def serve(steps: dict[str, Callable[[], object]], info: dict, warmup: int = 2) -
             return
         else:
             send({"error": f"unknown command {command['cmd']!r}"})
+
+
+def run_worker(build_steps: Callable[[dict], tuple[dict, dict]], argv: Sequence[str] | None = None) -> None:
+    """A worker's ``main``: ``argv[0]`` (default ``sys.argv[1]``) is the spec JSON; build its steps
+    with ``build_steps(spec) -> (steps, info)`` and `serve` them (``spec["warmup"]`` warm-up calls,
+    default 2)."""
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(argv[0])
+    steps, info = build_steps(spec)
+    serve(steps, info, warmup=int(spec.get("warmup", 2)))

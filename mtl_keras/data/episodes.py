@@ -186,6 +186,10 @@ def make_episodes(
     support_labels = tf.constant(_labels(ways, shots, B))
     query_labels = tf.constant(_labels(ways, queries, B))
 
+    # Plain TF ops, no Python control flow on tensors: nothing for AutoGraph to convert. Converting
+    # re-reads this file's source, and when the file changed since import (an edit during a long
+    # run) AutoGraph parses the wrong lines and warns "Cause: generators are not supported".
+    @tf.autograph.experimental.do_not_convert
     def to_element(task_classes, support_items, query_items):
         support = load(support_items)
         query = load(query_items)

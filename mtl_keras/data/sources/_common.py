@@ -428,30 +428,50 @@ def build_splits(
     return tuple(splits)
 
 
+_FOLDER_TREE_HINT = (
+    "Pass root= a folder holding train/, val/ and test/, each with one sub-folder of images per class."
+)
+
+
 def load_folder_tree(
-    root: Path,
+    root: str | os.PathLike | None,
     benchmark: str,
-    image_size: tuple[int, int],
+    image_size: int | Sequence[int],
     channels: int,
     verify: Verify,
     expected: Mapping[str, int] | None = None,
     workers: int | None = None,
+    hint: str = _FOLDER_TREE_HINT,
 ) -> tuple[ClassSplit, ClassSplit, ClassSplit]:
     """Load a file-backed ``root/{train,val,test}/<class>/<image>`` tree.
+
+    All a loader of class folders needs: ``image_size`` is checked first
+    (`normalize_image_size`), then ``root`` (`resolve_root`), so a loader may pass
+    its arguments through unchecked.
 
     Args:
         root: folder holding the three split folders (``val`` may be named
             ``valid`` or ``validation``).
         benchmark: benchmark name, stored in the splits and used in messages.
-        image_size: ``(H, W)`` the pipeline resizes images to.
+        image_size: ``H`` or ``(H, W)`` the pipeline resizes images to.
         channels: 1 or 3, what the pipeline decodes images to.
         verify: see `verify_images`.
         expected: published class count per split; a mismatch only warns.
         workers: threads for the image check.
+        hint: one sentence saying what ``root`` should contain, for the messages
+            of a missing ``root``.
 
     Returns:
         ``(train, val, test)`` file-backed `ClassSplit`s.
+
+    Raises:
+        ValueError: bad ``image_size``, no ``root``, an empty split or class folder,
+            a class in two splits, or an unreadable image.
+        FileNotFoundError: ``root`` or a split folder is missing.
+        NotADirectoryError: ``root`` is a file.
     """
+    image_size = normalize_image_size(image_size, benchmark)
+    root = resolve_root(root, benchmark, hint)
     parts = []
     for split in SPLIT_NAMES:
         split_dir = require_split_dir(root, split, benchmark)

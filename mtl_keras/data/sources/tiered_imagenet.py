@@ -14,12 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from mtl_keras.data.sources._common import (
-    Verify,
-    load_folder_tree,
-    normalize_image_size,
-    resolve_root,
-)
+from mtl_keras.data.sources._common import Verify, load_folder_tree
 from mtl_keras.data.split import ClassSplit
 
 BENCHMARK = "tiered_imagenet"
@@ -59,6 +54,4 @@ def load(
     Warns:
         UserWarning: when the class counts are not the standard 351/97/160.
     """
-    size = normalize_image_size(image_size, BENCHMARK)
-    path = resolve_root(root, BENCHMARK, _HINT)
-    return load_folder_tree(path, BENCHMARK, size, 3, verify, EXPECTED_CLASSES, workers)
+    return load_folder_tree(root, BENCHMARK, image_size, 3, verify, EXPECTED_CLASSES, workers, hint=_HINT)
