@@ -126,6 +126,22 @@ def dtype_policy(name: str):
         keras.mixed_precision.set_dtype_policy(previous)
 
 
+def meta_transfer_model(config: ExperimentConfig, backbone: keras.Model, **kwargs) -> MetaTransferModel:
+    """An uncompiled `MetaTransferModel` over ``backbone`` with the config's ways and inner loop.
+
+    ``kwargs`` go to `MetaTransferModel` (e.g. ``set_meta_phase=False`` for fine-tuning).
+    """
+    return MetaTransferModel(
+        backbone,
+        ways=config.ways,
+        inner_steps=config.inner_steps,
+        eval_inner_steps=config.eval_inner_steps,
+        inner_lr=config.inner_lr,
+        first_order=config.first_order,
+        **kwargs,
+    )
+
+
 def meta_model(
     config: ExperimentConfig,
     channels: int,
@@ -149,14 +165,7 @@ def meta_model(
         backbone = build_backbone(config, channels)
         if weights_path:
             load_backbone_weights(backbone, weights_path)  # names both architectures on a mismatch
-        model = MetaTransferModel(
-            backbone,
-            ways=config.ways,
-            inner_steps=config.inner_steps,
-            eval_inner_steps=config.eval_inner_steps,
-            inner_lr=config.inner_lr,
-            first_order=config.first_order,
-        )
+        model = meta_transfer_model(config, backbone)
     model.compile(phi_learning_rate=config.phi_lr, head_learning_rate=config.head_lr)
     return model
 
@@ -421,14 +430,9 @@ def run_experiment(
         progress.complete("pretrain", pre_hist)
     histories = {"pretrain": pre_hist}
 
-    rows: dict[str, dict[int, EvaluationResult]] = {BASELINE_ROW: {}, MTL_ROW: {}}
-    curves = {}
-    for shots in config.shots:
-        stage = f"mtl_{shots}shot"
-        say(f"[3/4] {config.ways}-way {shots}-shot: baseline evaluation, then meta-training")
-        single = meta_model(config, train.channels, weights_path)  # evaluation and export: one device
-        baseline = evaluate_episodes(
-            single,
+    def evaluate_test(model, shots, **kwargs):  # the same test episodes for every row
+        return evaluate_episodes(
+            model,
             test,
             config.ways,
             shots,
@@ -436,7 +440,16 @@ def run_experiment(
             episodes=config.test_episodes,
             seed=config.seed + 100,
             verbose=verbose,
+            **kwargs,
         )
+
+    rows: dict[str, dict[int, EvaluationResult]] = {BASELINE_ROW: {}, MTL_ROW: {}}
+    curves = {}
+    for shots in config.shots:
+        stage = f"mtl_{shots}shot"
+        say(f"[3/4] {config.ways}-way {shots}-shot: baseline evaluation, then meta-training")
+        single = meta_model(config, train.channels, weights_path)  # evaluation and export: one device
+        baseline = evaluate_test(single, shots)
         say(f"    pretrained + inner loop: {baseline}")
         rows[BASELINE_ROW][shots] = baseline
         path = checkpoint_path(run_dir, shots)
@@ -462,17 +475,7 @@ def run_experiment(
         single.load_weights(path)
         histories[f"MTL {shots}-shot"] = hist
         say(f"[4/4] {config.ways}-way {shots}-shot: test evaluation ({config.test_episodes} episodes)")
-        result, per_class = evaluate_episodes(
-            single,
-            test,
-            config.ways,
-            shots,
-            config.test_queries,
-            episodes=config.test_episodes,
-            seed=config.seed + 100,
-            verbose=verbose,
-            return_details=True,
-        )
+        result, per_class = evaluate_test(single, shots, return_details=True)
         kept = hist["kept_epoch"][0]
         say(
             f"    MTL: {result}; kept meta-training epoch {kept} of {config.meta_epochs} by validation accuracy"

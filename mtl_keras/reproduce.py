@@ -70,7 +70,7 @@ from mtl_keras.data.episodes import EpisodeSampler, make_episodes, pretrain_data
 from mtl_keras.data.hard_tasks import HardTaskPool
 from mtl_keras.data.registry import load_benchmark
 from mtl_keras.evaluation import EvaluationResult, confidence_interval
-from mtl_keras.experiment import build_backbone, pretrain
+from mtl_keras.experiment import build_backbone, meta_transfer_model, pretrain
 from mtl_keras.models.base_learner import inner_loop
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.plots import plot_accuracy_bars, plot_accuracy_vs_inner_steps, plot_learning_curves
@@ -488,15 +488,7 @@ def build_row_model(
         head_lr = config.head_lr
     else:
         raise ValueError(f"Unknown row '{kind}'. Known: {', '.join(ROWS)}.")
-    model = MetaTransferModel(
-        backbone,
-        ways=config.ways,
-        inner_steps=config.inner_steps,
-        eval_inner_steps=config.eval_inner_steps,
-        inner_lr=config.inner_lr,
-        first_order=config.first_order,
-        set_meta_phase=meta_phase,
-    )
+    model = meta_transfer_model(config, backbone, set_meta_phase=meta_phase)
     model.compile(phi_learning_rate=backbone_lr, head_learning_rate=head_lr)
     return model
 

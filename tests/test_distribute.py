@@ -134,13 +134,8 @@ def _run(script_text, tmp_path, name, *args, timeout=120):
 
 
 def _wait(proc, timeout=120):
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f"timed out after {timeout}s: {err[-2000:]}") from None
-    assert proc.returncode == 0, err[-3000:]
+    code, _, err = _finish(proc, timeout)
+    assert code == 0, err[-3000:]
 
 
 def _load(path):
