@@ -202,9 +202,6 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     # ----------------------------------------------------------------- restore
     def read_state(self) -> dict | None:
         """The last committed backup's state (``epoch``, ``batches``, ``history``, ...) or None."""
-        return self._read_state()
-
-    def _read_state(self) -> dict | None:
         path = os.path.join(self.directory, self.STATE_FILE)
         if not os.path.exists(path):
             return None
@@ -216,7 +213,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.resumed_from = None
-        state = self._read_state()
+        state = self.read_state()
         if state is None:
             self._batches = 0 if self.stream is None else int(self.stream.trained)
             self.history = []

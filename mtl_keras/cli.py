@@ -52,27 +52,13 @@ def _config_and_dir(args):
     return config, run_dir
 
 
-# `mtl-keras` stage commands: command → (function of mtl_keras.experiment, {its keyword: args attribute}).
+# `mtl-keras` stage commands: command → (function of mtl_keras.experiment, the keywords it takes).
 _STAGES = {
-    "run": ("run_workflow", {"tensorboard": "tensorboard", "strategy": "strategy", "restart": "restart"}),
-    "pretrain": (
-        "pretrain_stage",
-        {"tensorboard": "tensorboard", "strategy": "strategy", "restart": "restart"},
-    ),
-    "meta-train": (
-        "meta_train_stage",
-        {
-            "weights_path": "weights",
-            "tensorboard": "tensorboard",
-            "strategy": "strategy",
-            "restart": "restart",
-        },
-    ),
-    "evaluate": (
-        "evaluate_stage",
-        {"weights_path": "weights", "episodes": "episodes", "tensorboard": "tensorboard"},
-    ),
-    "export": ("export_stage", {"output_dir": "output"}),
+    "run": ("run_workflow", ("tensorboard", "strategy", "restart")),
+    "pretrain": ("pretrain_stage", ("tensorboard", "strategy", "restart")),
+    "meta-train": ("meta_train_stage", ("weights_path", "tensorboard", "strategy", "restart")),
+    "evaluate": ("evaluate_stage", ("weights_path", "episodes", "tensorboard")),
+    "export": ("export_stage", ("output_dir",)),
 }
 
 
@@ -85,10 +71,16 @@ def _stage(args) -> int:
         devices = ", ".join(strategy.extended.worker_devices)
         name = {"mirrored": "MirroredStrategy", "multi-worker": "MultiWorkerMirroredStrategy"}[args.strategy]
         print(f"{name}: {strategy.num_replicas_in_sync} replicas ({devices} on this worker)")
-    function, options = _STAGES[args.command]
-    values = {"tensorboard": not getattr(args, "no_tensorboard", False), "strategy": strategy}
-    kwargs = {key: values[attr] if attr in values else getattr(args, attr) for key, attr in options.items()}
-    getattr(experiment, function)(config, run_dir, verbose=not args.quiet, **kwargs)
+    function, keywords = _STAGES[args.command]
+    values = {
+        "tensorboard": not getattr(args, "no_tensorboard", False),
+        "strategy": strategy,
+        "restart": getattr(args, "restart", False),
+        "weights_path": getattr(args, "weights", None),
+        "episodes": getattr(args, "episodes", None),
+        "output_dir": getattr(args, "output", None),
+    }
+    getattr(experiment, function)(config, run_dir, verbose=not args.quiet, **{k: values[k] for k in keywords})
     return 0
 
 
