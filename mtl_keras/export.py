@@ -28,16 +28,14 @@ def export_adapt_and_classify(model, filepath: str, verbose: bool = True) -> str
         ``filepath``.
     """
     if not model.backbone.built or not model.head.built:
-        raise ValueError(
-            "Cannot export an unbuilt model: build the backbone (call it on images) first."
-        )
+        raise ValueError("Cannot export an unbuilt model: build the backbone (call it on images) first.")
     h, w, c = model.image_shape
     image_spec = tf.TensorSpec((None, h, w, c), tf.float32)
 
     def adapt_and_classify(support_images, support_labels, query_images):
-        logits = model.adapt(
-            support_images[None], support_labels[None], query_images[None], training=False
-        )[0]
+        logits = model.adapt(support_images[None], support_labels[None], query_images[None], training=False)[
+            0
+        ]
         return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
 
     archive = ExportArchive()

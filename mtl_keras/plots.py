@@ -11,7 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_learning_curves(histories: dict[str, dict[str, list[float]]], path: str, title: str = "Learning curves") -> str:
+def plot_learning_curves(
+    histories: dict[str, dict[str, list[float]]], path: str, title: str = "Learning curves"
+) -> str:
     """One row of panels per run: loss and accuracy per epoch (train and validation).
 
     Args:
@@ -44,7 +46,9 @@ def plot_learning_curves(histories: dict[str, dict[str, list[float]]], path: str
     return path
 
 
-def plot_accuracy_vs_inner_steps(results: dict[str, object], path: str, title: str = "Query accuracy vs inner steps") -> str:
+def plot_accuracy_vs_inner_steps(
+    results: dict[str, object], path: str, title: str = "Query accuracy vs inner steps"
+) -> str:
     """Mean query accuracy after 0..T inner steps, one line per `EvaluationResult`.
 
     Args:
@@ -73,7 +77,12 @@ def _short(name: str, width: int = 28) -> str:
 
 
 def plot_per_class_accuracy(
-    class_names, accuracies, path: str, counts=None, top: int = 15, title: str = "Per-class query accuracy (test split)"
+    class_names,
+    accuracies,
+    path: str,
+    counts=None,
+    top: int = 15,
+    title: str = "Per-class query accuracy (test split)",
 ) -> str:
     """The hardest and easiest test classes, and the spread over all classes.
 
@@ -96,11 +105,14 @@ def plot_per_class_accuracy(
     names = [str(n) for n in class_names]
     acc = 100 * np.asarray(accuracies, dtype=float)
     if len(names) != len(acc) or not len(acc):
-        raise ValueError(f"plot_per_class_accuracy: need as many names as accuracies (>0), got {len(names)} and {len(acc)}.")
+        raise ValueError(
+            f"plot_per_class_accuracy: need as many names as accuracies (>0), got {len(names)} and {len(acc)}."
+        )
     order = np.argsort(acc, kind="stable")
     shown = order if len(order) <= 2 * top else np.concatenate([order[:top], order[-top:]])
-    fig, (ax, hist) = plt.subplots(1, 2, figsize=(12, max(4.0, 0.26 * len(shown) + 1.2)),
-                                   gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, (ax, hist) = plt.subplots(
+        1, 2, figsize=(12, max(4.0, 0.26 * len(shown) + 1.2)), gridspec_kw={"width_ratios": [1.6, 1]}
+    )
     y = np.arange(len(shown))
     colors = ["#c0392b" if acc[i] < np.median(acc) else "#2e86c1" for i in shown]
     ax.barh(y, acc[shown], color=colors)
@@ -113,8 +125,11 @@ def plot_per_class_accuracy(
     ax.invert_yaxis()
     ax.set_xlim(0, 108)
     ax.set_xlabel("query accuracy (%)")
-    ax.set_title(f"{min(top, len(order))} hardest (top) and easiest (bottom) classes" if len(order) > 2 * top
-                 else "all classes, hardest first")
+    ax.set_title(
+        f"{min(top, len(order))} hardest (top) and easiest (bottom) classes"
+        if len(order) > 2 * top
+        else "all classes, hardest first"
+    )
     ax.grid(axis="x", alpha=0.3)
     hist.hist(acc, bins=min(20, max(5, len(acc) // 3)), range=(0, 100), color="#7f8c8d")
     hist.axvline(acc.mean(), color="k", linestyle="--", label=f"mean {acc.mean():.1f}%")
@@ -134,7 +149,10 @@ def plot_per_class_accuracy(
 
 
 def plot_hard_class_frequency(
-    counts: dict[str, int], path: str, top: int = 20, title: str = "Hard classes: how often each was the failure class"
+    counts: dict[str, int],
+    path: str,
+    top: int = 20,
+    title: str = "Hard classes: how often each was the failure class",
 ) -> str:
     """Bar chart of the classes picked most often as hard (failure) classes.
 
@@ -148,7 +166,9 @@ def plot_hard_class_frequency(
     Returns:
         ``path``.
     """
-    items = sorted(((str(k), int(v)) for k, v in counts.items() if int(v) > 0), key=lambda kv: (-kv[1], kv[0]))
+    items = sorted(
+        ((str(k), int(v)) for k, v in counts.items() if int(v) > 0), key=lambda kv: (-kv[1], kv[0])
+    )
     if not items:
         raise ValueError("plot_hard_class_frequency: no class has a positive count.")
     items = items[:top]
@@ -320,7 +340,9 @@ def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
 
     metrics_path = os.path.join(run_dir, "metrics.json")
     if not os.path.exists(metrics_path):
-        raise FileNotFoundError(f"{run_dir} holds no metrics.json: not a run folder, or the run has not finished a stage.")
+        raise FileNotFoundError(
+            f"{run_dir} holds no metrics.json: not a run folder, or the run has not finished a stage."
+        )
     with open(metrics_path) as f:
         metrics = json.load(f)
     out_dir = out_dir or os.path.join(run_dir, "plots")
@@ -329,39 +351,59 @@ def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
     name = metrics.get("benchmark", "run")
     histories = {k: v for k, v in (metrics.get("histories") or {}).items() if isinstance(v, dict) and v}
     if histories:
-        written.append(plot_learning_curves(histories, os.path.join(out_dir, "learning_curves.png"),
-                                            title=f"{name}: pretraining and meta-training"))
+        written.append(
+            plot_learning_curves(
+                histories,
+                os.path.join(out_dir, "learning_curves.png"),
+                title=f"{name}: pretraining and meta-training",
+            )
+        )
     curves = {}
     for method, by_shot in (metrics.get("results") or {}).items():
         for shot, result in by_shot.items():
             if result.get("per_step_accuracy"):
                 curves[f"{method}, {shot}"] = SimpleNamespace(per_step_accuracy=result["per_step_accuracy"])
     if curves:
-        written.append(plot_accuracy_vs_inner_steps(curves, os.path.join(out_dir, "accuracy_vs_inner_steps.png")))
+        written.append(
+            plot_accuracy_vs_inner_steps(curves, os.path.join(out_dir, "accuracy_vs_inner_steps.png"))
+        )
     for shot, per_class in (metrics.get("per_class") or {}).items():
         tag = shot.replace("-", "")
-        written.append(plot_per_class_accuracy(
-            per_class["class_names"], per_class["accuracy"], os.path.join(out_dir, f"per_class_accuracy_{tag}.png"),
-            counts=per_class.get("episodes"), title=f"{name} test classes, {shot}: per-class query accuracy",
-        ))
+        written.append(
+            plot_per_class_accuracy(
+                per_class["class_names"],
+                per_class["accuracy"],
+                os.path.join(out_dir, f"per_class_accuracy_{tag}.png"),
+                counts=per_class.get("episodes"),
+                title=f"{name} test classes, {shot}: per-class query accuracy",
+            )
+        )
     for shot, counts in (metrics.get("hard_classes") or {}).items():
         if any(int(v) > 0 for v in counts.values()):
             tag = shot.replace("-", "")
-            written.append(plot_hard_class_frequency(
-                counts, os.path.join(out_dir, f"hard_classes_{tag}.png"),
-                title=f"{name}, {shot}: how often each class was its episode's worst",
-            ))
+            written.append(
+                plot_hard_class_frequency(
+                    counts,
+                    os.path.join(out_dir, f"hard_classes_{tag}.png"),
+                    title=f"{name}, {shot}: how often each class was its episode's worst",
+                )
+            )
     episodes_dir = os.path.join(run_dir, "episodes")
     if os.path.isdir(episodes_dir):
         for file in sorted(os.listdir(episodes_dir)):
             if not file.endswith(".npz"):
                 continue
             with np.load(os.path.join(episodes_dir, file), allow_pickle=False) as ep:
-                written.append(plot_episode_grid(
-                    ep["support_images"], ep["support_labels"], ep["query_images"], ep["query_labels"],
-                    os.path.join(out_dir, file.replace("sample_", "episode_").replace(".npz", ".png")),
-                    query_predictions=ep["query_predictions"] if "query_predictions" in ep else None,
-                    class_names=ep["class_names"] if "class_names" in ep else None,
-                    title=f"{name}: a test episode",
-                ))
+                written.append(
+                    plot_episode_grid(
+                        ep["support_images"],
+                        ep["support_labels"],
+                        ep["query_images"],
+                        ep["query_labels"],
+                        os.path.join(out_dir, file.replace("sample_", "episode_").replace(".npz", ".png")),
+                        query_predictions=ep["query_predictions"] if "query_predictions" in ep else None,
+                        class_names=ep["class_names"] if "class_names" in ep else None,
+                        title=f"{name}: a test episode",
+                    )
+                )
     return written

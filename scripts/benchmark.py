@@ -24,22 +24,38 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main(argv=None, seed: int = 0) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smoke run: tiny ResNet-12, 2 configurations")
     size.add_argument("--full", action="store_true", help="the whole grid (hours on 2 cores)")
-    parser.add_argument("--widths", default=None, help="ResNet-12 widths, e.g. 32,64,128,256 (default 64,128,256,512)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per configuration (default 3; quick 2)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed steps first (default 1: tracing, graph optimisation, oneDNN primitives)")
+    parser.add_argument(
+        "--widths", default=None, help="ResNet-12 widths, e.g. 32,64,128,256 (default 64,128,256,512)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="timed rounds per configuration (default 3; quick 2)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed steps first (default 1: tracing, graph optimisation, oneDNN primitives)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="TF intra-op and torch threads (default 2)")
     parser.add_argument("--inter-threads", type=int, default=None, help="TF inter-op threads (default: TF's)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
-    parser.add_argument("--accuracy", action="store_true",
-                        help="also meta-train and evaluate glyphs 5-way 1-shot in float32 and mixed_bfloat16")
+    parser.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="also meta-train and evaluate glyphs 5-way 1-shot in float32 and mixed_bfloat16",
+    )
     parser.add_argument("--accuracy-episodes", type=int, default=600)
-    parser.add_argument("--out", default=os.path.join(HERE, "..", "benchmarks"),
-                        help="folder of results.json and RESULTS.md (default benchmarks/)")
+    parser.add_argument(
+        "--out",
+        default=os.path.join(HERE, "..", "benchmarks"),
+        help="folder of results.json and RESULTS.md (default benchmarks/)",
+    )
     args = parser.parse_args(argv)
 
     widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else None

@@ -33,7 +33,11 @@ def write_tree(root: str, classes: int, per_class: int, size: int, seed: int = 0
     if os.path.exists(marker):
         return
     rng = np.random.default_rng(seed)
-    splits = {"train": classes - 36, "val": 16, "test": 20} if classes >= 60 else {"train": classes, "val": 0, "test": 0}
+    splits = (
+        {"train": classes - 36, "val": 16, "test": 20}
+        if classes >= 60
+        else {"train": classes, "val": 0, "test": 0}
+    )
     index = 0
     for split, count in splits.items():
         for _ in range(count):
@@ -59,8 +63,17 @@ def time_batches(dataset, batches: int) -> float:
     return batches / (time.perf_counter() - start)
 
 
-def main(data: str, out: str | None, classes: int = 100, per_class: int = 600, size: int = 84,
-         batches: int = 30, repeats: int = 3, model_steps: int = 3, seed: int = 0) -> dict:
+def main(
+    data: str,
+    out: str | None,
+    classes: int = 100,
+    per_class: int = 600,
+    size: int = 84,
+    batches: int = 30,
+    repeats: int = 3,
+    model_steps: int = 3,
+    seed: int = 0,
+) -> dict:
     from mtl_keras import MetaTransferModel, make_episodes, resnet12
     from mtl_keras.data.sources import mini_imagenet
 
@@ -100,15 +113,19 @@ def main(data: str, out: str | None, classes: int = 100, per_class: int = 600, s
         "same_stream_parallel_vs_serial": identical,
         "repeats": repeats,
     }
-    result["ratio_pipeline_over_model"] = result["pipeline_batches_per_s_parallel"] / result["model_steps_per_s"]
-    table = "\n".join([
-        f"| what | meta-batches/s (median of {repeats}) |",
-        "|---|---|",
-        f"| pipeline, parallel decoding (AUTOTUNE) | {result['pipeline_batches_per_s_parallel']:.2f} |",
-        f"| pipeline, one decoding thread | {result['pipeline_batches_per_s_serial']:.2f} |",
-        f"| model: MTL train step, ResNet-12 84×84 | {result['model_steps_per_s']:.3f} |",
-        f"| **pipeline / model** | **{result['ratio_pipeline_over_model']:.0f}×** (target ≥ 10×) |",
-    ])
+    result["ratio_pipeline_over_model"] = (
+        result["pipeline_batches_per_s_parallel"] / result["model_steps_per_s"]
+    )
+    table = "\n".join(
+        [
+            f"| what | meta-batches/s (median of {repeats}) |",
+            "|---|---|",
+            f"| pipeline, parallel decoding (AUTOTUNE) | {result['pipeline_batches_per_s_parallel']:.2f} |",
+            f"| pipeline, one decoding thread | {result['pipeline_batches_per_s_serial']:.2f} |",
+            f"| model: MTL train step, ResNet-12 84×84 | {result['model_steps_per_s']:.3f} |",
+            f"| **pipeline / model** | **{result['ratio_pipeline_over_model']:.0f}×** (target ≥ 10×) |",
+        ]
+    )
     print(table)
     print(f"same episode stream with parallel and serial decoding: {identical}")
     if out:

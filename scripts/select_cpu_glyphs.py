@@ -29,7 +29,9 @@ def main(weights: str, rounds: int = 4, steps: int = 25, seed: int = 0) -> None:
     for name, changes in CANDIDATES.items():
         config = base.replace(seed=seed, **changes)
         model = meta_model(config, train.channels, weights)
-        val_eps = make_episodes(val, 5, 1, 15, meta_batch_size=10, num_batches=20, seed=seed + 1, repeatable=True)
+        val_eps = make_episodes(
+            val, 5, 1, 15, meta_batch_size=10, num_batches=20, seed=seed + 1, repeatable=True
+        )
         train_eps = make_episodes(train, 5, 1, 15, meta_batch_size=config.meta_batch_size, seed=seed)
         row = [f"{model.evaluate(val_eps, verbose=0, return_dict=True)['accuracy']:.4f}"]
         for _ in range(rounds):

@@ -52,7 +52,5 @@ def run_layer_test(
         path = os.path.join(str(tmp_path), "layer_model.keras")
         model.save(path)
         reloaded = keras.saving.load_model(path)
-        np.testing.assert_allclose(
-            np.asarray(reloaded(input_data)), np.asarray(model(input_data)), atol=1e-6
-        )
+        np.testing.assert_allclose(np.asarray(reloaded(input_data)), np.asarray(model(input_data)), atol=1e-6)
     return layer

@@ -64,7 +64,11 @@ def test_torch_baseline_computes_the_same_first_order_step_as_mtl_keras():
     support_labels = np.repeat(np.arange(ways), shots).astype("int32")
     query_labels = np.repeat(np.arange(ways), queries).astype("int32")
 
-    inputs = {"support_images": support[None], "support_labels": support_labels[None], "query_images": query[None]}
+    inputs = {
+        "support_images": support[None],
+        "support_labels": support_labels[None],
+        "query_images": query[None],
+    }
     variables = model.trainable_variables
     with tf.GradientTape() as tape:
         logits = model(inputs, training=True)[0]
@@ -72,7 +76,9 @@ def test_torch_baseline_computes_the_same_first_order_step_as_mtl_keras():
     grads = dict(zip([v.path for v in variables], tape.gradient(loss, variables)))
 
     encoder = build_encoder(3, widths)
-    load_keras_weights(encoder, {f"{layer.name}/{w.name}": w.numpy() for layer in backbone.layers for w in layer.weights})
+    load_keras_weights(
+        encoder, {f"{layer.name}/{w.name}": w.numpy() for layer in backbone.layers for w in layer.weights}
+    )
     baseline = MtlBaseline(encoder, ways, widths[-1], update_step=steps, update_lr=0.01)
     with torch.no_grad():
         baseline.fc1_w.copy_(torch.from_numpy(w0.T.copy()))
@@ -90,8 +96,9 @@ def test_torch_baseline_computes_the_same_first_order_step_as_mtl_keras():
         for j in (1, 2, 3):
             layer = backbone.get_layer(f"block{b}_conv{j}")
             conv = getattr(block, f"conv{j}")
-            np.testing.assert_allclose(conv.mtl_weight.grad.numpy().transpose(2, 3, 1, 0),
-                                       grads[layer.scale.path], atol=atol)
+            np.testing.assert_allclose(
+                conv.mtl_weight.grad.numpy().transpose(2, 3, 1, 0), grads[layer.scale.path], atol=atol
+            )
             np.testing.assert_allclose(conv.mtl_bias.grad.numpy(), grads[layer.shift.path], atol=atol)
 
 
@@ -99,13 +106,25 @@ def _row(label, precision="float32", **config):
     cfg = BenchConfig(precision=precision, **config)
     import dataclasses
 
-    return {"config": dataclasses.asdict(cfg), "label": label, "ratio": 1.5,
-            "mtl_keras": {"median_step_seconds": config.get("meta_batch", 2) * 1.0,
-                          "tasks_per_s": 1.0, "utilisation": 0.8}}
+    return {
+        "config": dataclasses.asdict(cfg),
+        "label": label,
+        "ratio": 1.5,
+        "mtl_keras": {
+            "median_step_seconds": config.get("meta_batch", 2) * 1.0,
+            "tasks_per_s": 1.0,
+            "utilisation": 0.8,
+        },
+    }
 
 
 def test_targets_compare_configurations_differing_in_one_factor():
-    rows = [_row("a"), _row("b", inner_steps=100), _row("c", meta_batch=8), _row("d", precision="mixed_bfloat16")]
+    rows = [
+        _row("a"),
+        _row("b", inner_steps=100),
+        _row("c", meta_batch=8),
+        _row("d", precision="mixed_bfloat16"),
+    ]
     rows[1]["mtl_keras"]["median_step_seconds"] = 2.2  # +10% for 20 -> 100 inner steps
     targets = {t["target"]: t for t in check_targets({"results": rows})}
     assert targets["inner steps 20 -> 100 costs <= 5% of step time"]["met"] is False
@@ -139,7 +158,11 @@ def test_quick_benchmark_writes_json_and_table(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "results.json").read_text())

@@ -13,14 +13,20 @@ def test_confidence_interval_is_196_std_over_sqrt_n():
 
 
 def _model(ways=4, steps=10):
-    return MetaTransferModel(resnet12((16, 16, 1), widths=(4, 8, 8, 8)), ways=ways, inner_steps=3,
-                             eval_inner_steps=steps, inner_lr=0.5)
+    return MetaTransferModel(
+        resnet12((16, 16, 1), widths=(4, 8, 8, 8)),
+        ways=ways,
+        inner_steps=3,
+        eval_inner_steps=steps,
+        inner_lr=0.5,
+    )
 
 
 def test_evaluate_episodes_reports_mean_ci_and_per_step_curve(proto_split):
     model = _model()
-    result = evaluate_episodes(model, proto_split, ways=4, shots=2, queries=3, episodes=13,
-                               meta_batch_size=5, verbose=False)
+    result = evaluate_episodes(
+        model, proto_split, ways=4, shots=2, queries=3, episodes=13, meta_batch_size=5, verbose=False
+    )
     assert result.episodes == 13
     assert result.per_step_accuracy.shape == (11,)
     assert result.per_step_support_loss.shape == (11,)
@@ -45,11 +51,17 @@ def test_evaluate_rejects_ways_mismatch(proto_split):
 
 def test_a_few_fit_steps_on_glyphs_beat_chance(glyph_cache):
     train, val, _ = load_benchmark("glyphs", image_size=16, cache_dir=glyph_cache, verbose=False)
-    model = MetaTransferModel(resnet12((16, 16, 1), widths=(8, 16, 16, 32)), ways=5, inner_steps=10,
-                              eval_inner_steps=30, inner_lr=0.5)
+    model = MetaTransferModel(
+        resnet12((16, 16, 1), widths=(8, 16, 16, 32)),
+        ways=5,
+        inner_steps=10,
+        eval_inner_steps=30,
+        inner_lr=0.5,
+    )
     model.compile(phi_learning_rate=1e-2, head_learning_rate=1e-2)
-    history = model.fit(make_episodes(train, 5, 1, 5, meta_batch_size=4, seed=0), steps_per_epoch=8, epochs=1,
-                        verbose=0)
+    history = model.fit(
+        make_episodes(train, 5, 1, 5, meta_batch_size=4, seed=0), steps_per_epoch=8, epochs=1, verbose=0
+    )
     assert np.isfinite(history.history["loss"]).all()
     result = evaluate_episodes(model, val, 5, 1, 5, episodes=100, verbose=False)
     assert result.mean - result.ci95 > 0.2 + 0.05, result

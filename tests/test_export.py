@@ -26,8 +26,9 @@ LOADER = textwrap.dedent(
 
 
 def test_export_round_trip_in_a_subprocess_without_mtl_keras(proto_split, tmp_path):
-    model = MetaTransferModel(resnet12((16, 16, 1), widths=(4, 8, 8, 8)), ways=4, inner_steps=2,
-                              eval_inner_steps=7, inner_lr=0.5)
+    model = MetaTransferModel(
+        resnet12((16, 16, 1), widths=(4, 8, 8, 8)), ways=4, inner_steps=2, eval_inner_steps=7, inner_lr=0.5
+    )
     model.compile(phi_learning_rate=1e-2)
     model.fit(make_episodes(proto_split, 4, 2, 3, meta_batch_size=2, num_batches=2), epochs=1, verbose=0)
     inputs, _ = next(iter(make_episodes(proto_split, 4, 2, 3, num_batches=1, seed=11)))
@@ -35,14 +36,21 @@ def test_export_round_trip_in_a_subprocess_without_mtl_keras(proto_split, tmp_pa
     export_dir = tmp_path / "saved"
     model.export(str(export_dir), verbose=False)
     data = tmp_path / "task.npz"
-    np.savez(data, support=inputs["support_images"].numpy()[0], labels=inputs["support_labels"].numpy()[0],
-             query=inputs["query_images"].numpy()[0])
+    np.savez(
+        data,
+        support=inputs["support_images"].numpy()[0],
+        labels=inputs["support_labels"].numpy()[0],
+        query=inputs["query_images"].numpy()[0],
+    )
     script = tmp_path / "load.py"
     script.write_text(LOADER)
     logits_file, probs_file = tmp_path / "logits.npy", tmp_path / "probs.npy"
     result = subprocess.run(
         [sys.executable, str(script), str(export_dir), str(data), str(logits_file), str(probs_file)],
-        capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"mtl_keras_imported": False}

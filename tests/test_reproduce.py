@@ -26,10 +26,27 @@ from tests.conftest import make_prototype_split
 #: `--quick` shrunk further so the whole reproduction runs in under 90 s on 2 cores.
 #: One shot setting (1-shot) plus the harder 20-way one: every row and code path, fewer models to trace.
 TINY_SETS = [
-    "image_size=16", "widths=4,8,16,32", "pretrain_epochs=1", "pretrain_batch_size=256", "pretrain_augment=false",
-    "shots=1", "meta_epochs=1", "steps_per_epoch=3", "meta_batch_size=2", "queries=5", "test_queries=5",
-    "inner_steps=2", "eval_inner_steps=20", "inner_lr=0.2", "val_episodes=20", "test_episodes=50",
-    "scratch_filters=16", "scratch_epochs=1", "scratch_steps_per_epoch=3", "ft_probe_steps=1", "ht_every=1",
+    "image_size=16",
+    "widths=4,8,16,32",
+    "pretrain_epochs=1",
+    "pretrain_batch_size=256",
+    "pretrain_augment=false",
+    "shots=1",
+    "meta_epochs=1",
+    "steps_per_epoch=3",
+    "meta_batch_size=2",
+    "queries=5",
+    "test_queries=5",
+    "inner_steps=2",
+    "eval_inner_steps=20",
+    "inner_lr=0.2",
+    "val_episodes=20",
+    "test_episodes=50",
+    "scratch_filters=16",
+    "scratch_epochs=1",
+    "scratch_steps_per_epoch=3",
+    "ft_probe_steps=1",
+    "ht_every=1",
     "ht_hard_batches=1",
 ]
 
@@ -57,7 +74,9 @@ def test_reproduce_beats_chance_in_every_row_and_writes_the_table(reproduction):
         assert set(by_row) == set(ROWS), setting
         for row, result in by_row.items():
             assert result["episodes"] == 50
-            assert result["mean"] > 1.0 / result["ways"], f"{row} at {setting} is not above chance: {result['mean']}"
+            assert result["mean"] > 1.0 / result["ways"], (
+                f"{row} at {setting} is not above chance: {result['mean']}"
+            )
     text = (out / "RESULTS.md").read_text()
     assert "| method | 5-way 1-shot |" in text and "| method | 20-way 1-shot |" in text
     for label in ("(1) scratch", "(2) pretrained", "(3) FT", "(4) SS", "(5) SS + HT"):
@@ -81,7 +100,9 @@ def test_the_report_can_be_rewritten_from_results_json(reproduction, tmp_path):
     shutil.copytree(out, copy)
     tables = rewrite_report(str(copy))
     assert tables["main"] in (out / "RESULTS.md").read_text()
-    assert (copy / "RESULTS.md").read_text().split("\n")[3:] == (out / "RESULTS.md").read_text().split("\n")[3:]
+    assert (copy / "RESULTS.md").read_text().split("\n")[3:] == (out / "RESULTS.md").read_text().split("\n")[
+        3:
+    ]
 
 
 def test_draw_episodes_matches_make_episodes():

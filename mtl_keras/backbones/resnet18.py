@@ -42,9 +42,7 @@ def resnet18(
             stride = 2 if (s > 0 and b == 0) else 1
             shortcut = x
             if stride != 1 or x.shape[-1] != width:
-                shortcut = keras.layers.Conv2D(
-                    width, 1, strides=stride, use_bias=False, name=p + "proj"
-                )(x)
+                shortcut = keras.layers.Conv2D(width, 1, strides=stride, use_bias=False, name=p + "proj")(x)
                 shortcut = keras.layers.BatchNormalization(name=p + "proj_bn")(shortcut)
             y = ScaleShiftConv2D(width, 3, strides=stride, use_bias=False, phase=phase, name=p + "conv1")(x)
             y = keras.layers.BatchNormalization(name=p + "bn1")(y)

@@ -47,9 +47,24 @@ def precision_accuracy(
         for precision in PRECISIONS:
             # meta_model builds the backbone under config.precision
             model = meta_model(config.replace(precision=precision), splits.train.channels, weights)
-            meta_train(config, model, splits.train, splits.val, 1,
-                       os.path.join(tmp, f"meta_{precision}.weights.h5"), verbose=verbose)
-            result = evaluate_episodes(model, splits.test, config.ways, 1, config.test_queries,
-                                       episodes=episodes, seed=seed, verbose=verbose)
+            meta_train(
+                config,
+                model,
+                splits.train,
+                splits.val,
+                1,
+                os.path.join(tmp, f"meta_{precision}.weights.h5"),
+                verbose=verbose,
+            )
+            result = evaluate_episodes(
+                model,
+                splits.test,
+                config.ways,
+                1,
+                config.test_queries,
+                episodes=episodes,
+                seed=seed,
+                verbose=verbose,
+            )
             results[precision] = result.to_dict()
     return results

@@ -95,7 +95,9 @@ def step_flops(
     dim = widths[-1]
     fwd, bwd = forward_flops(convs), backward_flops(convs)
     tasks = meta_batch if impl == "mtl_keras" else 1
-    loop = inner_loop_flops(support, query, dim, ways, inner_steps, query_each_step=(impl == "torch" or mode == "eval"))
+    loop = inner_loop_flops(
+        support, query, dim, ways, inner_steps, query_each_step=(impl == "torch" or mode == "eval")
+    )
     if mode == "eval":
         return tasks * ((support + query) * fwd + loop)
     if mode != "train":

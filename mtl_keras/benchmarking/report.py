@@ -41,11 +41,16 @@ def format_table(report: dict) -> str:
 def format_ceilings(report: dict) -> str:
     names = sorted({n for row in report["results"] for n in row["ceiling_samples_gflop_per_s"]})
     best = report.get("ceilings", {}).get("best_per_op_gflop_per_s", {})
-    lines = ["| op | fastest round of the run (the ceiling) | median over rounds (min–max) |", "|---|---|---|"]
+    lines = [
+        "| op | fastest round of the run (the ceiling) | median over rounds (min–max) |",
+        "|---|---|---|",
+    ]
     for name in names:
         vals = [v for row in report["results"] for v in row["ceiling_samples_gflop_per_s"].get(name, [])]
-        lines.append(f"| {name.replace('_', ' ')} | {best.get(name, max(vals)):.0f} "
-                     f"| {statistics.median(vals):.0f} ({min(vals):.0f}–{max(vals):.0f}) |")
+        lines.append(
+            f"| {name.replace('_', ' ')} | {best.get(name, max(vals)):.0f} "
+            f"| {statistics.median(vals):.0f} ({min(vals):.0f}–{max(vals):.0f}) |"
+        )
     return "\n".join(lines)
 
 
@@ -61,47 +66,61 @@ def format_targets(report: dict) -> str:
 def format_scaling(report: dict) -> str:
     lines = ["| factor | from → to | at | step time × | FLOPs × |", "|---|---|---|---|---|"]
     for s in report["scaling"]:
-        lines.append(f"| {s['factor']} | {s['from']} → {s['to']} | {s['at']} | {s['step_time_ratio']:.2f} "
-                     f"| {s['flop_ratio']:.2f} |")
+        lines.append(
+            f"| {s['factor']} | {s['from']} → {s['to']} | {s['at']} | {s['step_time_ratio']:.2f} "
+            f"| {s['flop_ratio']:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def format_machine(report: dict) -> str:
     m = report["machine"]
-    return "\n".join([
-        f"- date: {m['date']}; command: `{report.get('command', '?')}`",
-        f"- CPU: {m['cpu_model']}, {m['cpu_count']} logical cores (AVX-512F: {m['avx512f']}, "
-        f"AVX512-BF16: {m['avx512_bf16']}); load average at start {m['load_average_start'][0]:.2f}, "
-        f"at end {m['load_average_end'][0]:.2f} (other jobs share this machine)",
-        f"- TensorFlow {m['tensorflow']}, Keras {m['keras']}, PyTorch {m['torch'] or 'not installed'}, "
-        f"NumPy {m['numpy']}, Python {m['python']}",
-        f"- threads: TensorFlow intra-op {m.get('tensorflow_intra_threads')}, inter-op "
-        f"{m.get('tensorflow_inter_threads') or 'TF default (0: one per core)'}; PyTorch {m['threads']}",
-        f"- {m['rounds']} timed rounds per configuration after {m['warmup']} warm-up steps; "
-        f"wall time of the run {m['wall_seconds'] / 60:.1f} min",
-    ])
+    return "\n".join(
+        [
+            f"- date: {m['date']}; command: `{report.get('command', '?')}`",
+            f"- CPU: {m['cpu_model']}, {m['cpu_count']} logical cores (AVX-512F: {m['avx512f']}, "
+            f"AVX512-BF16: {m['avx512_bf16']}); load average at start {m['load_average_start'][0]:.2f}, "
+            f"at end {m['load_average_end'][0]:.2f} (other jobs share this machine)",
+            f"- TensorFlow {m['tensorflow']}, Keras {m['keras']}, PyTorch {m['torch'] or 'not installed'}, "
+            f"NumPy {m['numpy']}, Python {m['python']}",
+            f"- threads: TensorFlow intra-op {m.get('tensorflow_intra_threads')}, inter-op "
+            f"{m.get('tensorflow_inter_threads') or 'TF default (0: one per core)'}; PyTorch {m['threads']}",
+            f"- {m['rounds']} timed rounds per configuration after {m['warmup']} warm-up steps; "
+            f"wall time of the run {m['wall_seconds'] / 60:.1f} min",
+        ]
+    )
 
 
 def format_report(report: dict) -> str:
     """The whole Markdown section (machine, table, ceilings, targets, scaling)."""
     parts = [
-        "### Machine and run", format_machine(report),
-        "### Throughput", format_table(report),
+        "### Machine and run",
+        format_machine(report),
+        "### Throughput",
+        format_table(report),
         "Columns: tasks/s (train) or episodes/s (eval) as medians of the timed rounds; *ratio* ="
         " mtl_keras / baseline from the medians, *ratio, best rounds* from each side's fastest round;"
         " GFLOP/step and GFLOP/s are mtl_keras' (analytic count of convolution and inner-loop FLOPs,"
         " forward and backward: `mtl_keras/benchmarking/flops.py`); utilisation = its GFLOP/s over the"
         " ceiling of the precision's dtype (in parentheses, GFLOP/s): the fastest matmul or 3×3 conv"
         " round of this run; peak RSS = `ru_maxrss` of each worker process.",
-        "### Ceilings measured in the same rounds", format_ceilings(report),
-        "### Targets", format_targets(report),
-        "### How the cost grows", format_scaling(report),
+        "### Ceilings measured in the same rounds",
+        format_ceilings(report),
+        "### Targets",
+        format_targets(report),
+        "### How the cost grows",
+        format_scaling(report),
     ]
     if "accuracy" in report:
         acc = report["accuracy"]
-        parts += ["### mixed_bfloat16 accuracy", "\n".join(
-            f"- {p}: {100 * acc[p]['mean']:.2f} ± {100 * acc[p]['ci95']:.2f}% ({acc[p]['episodes']} episodes)"
-            for p in ("float32", "mixed_bfloat16") if p in acc)]
+        parts += [
+            "### mixed_bfloat16 accuracy",
+            "\n".join(
+                f"- {p}: {100 * acc[p]['mean']:.2f} ± {100 * acc[p]['ci95']:.2f}% ({acc[p]['episodes']} episodes)"
+                for p in ("float32", "mixed_bfloat16")
+                if p in acc
+            ),
+        ]
     return "\n\n".join(parts) + "\n"
 
 
@@ -122,7 +141,7 @@ def write_results(report: dict, json_path: str | None, markdown_path: str | None
             with open(markdown_path) as f:
                 old = f.read()
             if BEGIN in old and END in old:
-                text = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END) + 1:]
+                text = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END) + 1 :]
             else:
                 text = old.rstrip("\n") + "\n\n" + section
         with open(markdown_path, "w") as f:

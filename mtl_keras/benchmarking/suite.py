@@ -68,28 +68,62 @@ class BenchConfig:
 
     def baseline_key(self) -> tuple:
         """Configurations with equal keys share one baseline worker (it ignores B and precision)."""
-        return (self.mode, self.image_size, self.shots, self.inner_steps, self.widths, self.ways,
-                self.queries, self.channels)
+        return (
+            self.mode,
+            self.image_size,
+            self.shots,
+            self.inner_steps,
+            self.widths,
+            self.ways,
+            self.queries,
+            self.channels,
+        )
 
     def spec(self) -> dict:
         return {
-            "kind": self.mode, "image_size": self.image_size, "shots": self.shots,
-            "meta_batch": self.meta_batch, "inner_steps": self.inner_steps, "precision": self.precision,
-            "widths": list(self.widths), "ways": self.ways, "queries": self.queries,
-            "channels": self.channels, "jit_compile": self.jit_compile,
+            "kind": self.mode,
+            "image_size": self.image_size,
+            "shots": self.shots,
+            "meta_batch": self.meta_batch,
+            "inner_steps": self.inner_steps,
+            "precision": self.precision,
+            "widths": list(self.widths),
+            "ways": self.ways,
+            "queries": self.queries,
+            "channels": self.channels,
+            "jit_compile": self.jit_compile,
         }
 
     def flops(self, impl: str) -> int:
-        return step_flops(impl, self.mode, self.image_size, self.shots, self.meta_batch, self.inner_steps,
-                          self.ways, self.queries, self.channels, self.widths)
+        return step_flops(
+            impl,
+            self.mode,
+            self.image_size,
+            self.shots,
+            self.meta_batch,
+            self.inner_steps,
+            self.ways,
+            self.queries,
+            self.channels,
+            self.widths,
+        )
 
 
-def grid(modes=("train",), image_sizes=(32,), shots=(1, 5), meta_batches=(2, 8), inner_steps=(20, 100),
-         precisions=PRECISIONS, widths=FULL_WIDTHS) -> list[BenchConfig]:
+def grid(
+    modes=("train",),
+    image_sizes=(32,),
+    shots=(1, 5),
+    meta_batches=(2, 8),
+    inner_steps=(20, 100),
+    precisions=PRECISIONS,
+    widths=FULL_WIDTHS,
+) -> list[BenchConfig]:
     """The full factorial grid of the given values."""
     return [
         BenchConfig(mode=m, image_size=s, shots=k, meta_batch=b, inner_steps=t, precision=p, widths=widths)
-        for m, s, k, b, t, p in itertools.product(modes, image_sizes, shots, meta_batches, inner_steps, precisions)
+        for m, s, k, b, t, p in itertools.product(
+            modes, image_sizes, shots, meta_batches, inner_steps, precisions
+        )
     ]
 
 
@@ -112,7 +146,9 @@ def default_configs(widths=FULL_WIDTHS) -> list[BenchConfig]:
     """
     configs = []
     for precision in PRECISIONS:
-        base = BenchConfig(image_size=32, shots=1, meta_batch=2, inner_steps=20, precision=precision, widths=widths)
+        base = BenchConfig(
+            image_size=32, shots=1, meta_batch=2, inner_steps=20, precision=precision, widths=widths
+        )
         configs += [
             base,
             dataclasses.replace(base, inner_steps=100),
@@ -121,8 +157,11 @@ def default_configs(widths=FULL_WIDTHS) -> list[BenchConfig]:
             dataclasses.replace(base, image_size=84),
         ]
         evaluation = dataclasses.replace(base, mode="eval", meta_batch=10, inner_steps=100)
-        configs += [evaluation, dataclasses.replace(evaluation, shots=5),
-                    dataclasses.replace(evaluation, image_size=84, meta_batch=2)]
+        configs += [
+            evaluation,
+            dataclasses.replace(evaluation, shots=5),
+            dataclasses.replace(evaluation, image_size=84, meta_batch=2),
+        ]
     return configs
 
 
@@ -149,8 +188,13 @@ class Worker:
         self.spec = spec
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [*argv, json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-            text=True, env=env, cwd=str(_PACKAGE_ROOT),
+            [*argv, json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+            cwd=str(_PACKAGE_ROOT),
         )
         self._ready = None
         self.cpu_seconds = {}
@@ -169,7 +213,7 @@ class Worker:
     def _read(self) -> dict:
         for line in self.proc.stdout:
             if line.startswith(worker_protocol.PREFIX):
-                message = json.loads(line[len(worker_protocol.PREFIX):])
+                message = json.loads(line[len(worker_protocol.PREFIX) :])
                 if "error" in message:
                     raise WorkerError(message["error"])
                 return message
@@ -312,7 +356,9 @@ def run_suite(
         return torch_worker({**config.spec(), "warmup": warmup}, threads)
 
     ceiling = keras_worker({"kind": "ceiling", "warmup": 1}, threads, inter_threads)
-    torch_ceiling = torch_worker({"kind": "ceiling", "warmup": 1}, threads) if baseline and torch_ceiling else None
+    torch_ceiling = (
+        torch_worker({"kind": "ceiling", "warmup": 1}, threads) if baseline and torch_ceiling else None
+    )
     started_workers = [ceiling] + ([torch_ceiling] if torch_ceiling else [])
     keras_workers, base_workers = {}, {}
     if prestart:
@@ -350,7 +396,9 @@ def run_suite(
                 if torch_ceiling is not None:
                     time.sleep(settle)
                     for name in ("matmul_float32", "conv_float32"):
-                        samples["ceiling"].setdefault("torch_" + name, []).append(min(torch_ceiling.time(name, ceiling_calls)))
+                        samples["ceiling"].setdefault("torch_" + name, []).append(
+                            min(torch_ceiling.time(name, ceiling_calls))
+                        )
             samples["mtl_keras_cpu"] = worker.cpu_seconds.get("step", [])[-rounds:]
             samples["baseline_cpu"] = base.cpu_seconds.get("step", [])[-rounds:] if base is not None else []
             row = _summarise(config, samples, worker.ready, base.ready if base is not None else None)
@@ -400,8 +448,10 @@ CEILING_FLOPS = {
 def _summarise(config: BenchConfig, samples: dict, keras_ready: dict, base_ready: dict | None) -> dict:
     per_step = config.meta_batch  # tasks (train) or episodes (eval) per mtl_keras call
     unit = "tasks_per_s" if config.mode == "train" else "episodes_per_s"
-    rates = {name: [CEILING_FLOPS[name.split("_")[-2]] / t / 1e9 for t in times]
-             for name, times in samples["ceiling"].items()}
+    rates = {
+        name: [CEILING_FLOPS[name.split("_")[-2]] / t / 1e9 for t in times]
+        for name, times in samples["ceiling"].items()
+    }
     ceilings = {name: _median(r) for name, r in rates.items()}
     dtype = "bfloat16" if config.precision == "mixed_bfloat16" else "float32"
     ceiling = _dtype_ceiling(ceilings, dtype)
@@ -443,7 +493,9 @@ def _summarise(config: BenchConfig, samples: dict, keras_ready: dict, base_ready
         }
         row["ratio"] = row["mtl_keras"][unit] / row["baseline"][unit]
         # The same ratio from each side's fastest round: less sensitive to other jobs' load.
-        row["best_ratio"] = (per_step / row["mtl_keras"]["min_step_seconds"]) / (1.0 / row["baseline"]["min_step_seconds"])
+        row["best_ratio"] = (per_step / row["mtl_keras"]["min_step_seconds"]) / (
+            1.0 / row["baseline"]["min_step_seconds"]
+        )
     return row
 
 
@@ -460,7 +512,11 @@ def apply_run_ceilings(results: list[dict]) -> dict:
     for row in results:
         for name, rates in row["ceiling_samples_gflop_per_s"].items():
             best[name] = max(best.get(name, 0.0), *rates)
-    run = {dtype: _dtype_ceiling(best, dtype) for dtype in ("float32", "bfloat16") if any(n.endswith(dtype) for n in best)}
+    run = {
+        dtype: _dtype_ceiling(best, dtype)
+        for dtype in ("float32", "bfloat16")
+        if any(n.endswith(dtype) for n in best)
+    }
     for row in results:
         row["ceiling_used_gflop_per_s"] = run[row["ceiling_dtype"]]
         row["mtl_keras"]["utilisation"] = row["mtl_keras"]["gflop_per_s"] / run[row["ceiling_dtype"]]
@@ -471,9 +527,11 @@ def apply_run_ceilings(results: list[dict]) -> dict:
 
 def describe(config: BenchConfig) -> str:
     width = "" if config.widths == FULL_WIDTHS else f" widths {'-'.join(map(str, config.widths))}"
-    return (f"{config.mode} {config.image_size}x{config.image_size} {config.ways}-way {config.shots}-shot "
-            f"B={config.meta_batch} T={config.inner_steps} {config.precision}{width}"
-            + (" xla" if config.jit_compile else ""))
+    return (
+        f"{config.mode} {config.image_size}x{config.image_size} {config.ways}-way {config.shots}-shot "
+        f"B={config.meta_batch} T={config.inner_steps} {config.precision}{width}"
+        + (" xla" if config.jit_compile else "")
+    )
 
 
 def _unit(row) -> str:
@@ -482,8 +540,10 @@ def _unit(row) -> str:
 
 def _one_line(row) -> str:
     k = row["mtl_keras"]
-    text = (f"mtl_keras {k[_unit(row)]:.3f}/s ({k['gflop_per_s']:.0f} GFLOP/s, "
-            f"{100 * k['utilisation_same_rounds']:.0f}% of {row['ceiling_same_rounds_gflop_per_s']:.0f})")
+    text = (
+        f"mtl_keras {k[_unit(row)]:.3f}/s ({k['gflop_per_s']:.0f} GFLOP/s, "
+        f"{100 * k['utilisation_same_rounds']:.0f}% of {row['ceiling_same_rounds_gflop_per_s']:.0f})"
+    )
     if "baseline" in row:
         text += f"  baseline {row['baseline'][_unit(row)]:.3f}/s  ratio {row['ratio']:.2f}"
     return text
@@ -515,31 +575,56 @@ def check_targets(report: dict) -> list[dict]:
     targets = []
 
     def add(name, values, threshold_ok):
-        targets.append({"target": name, "values": values,
-                        "met": (all(threshold_ok(v) for v in values.values()) if values else None)})
+        targets.append(
+            {
+                "target": name,
+                "values": values,
+                "met": (all(threshold_ok(v) for v in values.values()) if values else None),
+            }
+        )
 
-    add("float32 (exact second order) >= 1.0x baseline",
+    add(
+        "float32 (exact second order) >= 1.0x baseline",
         {r["label"]: r["ratio"] for r in train if "ratio" in r and r["config"]["precision"] == "float32"},
-        lambda v: v >= 1.0)
-    add("mixed_bfloat16 >= 2.0x baseline",
-        {r["label"]: r["ratio"] for r in train if "ratio" in r and r["config"]["precision"] == "mixed_bfloat16"},
-        lambda v: v >= 2.0)
-    add("inner steps 20 -> 100 costs <= 5% of step time",
-        {a["label"]: b["mtl_keras"]["median_step_seconds"] / a["mtl_keras"]["median_step_seconds"] - 1
-         for a, b in _pairs(train, "inner_steps", 20, 100)},
-        lambda v: v <= 0.05)
-    add("tasks/s at meta-batch 8 >= at meta-batch 2",
-        {a["label"]: b["mtl_keras"]["tasks_per_s"] / a["mtl_keras"]["tasks_per_s"]
-         for a, b in _pairs(train, "meta_batch", 2, 8)},
-        lambda v: v >= 1.0)
-    add("utilisation >= 70% of the measured ceiling for the dtype (the run's fastest matmul/conv)",
+        lambda v: v >= 1.0,
+    )
+    add(
+        "mixed_bfloat16 >= 2.0x baseline",
+        {
+            r["label"]: r["ratio"]
+            for r in train
+            if "ratio" in r and r["config"]["precision"] == "mixed_bfloat16"
+        },
+        lambda v: v >= 2.0,
+    )
+    add(
+        "inner steps 20 -> 100 costs <= 5% of step time",
+        {
+            a["label"]: b["mtl_keras"]["median_step_seconds"] / a["mtl_keras"]["median_step_seconds"] - 1
+            for a, b in _pairs(train, "inner_steps", 20, 100)
+        },
+        lambda v: v <= 0.05,
+    )
+    add(
+        "tasks/s at meta-batch 8 >= at meta-batch 2",
+        {
+            a["label"]: b["mtl_keras"]["tasks_per_s"] / a["mtl_keras"]["tasks_per_s"]
+            for a, b in _pairs(train, "meta_batch", 2, 8)
+        },
+        lambda v: v >= 1.0,
+    )
+    add(
+        "utilisation >= 70% of the measured ceiling for the dtype (the run's fastest matmul/conv)",
         {r["label"]: r["mtl_keras"]["utilisation"] for r in train},
-        lambda v: v >= 0.7)
+        lambda v: v >= 0.7,
+    )
     if "accuracy" in report:
         acc = report["accuracy"]
-        add("mixed_bfloat16 glyph 5-way 1-shot accuracy within 1 point of float32",
+        add(
+            "mixed_bfloat16 glyph 5-way 1-shot accuracy within 1 point of float32",
             {"bf16 - f32 (points)": 100 * (acc["mixed_bfloat16"]["mean"] - acc["float32"]["mean"])},
-            lambda v: abs(v) <= 1.0)
+            lambda v: abs(v) <= 1.0,
+        )
     return targets
 
 
@@ -547,12 +632,22 @@ def cost_scaling(results) -> list[dict]:
     """How mtl_keras' step time grows with meta-batch, inner steps, shots and image size (measured pairs)."""
     train = [r for r in results if r["config"]["mode"] == "train"]
     rows = []
-    for field, a, b in (("meta_batch", 2, 8), ("inner_steps", 20, 100), ("shots", 1, 5), ("image_size", 32, 84)):
+    for field, a, b in (
+        ("meta_batch", 2, 8),
+        ("inner_steps", 20, 100),
+        ("shots", 1, 5),
+        ("image_size", 32, 84),
+    ):
         for ra, rb in _pairs(train, field, a, b):
             ka, kb = ra["mtl_keras"], rb["mtl_keras"]
-            rows.append({
-                "factor": field, "from": a, "to": b, "at": ra["label"],
-                "step_time_ratio": kb["median_step_seconds"] / ka["median_step_seconds"],
-                "flop_ratio": kb["gflop_per_step"] / ka["gflop_per_step"],
-            })
+            rows.append(
+                {
+                    "factor": field,
+                    "from": a,
+                    "to": b,
+                    "at": ra["label"],
+                    "step_time_ratio": kb["median_step_seconds"] / ka["median_step_seconds"],
+                    "flop_ratio": kb["gflop_per_step"] / ka["gflop_per_step"],
+                }
+            )
     return rows

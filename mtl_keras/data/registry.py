@@ -15,8 +15,14 @@ from mtl_keras.data.split import ClassSplit
 # name -> (module under mtl_keras.data.sources, one-line description)
 _BENCHMARKS: dict[str, tuple[str, str]] = {
     "glyphs": ("glyphs", "Characters rendered from the fonts matplotlib ships (embedded, no download)"),
-    "mini_imagenet": ("mini_imagenet", "miniImageNet: split CSVs + images/, or train/val/test class folders; 64/16/20 classes"),
-    "tiered_imagenet": ("tiered_imagenet", "tieredImageNet: train/val/test class folders; 351/97/160 classes"),
+    "mini_imagenet": (
+        "mini_imagenet",
+        "miniImageNet: split CSVs + images/, or train/val/test class folders; 64/16/20 classes",
+    ),
+    "tiered_imagenet": (
+        "tiered_imagenet",
+        "tieredImageNet: train/val/test class folders; 351/97/160 classes",
+    ),
     "fc100": ("cifar100", "FC100: CIFAR-100 split by superclass (12/4/4 superclasses, 60/20/20 classes)"),
     "cifar_fs": ("cifar100", "CIFAR-FS: CIFAR-100 split by class (64/16/20 classes)"),
     "omniglot": ("omniglot", "Omniglot: images_background/ and images_evaluation/ alphabet folders"),
@@ -52,9 +58,7 @@ def load_benchmark(name: str, root: str | None = None, **kwargs) -> Benchmark:
         >>> train, val, test = load_benchmark("glyphs")
     """
     if name not in _BENCHMARKS:
-        raise ValueError(
-            f"Unknown benchmark '{name}'. Known: {', '.join(sorted(_BENCHMARKS))}."
-        )
+        raise ValueError(f"Unknown benchmark '{name}'. Known: {', '.join(sorted(_BENCHMARKS))}.")
     module_name, _ = _BENCHMARKS[name]
     module = importlib.import_module(f"mtl_keras.data.sources.{module_name}")
     if module_name == "cifar100":

@@ -51,8 +51,7 @@ class ClassSplit:
         num_classes = len(self.class_names)
         if (self.images is None) == (self.paths is None):
             raise ValueError(
-                f"ClassSplit '{self.name}': give exactly one of `images` (pixels) "
-                "or `paths` (files)."
+                f"ClassSplit '{self.name}': give exactly one of `images` (pixels) or `paths` (files)."
             )
         if self.images is not None:
             if isinstance(self.images, (list, tuple)):
@@ -62,8 +61,7 @@ class ClassSplit:
                 images = images[..., None]
             if images.ndim != 4:
                 raise ValueError(
-                    f"ClassSplit '{self.name}': images must be (n, H, W, C), "
-                    f"got shape {images.shape}."
+                    f"ClassSplit '{self.name}': images must be (n, H, W, C), got shape {images.shape}."
                 )
             if images.dtype != np.uint8:
                 raise ValueError(
@@ -80,8 +78,7 @@ class ClassSplit:
             n = len(self.paths)
             if self.image_size is None or self.channels is None:
                 raise ValueError(
-                    f"ClassSplit '{self.name}': a file-backed split needs "
-                    "`image_size=(H, W)` and `channels`."
+                    f"ClassSplit '{self.name}': a file-backed split needs `image_size=(H, W)` and `channels`."
                 )
             self.image_size = tuple(int(s) for s in self.image_size)
             self.channels = int(self.channels)
@@ -95,9 +92,7 @@ class ClassSplit:
                 + fix.get(self.channels, "")
             )
         if len(self.labels) != n:
-            raise ValueError(
-                f"ClassSplit '{self.name}': {n} images but {len(self.labels)} labels."
-            )
+            raise ValueError(f"ClassSplit '{self.name}': {n} images but {len(self.labels)} labels.")
         if n and (self.labels.min() < 0 or self.labels.max() >= num_classes):
             raise ValueError(
                 f"ClassSplit '{self.name}': labels must lie in 0..{num_classes - 1} "
@@ -115,8 +110,7 @@ class ClassSplit:
         self.class_ids = np.asarray(self.class_ids, dtype=np.int64).reshape(-1)
         if len(self.class_ids) != num_classes:
             raise ValueError(
-                f"ClassSplit '{self.name}': {len(self.class_ids)} class ids for "
-                f"{num_classes} classes."
+                f"ClassSplit '{self.name}': {len(self.class_ids)} class ids for {num_classes} classes."
             )
         # Per-class item indices, computed once: the sampler's only view of the data.
         order = np.argsort(self.labels, kind="stable")
@@ -163,9 +157,7 @@ class ClassSplit:
         if ways < 2:
             raise ValueError(f"ways must be at least 2, got {ways}.")
         if shots < 1 or queries < 1:
-            raise ValueError(
-                f"shots and queries must be at least 1, got shots={shots}, queries={queries}."
-            )
+            raise ValueError(f"shots and queries must be at least 1, got shots={shots}, queries={queries}.")
         if ways > self.num_classes:
             raise ValueError(
                 f"{ways}-way episodes need {ways} classes but split '{self.name}' "

@@ -44,7 +44,9 @@ class FoldedConvBatchNorm(keras.layers.Layer):
         offset = offset * a
         if norm.center:
             offset = offset + norm.beta
-        y = ops.conv(inputs, ops.cast(kernel * a, self.compute_dtype), strides=conv.strides, padding=conv.padding)
+        y = ops.conv(
+            inputs, ops.cast(kernel * a, self.compute_dtype), strides=conv.strides, padding=conv.padding
+        )
         return y + ops.cast(offset, y.dtype)
 
     def compute_output_shape(self, input_shape):

@@ -42,9 +42,7 @@ class LinearBaseLearner(keras.layers.Layer):
 
     def call(self, features):
         """Logits of the *initial* head: ``(..., D) → (..., N)``."""
-        return tf.matmul(features, tf.cast(self.kernel, features.dtype)) + tf.cast(
-            self.bias, features.dtype
-        )
+        return tf.matmul(features, tf.cast(self.kernel, features.dtype)) + tf.cast(self.bias, features.dtype)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.ways)
@@ -75,9 +73,7 @@ def support_loss_and_grads(features, onehot, weights, bias):
         ``loss (B,)``, ``grad_w (B, D, N)``, ``grad_b (B, N)``.
     """
     logits = head_logits(features, weights, bias)
-    loss = tf.reduce_mean(
-        tf.nn.softmax_cross_entropy_with_logits(labels=onehot, logits=logits), axis=1
-    )
+    loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=onehot, logits=logits), axis=1)
     num_support = tf.cast(tf.shape(features)[1], features.dtype)
     dlogits = (tf.nn.softmax(logits) - onehot) / num_support
     grad_w = tf.einsum("bsd,bsn->bdn", features, dlogits)
@@ -131,7 +127,9 @@ def inner_loop(
     def record(i, arrays, loss, weights, bias):
         arrays = dict(arrays, support_loss=arrays["support_loss"].write(i, loss))
         if record_query:
-            arrays["query_logits"] = arrays["query_logits"].write(i, head_logits(query_features, weights, bias))
+            arrays["query_logits"] = arrays["query_logits"].write(
+                i, head_logits(query_features, weights, bias)
+            )
         return arrays
 
     def body(i, weights, bias, arrays):

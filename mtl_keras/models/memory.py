@@ -81,7 +81,10 @@ def gpu_memory() -> list[int] | None:
     try:
         out = subprocess.run(
             [exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
         totals = [int(float(line.strip())) * 2**20 for line in out.splitlines() if line.strip()]
     except (OSError, subprocess.SubprocessError, ValueError):
@@ -185,7 +188,10 @@ def check_training_memory(model, dataset) -> None:
         if available is None:
             return
         tasks = math.ceil(b * min(local, replicas) / replicas)
-        where, per = "RAM", f"{tasks} tasks" + (f" (of {b}, for this worker's replicas)" if tasks != b else "")
+        where, per = (
+            "RAM",
+            f"{tasks} tasks" + (f" (of {b}, for this worker's replicas)" if tasks != b else ""),
+        )
     estimate = estimate_training_memory(model.backbone, tasks, s, q, model.ways, model.inner_steps)
     if estimate["activations"] > available:
         h, w, c = (int(d) if d is not None else "?" for d in support[2:])

@@ -393,9 +393,7 @@ class MetaTransferModel(keras.Model):
         """Adapted query logits ``(B, N*Q, N)`` of an episode dict (see class doc)."""
         missing = [k for k in EPISODE_KEYS if k not in inputs]
         if missing:
-            raise ValueError(
-                f"MetaTransferModel expects a dict with {EPISODE_KEYS}; missing {missing}."
-            )
+            raise ValueError(f"MetaTransferModel expects a dict with {EPISODE_KEYS}; missing {missing}.")
         steps = self.inner_steps if training else self.eval_inner_steps
         return self.adapt(
             inputs["support_images"],
@@ -419,7 +417,9 @@ class MetaTransferModel(keras.Model):
             (0 for a class without queries).
         """
         query_labels = tf.cast(query_labels, tf.int32)
-        correct = tf.cast(tf.equal(tf.argmax(query_logits, -1, output_type=tf.int32), query_labels), tf.float32)
+        correct = tf.cast(
+            tf.equal(tf.argmax(query_logits, -1, output_type=tf.int32), query_labels), tf.float32
+        )
         onehot = tf.one_hot(query_labels, ways, dtype=tf.float32)
         hits = tf.einsum("bm,bmn->bn", correct, onehot)
         counts = tf.reduce_sum(onehot, axis=1)

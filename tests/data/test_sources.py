@@ -153,7 +153,9 @@ def assert_benchmark(splits, counts, benchmark):
 # --------------------------------------------------------------------------- miniImageNet
 def test_mini_imagenet_csv_layout_loads_file_backed_splits_and_warns_on_class_counts(tmp_path):
     root = write_mini_csv_layout(tmp_path)
-    with pytest.warns(UserWarning, match="3/3/3 train/val/test classes but the standard benchmark has 64/16/20"):
+    with pytest.warns(
+        UserWarning, match="3/3/3 train/val/test classes but the standard benchmark has 64/16/20"
+    ):
         splits = mini_imagenet.load(root)
     assert_benchmark(splits, (3, 3, 3), "mini_imagenet")
     train = splits[0]
@@ -218,13 +220,17 @@ def test_tiered_imagenet_loads_class_folders_with_unique_ids(tmp_path):
 def test_tiered_imagenet_reports_empty_class_folder(tmp_path):
     root = write_class_tree(tmp_path, WNIDS)
     (root / "val" / "n09999999").mkdir()
-    with pytest.raises(ValueError, match=r"class folder '.*val/n09999999' has no image files.*Add images or delete"):
+    with pytest.raises(
+        ValueError, match=r"class folder '.*val/n09999999' has no image files.*Add images or delete"
+    ):
         tiered_imagenet.load(root)
 
 
 def test_tiered_imagenet_reports_missing_split_folder(tmp_path):
     root = write_class_tree(tmp_path, {"train": ["a"], "test": ["b"]})
-    with pytest.raises(FileNotFoundError, match=r"split folder '.*/val' or '.*/valid' or '.*/validation' is missing"):
+    with pytest.raises(
+        FileNotFoundError, match=r"split folder '.*/val' or '.*/valid' or '.*/validation' is missing"
+    ):
         tiered_imagenet.load(root)
 
 
@@ -347,7 +353,9 @@ def test_cifar100_reports_missing_archive_files(tmp_path):
 def test_cifar100_opt_in_still_refuses_pickles_with_non_numpy_globals(tmp_path):
     root = write_cifar100_archive(tmp_path)
     (root / "cifar-100-python" / "meta").write_bytes(pickle.dumps({b"fine_label_names": OrderedDict()}))
-    with pytest.raises(ValueError, match=r"meta' is not a readable CIFAR-100 pickle .*collections\.OrderedDict"):
+    with pytest.raises(
+        ValueError, match=r"meta' is not a readable CIFAR-100 pickle .*collections\.OrderedDict"
+    ):
         cifar100.load(root, allow_pickle=True)
 
 
@@ -373,7 +381,9 @@ def test_omniglot_holds_out_last_background_alphabets_for_val(tmp_path):
 
 def test_omniglot_rotations_add_three_rotated_classes_per_character(tmp_path):
     root = write_omniglot(tmp_path)
-    train, val, test = omniglot.load(root, image_size=12, rotations=("train",), val_alphabets=["Bg_Alphabet0"])
+    train, val, test = omniglot.load(
+        root, image_size=12, rotations=("train",), val_alphabets=["Bg_Alphabet0"]
+    )
     assert_benchmark((train, val, test), (48, 2, 4), "omniglot")  # 6 alphabets x 2 characters x 4
     assert train.class_names[12] == "Bg_Alphabet1/character01/rot90"
     first, rotated = train.images[train.items_of(0)[0]], train.images[train.items_of(12)[0]]

@@ -53,7 +53,12 @@ def test_output_is_scaled_kernel_plus_shift():
 
 def test_meta_phase_gradients_reach_phi_not_theta():
     model = keras.Sequential(
-        [keras.Input((8, 8, 3)), ScaleShiftConv2D(4, 3), keras.layers.BatchNormalization(), keras.layers.Flatten()]
+        [
+            keras.Input((8, 8, 3)),
+            ScaleShiftConv2D(4, 3),
+            keras.layers.BatchNormalization(),
+            keras.layers.Flatten(),
+        ]
     )
     set_phase(model, "meta")
     phi = phi_weights(model)

@@ -107,8 +107,15 @@ def test_from_pretrained_shares_backbone_and_switches_phase(proto_split):
 def test_transductive_batch_norm_runs_and_differs_from_frozen(proto_split):
     inputs, _ = next(iter(_episodes(proto_split, batches=1)))
     frozen = _model()
-    trans = MetaTransferModel(frozen.backbone, ways=4, inner_steps=3, eval_inner_steps=5, inner_lr=0.5,
-                              batch_norm="transductive", head=frozen.head)
+    trans = MetaTransferModel(
+        frozen.backbone,
+        ways=4,
+        inner_steps=3,
+        eval_inner_steps=5,
+        inner_lr=0.5,
+        batch_norm="transductive",
+        head=frozen.head,
+    )
     a, b = frozen(inputs).numpy(), trans(inputs, training=True).numpy()
     assert a.shape == b.shape and not np.allclose(a, b)
 
@@ -118,7 +125,9 @@ def test_bad_inputs_are_named(proto_split):
     with pytest.raises(ValueError, match="missing"):
         model({"support_images": np.zeros((1, 4, 16, 16, 1), "float32")})
     with pytest.raises(ValueError, match=r"support_images must have shape \(B, N\*K, H, W, C\)"):
-        model.adapt(np.zeros((4, 16, 16, 1), "float32"), np.zeros((4,), "int32"), np.zeros((4, 16, 16, 1), "float32"))
+        model.adapt(
+            np.zeros((4, 16, 16, 1), "float32"), np.zeros((4,), "int32"), np.zeros((4, 16, 16, 1), "float32")
+        )
     with pytest.raises(ValueError, match="batch_norm"):
         _model(batch_norm="train")
 
@@ -184,8 +193,15 @@ def test_train_step_compiles_with_xla(proto_split):
 
 def test_folded_batch_norm_gives_the_same_logits_and_gradients(proto_split):
     folded = _model()
-    plain = MetaTransferModel(folded.backbone, ways=4, inner_steps=3, eval_inner_steps=5, inner_lr=0.5,
-                              head=folded.head, fold_batch_norm=False)
+    plain = MetaTransferModel(
+        folded.backbone,
+        ways=4,
+        inner_steps=3,
+        eval_inner_steps=5,
+        inner_lr=0.5,
+        head=folded.head,
+        fold_batch_norm=False,
+    )
     assert len(folded.weights) == len(plain.weights)
     inputs, labels = next(iter(_episodes(proto_split, batches=1)))
     np.testing.assert_allclose(folded(inputs).numpy(), plain(inputs).numpy(), rtol=1e-4, atol=1e-5)
@@ -193,7 +209,9 @@ def test_folded_batch_norm_gives_the_same_logits_and_gradients(proto_split):
     for model in (folded, plain):
         with tf.GradientTape() as tape:
             logits = model(inputs, training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            )
         grads.append(tape.gradient(loss, model.trainable_weights))
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(tf.reduce_max(tf.abs(b))) + 1e-7)
