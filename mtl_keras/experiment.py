@@ -757,38 +757,6 @@ def meta_train_stage(
     return written
 
 
-def evaluate_in_detail(
-    model: MetaTransferModel,
-    split,
-    ways: int,
-    shots: int,
-    queries: int = 15,
-    episodes: int = 600,
-    seed: int = 0,
-    inner_steps: int | None = None,
-    meta_batch_size: int = 10,
-    verbose: bool = False,
-) -> tuple[EvaluationResult, dict]:
-    """``evaluate_episodes(..., return_details=True)``: the result and per-class statistics.
-
-    Returns:
-        ``(result, details)``; see `mtl_keras.evaluation.evaluate_episodes`.
-    """
-    return evaluate_episodes(
-        model,
-        split,
-        ways,
-        shots,
-        queries,
-        episodes=episodes,
-        seed=seed,
-        inner_steps=inner_steps,
-        meta_batch_size=meta_batch_size,
-        verbose=verbose,
-        return_details=True,
-    )
-
-
 def _save_evaluation(
     run_dir: str,
     shots: int,
@@ -838,7 +806,7 @@ def evaluate_stage(
     """Evaluate meta-trained weights on test episodes (``mtl-keras evaluate``).
 
     For each K of ``config.shots``: loads ``mtl_{K}shot.weights.h5`` (or
-    ``weights_path``), runs `evaluate_in_detail` on ``episodes`` (default
+    ``weights_path``), runs `evaluate_episodes` (``return_details=True``) on ``episodes`` (default
     ``config.test_episodes``) test episodes and writes the result, per-class accuracy,
     failure-class counts and a sample episode into the run folder, the episode also
     into TensorBoard (``logs/test_{K}shot``), then the plots.
@@ -860,7 +828,7 @@ def evaluate_stage(
             )
         model = meta_model(config, test.channels, None)
         model.load_weights(path)
-        result, details = evaluate_in_detail(
+        result, details = evaluate_episodes(
             model,
             test,
             config.ways,
@@ -869,6 +837,7 @@ def evaluate_stage(
             episodes=episodes or config.test_episodes,
             seed=config.seed + 100,
             verbose=verbose,
+            return_details=True,
         )
         _save_evaluation(run_dir, shots, result, details, config.benchmark, tensorboard)
         results[shots] = result

@@ -11,6 +11,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path: str, title: str | None = None, dpi: int = 110) -> str:
+    """Give ``fig`` its ``title``, lay it out, write it to ``path`` (PNG) and close it."""
+    if title is not None:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_learning_curves(
     histories: dict[str, dict[str, list[float]]], path: str, title: str = "Learning curves"
 ) -> str:
@@ -39,11 +49,7 @@ def plot_learning_curves(
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_accuracy_vs_inner_steps(
@@ -64,10 +70,7 @@ def plot_accuracy_vs_inner_steps(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _short(name: str, width: int = 28) -> str:
@@ -141,11 +144,7 @@ def plot_per_class_accuracy(
     hist.set_title(note)
     hist.legend(fontsize=8)
     hist.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_hard_class_frequency(
@@ -182,10 +181,7 @@ def plot_hard_class_frequency(
     ax.set_xlabel("times")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_episode_grid(
@@ -265,10 +261,7 @@ def plot_episode_grid(
         acc = 100 * float(np.mean(preds == query_labels))
         title = f"{title} — query accuracy {acc:.0f}% (all {len(query_labels)} queries)"
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def plot_accuracy_bars(
@@ -309,11 +302,7 @@ def plot_accuracy_bars(
         if col == 0:
             ax.set_ylabel("test accuracy (%), axis zoomed")
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:

@@ -54,3 +54,18 @@ def run_layer_test(
         reloaded = keras.saving.load_model(path)
         np.testing.assert_allclose(np.asarray(reloaded(input_data)), np.asarray(model(input_data)), atol=1e-6)
     return layer
+
+
+def randomise_backbone(backbone, rng):
+    """Give a backbone's batch norms and scale/shift (Φ) random non-trivial values, in place."""
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.1, n).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+        elif hasattr(layer, "scale") and hasattr(layer, "shift"):
+            layer.scale.assign(rng.uniform(0.8, 1.2, layer.scale.shape).astype("float32"))
+            layer.shift.assign(rng.normal(0, 0.1, layer.shift.shape).astype("float32"))
+    return backbone

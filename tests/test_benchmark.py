@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,6 +13,7 @@ from mtl_keras import MetaTransferModel, resnet12
 from mtl_keras.benchmarking import BenchConfig, check_targets, resnet12_convs, step_flops
 from mtl_keras.benchmarking.flops import forward_flops
 from mtl_keras.benchmarking.report import BEGIN, END, write_results
+from tests.helpers import randomise_backbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,19 +30,6 @@ def test_flop_counts_match_the_resnet12_arithmetic():
     assert step_flops("mtl_keras", "eval", 32, 1, 10, 100) == pytest.approx(10 * 80 * 0.734e9, rel=1e-2)
 
 
-def _randomise(backbone, rng):
-    for layer in backbone.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.gamma.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-            layer.beta.assign(rng.normal(0, 0.1, n).astype("float32"))
-            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-        elif hasattr(layer, "scale") and hasattr(layer, "shift"):
-            layer.scale.assign(rng.uniform(0.8, 1.2, layer.scale.shape).astype("float32"))
-            layer.shift.assign(rng.normal(0, 0.1, layer.shift.shape).astype("float32"))
-
-
 def test_torch_baseline_computes_the_same_first_order_step_as_mtl_keras():
     """Same weights and episode: the baseline's logits and Φ/head gradients equal mtl_keras' first order."""
     torch = pytest.importorskip("torch")
@@ -53,7 +40,7 @@ def test_torch_baseline_computes_the_same_first_order_step_as_mtl_keras():
     rng = np.random.default_rng(0)
     widths, ways, shots, queries, steps = (4, 8, 8, 8), 5, 2, 3, 3
     backbone = resnet12((16, 16, 3), widths=widths)
-    _randomise(backbone, rng)
+    randomise_backbone(backbone, rng)
     model = MetaTransferModel(backbone, ways=ways, inner_steps=steps, inner_lr=0.01, first_order=True)
     w0 = rng.normal(0, 0.5, (widths[-1], ways)).astype("float32")
     b0 = rng.normal(0, 0.1, ways).astype("float32")

@@ -4,20 +4,12 @@ import tensorflow as tf
 
 from mtl_keras import resnet12, set_phase
 from mtl_keras.layers import fold_batch_norm, phi_weights
+from tests.helpers import randomise_backbone
 
 
 def _randomised_backbone(seed=0):
     rng = np.random.default_rng(seed)
-    backbone = resnet12((16, 16, 3), widths=(4, 8, 8, 8))
-    for layer in backbone.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.gamma.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-            layer.beta.assign(rng.normal(0, 0.1, n).astype("float32"))
-            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-    for v in phi_weights(backbone):
-        v.assign(v.numpy() + rng.normal(0, 0.1, v.shape).astype("float32"))
+    backbone = randomise_backbone(resnet12((16, 16, 3), widths=(4, 8, 8, 8)), rng)
     return set_phase(backbone, "meta"), rng.random((3, 16, 16, 3)).astype("float32")
 
 
