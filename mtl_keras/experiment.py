@@ -404,6 +404,8 @@ def run_experiment(
     os.makedirs(run_dir, exist_ok=True)
     progress = RunProgress(run_dir, config, restart=restart)
     config.to_json(os.path.join(run_dir, "config.json"))
+    if not progress.state["stages"] and os.path.exists(os.path.join(run_dir, "metrics.json")):
+        os.remove(os.path.join(run_dir, "metrics.json"))  # a new run: no numbers of an earlier one
     say = print if verbose else (lambda *a, **k: None)
 
     say(f"[1/4] Loading benchmark '{config.benchmark}'")

@@ -21,6 +21,8 @@ def run_folder(tmp_path_factory, glyph_cache):
     config = tmp / "tiny.json"
     config.write_text(json.dumps(TINY_CONFIG))
     run_dir = tmp / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text('{"stale": "numbers of an earlier run"}')  # must not survive
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MTL_KERAS_CACHE", glyph_cache)
         assert cli.main(["run", "--config", str(config), "--run-dir", str(run_dir), "--quiet"]) == 0
@@ -49,6 +51,7 @@ def test_run_writes_a_complete_run_folder(run_folder):
     ):
         assert (run_folder / name).exists(), name
     metrics = json.loads((run_folder / "metrics.json").read_text())
+    assert "stale" not in metrics
     result = metrics["results"]["MTL (SS, meta-trained)"]["1-shot"]
     assert result["episodes"] == 10 and 0 <= result["mean"] <= 1
     assert len(result["per_step_accuracy"]) == 4  # 0..3 inner steps
