@@ -33,6 +33,9 @@ class ExperimentConfig:
         inner_lr, phi_lr (Φ, paper code: 1e-4), head_lr (head init, paper code: 1e-3),
         first_order, precision (the backbone's dtype policy in meta-training,
         evaluation and export: ``float32`` or ``mixed_bfloat16``; pretraining is float32).
+    Hard tasks (the HT meta-batch, `mtl_keras.data.HardTaskPool`, periodic schedule):
+        hard_tasks (on/off), ht_every (normal meta-batches between hard rounds, paper: 10),
+        ht_hard_batches (hard meta-batches per round, paper: 5).
     Evaluation:
         val_episodes (per epoch, for model selection), test_episodes (paper: 600),
         test_queries.
@@ -62,6 +65,9 @@ class ExperimentConfig:
     head_lr: float = 1e-3
     first_order: bool = False
     precision: str = "float32"
+    hard_tasks: bool = False
+    ht_every: int = 10
+    ht_hard_batches: int = 5
     val_episodes: int = 100
     test_episodes: int = 600
     test_queries: int = 15
@@ -130,6 +136,8 @@ class ExperimentConfig:
             "queries": 1,
             "meta_batch_size": 1,
             "steps_per_epoch": 1,
+            "ht_every": 1,
+            "ht_hard_batches": 1,
             "val_episodes": 1,
             "test_episodes": 1,
             "test_queries": 1,
@@ -149,7 +157,7 @@ class ExperimentConfig:
                 fail(key, "a positive number")
         if not (is_num(self.pretrain_dropout) and 0 <= self.pretrain_dropout < 1):
             fail("pretrain_dropout", "a number in [0, 1)")
-        for key in ("pretrain_augment", "first_order"):
+        for key in ("pretrain_augment", "first_order", "hard_tasks"):
             if not isinstance(getattr(self, key), bool):
                 fail(key, "true or false")
         if self.precision not in PRECISIONS:

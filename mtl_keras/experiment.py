@@ -22,6 +22,7 @@ import tensorflow as tf
 from mtl_keras.backbones import get_backbone
 from mtl_keras.callbacks import (
     BestCheckpoint,
+    HardTaskLogger,
     ResumableCheckpoint,
     StopOnNonFiniteLoss,
     _atomic_write_text,
@@ -30,6 +31,7 @@ from mtl_keras.callbacks import (
 from mtl_keras.config import ExperimentConfig
 from mtl_keras.data.augment import pretrain_augmentation
 from mtl_keras.data.episodes import make_episodes, pretrain_dataset
+from mtl_keras.data.hard_tasks import HardTaskPool
 from mtl_keras.data.registry import load_benchmark
 from mtl_keras.distribute import worker_index
 from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
@@ -196,15 +198,30 @@ def meta_train(
         verbose: progress output.
         callbacks: passed to ``fit`` after the checkpoint callbacks.
         backup_dir: back up the whole training state (weights, both optimizers,
-            episode stream) there at every epoch end and, if a backup is there,
+            episode stream, hard-task pool) there at every epoch end and, if a backup is there,
             resume from it: the resumed run trains the same meta-batches as an
             uninterrupted one (`ResumableCheckpoint`).
+
+    With ``config.hard_tasks`` the meta-batches include hard tasks (`HardTaskPool`,
+    periodic: ``ht_hard_batches`` hard meta-batches after every ``ht_every`` normal
+    ones, as the paper) and the history holds ``hard_tasks`` per epoch.
 
     Returns:
         The history (every epoch, including those of an interrupted earlier run),
         with ``initial_val_accuracy`` and ``kept_epoch`` (0 = the pretrained model).
     """
     keras.utils.set_random_seed(config.seed)
+    pool = None
+    if config.hard_tasks:
+        replicas = model.distribute_strategy.num_replicas_in_sync
+        pool = HardTaskPool(
+            schedule="periodic",
+            every=config.ht_every,
+            hard_batches=config.ht_hard_batches,
+            seed=config.seed,
+            # under a strategy the pipeline runs further ahead of training (docs/distributed.md)
+            **({"delay": 10} if replicas > 1 else {}),
+        )
     train_eps = make_episodes(
         train_split,
         config.ways,
@@ -212,6 +229,7 @@ def meta_train(
         config.queries,
         meta_batch_size=config.meta_batch_size,
         seed=config.seed,
+        hard_tasks=pool,
     )
     val_batch = 10
     val_eps = make_episodes(
@@ -239,15 +257,29 @@ def meta_train(
         best.best = max([initial, *(e["val_accuracy"] for e in state["history"] if "val_accuracy" in e)])
     else:
         save_weights_atomic(model, checkpoint_path)
-    # `best` before `backup`: a backed-up epoch's best weights are always on disk already.
-    history = model.fit(
-        train_eps,
-        steps_per_epoch=config.steps_per_epoch,
-        epochs=config.meta_epochs,
-        validation_data=val_eps,
-        callbacks=[best, *([backup] if backup else []), StopOnNonFiniteLoss(), *(callbacks or [])],
-        verbose=_verbose_mode(verbose),
-    )
+    # `best` before `backup`: a backed-up epoch's best weights are always on disk already; the
+    # hard-task logger too: it closes the pool's epoch, which the backup then saves.
+    logger = [HardTaskLogger(pool, top_k=3, verbose=int(verbose))] if pool is not None else []
+    if pool is not None:
+        model.task_feedback = pool
+    try:
+        history = model.fit(
+            train_eps,
+            steps_per_epoch=config.steps_per_epoch,
+            epochs=config.meta_epochs,
+            validation_data=val_eps,
+            callbacks=[
+                best,
+                *logger,
+                *([backup] if backup else []),
+                StopOnNonFiniteLoss(),
+                *(callbacks or []),
+            ],
+            verbose=_verbose_mode(verbose),
+        )
+    finally:
+        if pool is not None:
+            model.task_feedback = None
     model.load_weights(checkpoint_path)
     hist = _full_history(history.history, backup)
     hist["initial_val_accuracy"] = [initial]

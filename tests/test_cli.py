@@ -127,6 +127,35 @@ def test_stages_one_by_one_share_a_run_folder(tiny_config_file, tmp_path, capsys
     assert get_config(os.path.join(run_dir, "config.json")).pretrain_epochs == 0
 
 
+def test_meta_train_with_hard_tasks(run_folder, tmp_path, glyph_cache, monkeypatch, capsys):
+    """--set hard_tasks=true trains on hard tasks too (the paper's periodic HT schedule)."""
+    monkeypatch.setenv("MTL_KERAS_CACHE", glyph_cache)
+    run_dir = str(tmp_path / "ht")
+    argv = [
+        "meta-train",
+        "--config",
+        str(run_folder / "config.json"),
+        "--run-dir",
+        run_dir,
+        "--no-tensorboard",
+    ]
+    argv += ["--weights", str(run_folder / "pretrained_backbone.weights.h5")]
+    for assignment in (
+        "hard_tasks=true",
+        "ht_every=1",
+        "ht_hard_batches=1",
+        "steps_per_epoch=6",
+        "meta_epochs=2",
+    ):
+        argv += ["--set", assignment]
+    assert cli.main(argv) == 0
+    history = json.loads(open(os.path.join(run_dir, "metrics.json")).read())["histories"]["MTL 1-shot"]
+    assert len(history["hard_tasks"]) == 2 and sum(history["hard_tasks"]) > 0, history
+    assert "hard tasks; top-3 failure classes" in capsys.readouterr().out
+    plain = json.loads((run_folder / "metrics.json").read_text())["histories"]["MTL 1-shot"]
+    assert "hard_tasks" not in plain  # off by default
+
+
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
