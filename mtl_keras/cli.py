@@ -396,8 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="KEY=VALUE",
         help="override a config field (e.g. widths=8,8,8,8) or a reproduction setting (scratch_filters, "
-        "scratch_epochs, scratch_steps_per_epoch, scratch_lr, ft_lrs, ft_probe_steps, ht_every, "
-        "ht_hard_batches, hard_ways, eval_chunk); repeatable, applied last",
+        "scratch_epochs, scratch_steps_per_epoch, scratch_lr, ft_lrs, ft_probe_steps, hard_ways, "
+        "eval_chunk); repeatable, applied last",
     )
     rep.add_argument("--quiet", action="store_true", help="no progress output")
     rep.set_defaults(func=_reproduce)

@@ -172,6 +172,39 @@ def meta_model(
     return model
 
 
+def training_episodes(config: ExperimentConfig, train_split, shots: int, replicas: int = 1):
+    """The meta-training episode stream of a config, with its `HardTaskPool` when ``config.hard_tasks``.
+
+    The pool (periodic schedule: ``ht_hard_batches`` hard meta-batches after every
+    ``ht_every`` normal ones, as the paper) must be the model's ``task_feedback``
+    during ``fit``. Under a strategy (``replicas`` > 1) the pipeline runs further
+    ahead of training, so the pool waits longer for reports (``delay=10``, see
+    ``docs/distributed.md``).
+
+    Returns:
+        ``(dataset, pool or None)``; the dataset's elements hold ``meta_batch_size`` tasks.
+    """
+    pool = None
+    if config.hard_tasks:
+        pool = HardTaskPool(
+            schedule="periodic",
+            every=config.ht_every,
+            hard_batches=config.ht_hard_batches,
+            seed=config.seed,
+            **({"delay": 10} if replicas > 1 else {}),
+        )
+    episodes = make_episodes(
+        train_split,
+        config.ways,
+        shots,
+        config.queries,
+        meta_batch_size=config.meta_batch_size,
+        seed=config.seed,
+        hard_tasks=pool,
+    )
+    return episodes, pool
+
+
 def meta_train(
     config: ExperimentConfig,
     model: MetaTransferModel,
@@ -211,25 +244,8 @@ def meta_train(
         with ``initial_val_accuracy`` and ``kept_epoch`` (0 = the pretrained model).
     """
     keras.utils.set_random_seed(config.seed)
-    pool = None
-    if config.hard_tasks:
-        replicas = model.distribute_strategy.num_replicas_in_sync
-        pool = HardTaskPool(
-            schedule="periodic",
-            every=config.ht_every,
-            hard_batches=config.ht_hard_batches,
-            seed=config.seed,
-            # under a strategy the pipeline runs further ahead of training (docs/distributed.md)
-            **({"delay": 10} if replicas > 1 else {}),
-        )
-    train_eps = make_episodes(
-        train_split,
-        config.ways,
-        shots,
-        config.queries,
-        meta_batch_size=config.meta_batch_size,
-        seed=config.seed,
-        hard_tasks=pool,
+    train_eps, pool = training_episodes(
+        config, train_split, shots, replicas=model.distribute_strategy.num_replicas_in_sync
     )
     val_batch = 10
     val_eps = make_episodes(

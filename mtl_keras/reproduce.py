@@ -66,11 +66,10 @@ from mtl_keras.backbones import get_backbone
 from mtl_keras.callbacks import HardTaskLogger
 from mtl_keras.config import ExperimentConfig, get_config
 from mtl_keras.data.episode_stream import EpisodeStream
-from mtl_keras.data.episodes import EpisodeSampler, make_episodes, pretrain_dataset
-from mtl_keras.data.hard_tasks import HardTaskPool
+from mtl_keras.data.episodes import EpisodeSampler, pretrain_dataset
 from mtl_keras.data.registry import load_benchmark
 from mtl_keras.evaluation import EvaluationResult, confidence_interval
-from mtl_keras.experiment import build_backbone, meta_transfer_model, pretrain
+from mtl_keras.experiment import build_backbone, meta_transfer_model, pretrain, training_episodes
 from mtl_keras.models.base_learner import inner_loop
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.plots import plot_accuracy_bars, plot_accuracy_vs_inner_steps, plot_learning_curves
@@ -134,15 +133,15 @@ class ReproduceSettings:
     Attributes:
         config: benchmark, backbone, pretraining, meta-training (``meta_epochs`` ×
             ``steps_per_epoch`` for rows 3-5), ``ways``, ``shots``, inner loop,
-            ``val_episodes``, ``test_episodes``, ``seed``.
+            ``val_episodes``, ``test_episodes``, ``seed``; ``ht_every``, ``ht_hard_batches``:
+            the periodic hard-task schedule of row 5 (paper: after every 10 meta-batches,
+            5 meta-batches of hard tasks).
         scratch_filters: channels of the scratch Conv-4 (MAML on miniImageNet: 32).
         scratch_epochs, scratch_steps_per_epoch: meta-training of the scratch row
             (it has no pretraining, so it gets more steps than rows 3-5).
         scratch_lr: Adam rate of all scratch weights and its head init (MAML: 1e-3).
         ft_lrs: candidate Adam rates of the FT row's weights, chosen on validation.
         ft_probe_steps: meta-training steps of each FT candidate (0: take the first).
-        ht_every, ht_hard_batches: the periodic hard-task schedule (paper: after every
-            10 meta-batches, 5 meta-batches of hard tasks).
         hard_ways: ways of the harder extra setting (0: none); evaluated with the
             models meta-trained at ``config.ways``.
         eval_chunk: episodes adapted per call on cached embeddings (speed only).
@@ -155,8 +154,6 @@ class ReproduceSettings:
     scratch_lr: float = 1e-3
     ft_lrs: tuple[float, ...] = (3e-4, 1e-4, 3e-5)
     ft_probe_steps: int = 30
-    ht_every: int = 10
-    ht_hard_batches: int = 5
     hard_ways: int = 20
     eval_chunk: int = 50
 
@@ -202,8 +199,6 @@ class ReproduceSettings:
             "scratch_filters",
             "scratch_epochs",
             "scratch_steps_per_epoch",
-            "ht_every",
-            "ht_hard_batches",
             "eval_chunk",
         ):
             if getattr(self, key) < 1:
@@ -514,25 +509,7 @@ def meta_train_row(
     """
     config = settings.config
     keras.utils.set_random_seed(config.seed)
-    pool = (
-        HardTaskPool(
-            schedule="periodic",
-            every=settings.ht_every,
-            hard_batches=settings.ht_hard_batches,
-            seed=config.seed,
-        )
-        if hard_tasks
-        else None
-    )
-    episodes = make_episodes(
-        train,
-        config.ways,
-        shots,
-        config.queries,
-        meta_batch_size=config.meta_batch_size,
-        seed=config.seed,
-        hard_tasks=pool,
-    )
+    episodes, pool = training_episodes(config.replace(hard_tasks=hard_tasks), train, shots)
     validation = EpisodeValidation(model, val, val_episodes, initial=initial_val, chunk=settings.eval_chunk)
     callbacks = [validation]
     if pool is not None:
@@ -1089,7 +1066,7 @@ def _settings_text(summary: dict, config: ExperimentConfig, settings: dict) -> s
         f"{config.meta_batch_size} tasks of {config.ways}-way K-shot with {config.queries} queries per class; "
         f"SS: Adam {config.phi_lr:g} on Φ, {config.head_lr:g} on the head init; FT: Adam {summary['ft_lr']:g} on all "
         f"backbone weights, {config.head_lr:g} on the head init; HT: periodic schedule, "
-        f"{settings['ht_hard_batches']} hard meta-batches after every {settings['ht_every']} normal ones "
+        f"{config.ht_hard_batches} hard meta-batches after every {config.ht_every} normal ones "
         "(`HardTaskPool`).",
         f"- Row 1 (scratch): Conv-4 with {settings['scratch_filters']} filters, random init, "
         f"{settings['scratch_epochs']} epochs × {settings['scratch_steps_per_epoch']} steps, Adam "
