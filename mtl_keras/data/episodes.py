@@ -65,7 +65,9 @@ class EpisodeSampler:
         Args:
             classes: local class indices to use (``N`` of them); drawn at random if None.
             exclude: optional ``{local class: item indices}`` not to draw (e.g. the
-                images a failed task used, so hard tasks get fresh samples).
+                images a failed task used, so hard tasks get fresh samples). When a
+                class has fewer than ``shots + queries`` other images, all of them
+                are used and topped up with excluded ones (as fresh as it can be).
 
         Returns:
             ``(classes (N,), support_items (N*K,), query_items (N*Q,))`` item indices.
@@ -82,11 +84,12 @@ class EpisodeSampler:
         support, query = [], []
         for c in classes:
             items = self.split.items_of(int(c))
-            if exclude and int(c) in exclude:
-                fresh = np.setdiff1d(items, exclude[int(c)], assume_unique=False)
-                if len(fresh) >= need:
-                    items = fresh
-            picked = self.rng.choice(items, need, replace=False)
+            fresh = np.setdiff1d(items, exclude[int(c)]) if exclude and int(c) in exclude else items
+            if len(fresh) >= need:
+                picked = self.rng.choice(fresh, need, replace=False)
+            else:  # every fresh image, topped up with excluded ones
+                reused = self.rng.choice(np.setdiff1d(items, fresh), need - len(fresh), replace=False)
+                picked = self.rng.permutation(np.concatenate([fresh, reused]))
             support.append(picked[: self.shots])
             query.append(picked[self.shots :])
         return classes, np.concatenate(support), np.concatenate(query)

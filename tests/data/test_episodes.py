@@ -88,3 +88,19 @@ def test_pretrain_dataset_labels_and_holdout(proto_split):
     assert n_held == 8 * 3
     labels = np.concatenate([y.numpy() for _, y in held])
     assert set(labels) == set(range(8))
+
+
+def test_excluded_images_are_avoided_and_when_too_few_remain_every_fresh_one_is_used():
+    split = make_prototype_split(num_classes=4, per_class=20)
+    sampler = EpisodeSampler(split, ways=2, shots=1, queries=15, seed=0)  # 16 images per class and task
+    items0, items1 = split.items_of(0), split.items_of(1)
+    # Enough fresh images (class 1: 4 used, 16 left): none of the used ones is drawn.
+    # Too few (class 0: 16 used, 4 left): all 4 fresh ones are drawn, topped up with 12 used ones.
+    exclude = {0: items0[:16], 1: items1[:4]}
+    for _ in range(5):
+        classes, support, query = sampler.sample_task(classes=np.array([0, 1]), exclude=exclude)
+        drawn = np.concatenate([support, query])
+        of0, of1 = drawn[np.isin(drawn, items0)], drawn[np.isin(drawn, items1)]
+        assert len(of0) == len(of1) == 16 and len(np.unique(drawn)) == 32
+        assert set(items0[16:]) <= set(of0.tolist())
+        assert not set(items1[:4]) & set(of1.tolist())
