@@ -185,6 +185,17 @@ def _add_config_options(parser: argparse.ArgumentParser, run_dir_required: bool 
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _add_stage_options(
+    parser: argparse.ArgumentParser, training: bool = False, tensorboard: bool = True
+) -> None:
+    """``--no-tensorboard``, the resume and distribution options of training stages, and `_stage`."""
+    if tensorboard:
+        parser.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    if training:
+        _add_training_options(parser)
+    parser.set_defaults(func=_stage)
+
+
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("resume and distribution")
     group.add_argument(
@@ -247,9 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=epilog.format(cmd="run"),
     )
     _add_config_options(run)
-    run.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
-    _add_training_options(run)
-    run.set_defaults(func=_stage)
+    _add_stage_options(run, training=True)
 
     pre = sub.add_parser(
         "pretrain",
@@ -259,9 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=epilog.format(cmd="pretrain"),
     )
     _add_config_options(pre)
-    pre.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
-    _add_training_options(pre)
-    pre.set_defaults(func=_stage)
+    _add_stage_options(pre, training=True)
 
     meta = sub.add_parser(
         "meta-train",
@@ -276,9 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="pretrained backbone weights (default: RUN_DIR/pretrained_backbone.weights.h5)",
     )
-    meta.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
-    _add_training_options(meta)
-    meta.set_defaults(func=_stage)
+    _add_stage_options(meta, training=True)
 
     ev = sub.add_parser(
         "evaluate",
@@ -296,8 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="test episodes (default: the config's test_episodes)",
     )
-    ev.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
-    ev.set_defaults(func=_stage)
+    _add_stage_options(ev)
 
     ex = sub.add_parser(
         "export",
@@ -308,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(ex, run_dir_required=True)
     ex.add_argument("--output", default=None, help="folder for the SavedModels (default: RUN_DIR/export)")
-    ex.set_defaults(func=_stage)
+    _add_stage_options(ex, tensorboard=False)
 
     tune = sub.add_parser(
         "tune",

@@ -409,6 +409,19 @@ def output_dir(run_dir: str, strategy: tf.distribute.Strategy | None) -> str:
     return run_dir if index == 0 else os.path.join(run_dir, f"worker-{index}")
 
 
+def _open_run(config: ExperimentConfig, run_dir: str, strategy, restart: bool) -> tuple[str, RunProgress]:
+    """This process' output folder (`output_dir`) with its `RunProgress`; writes ``config.json`` there.
+
+    The progress is read (and checked against ``config``) before ``config.json`` is
+    overwritten, so a refused resume leaves the folder as it was.
+    """
+    run_dir = output_dir(run_dir, strategy)
+    os.makedirs(run_dir, exist_ok=True)
+    progress = RunProgress(run_dir, config, restart=restart)
+    config.to_json(os.path.join(run_dir, "config.json"))
+    return run_dir, progress
+
+
 def run_experiment(
     config: ExperimentConfig,
     run_dir: str,
@@ -448,10 +461,7 @@ def run_experiment(
     """
     start = time.time()
     check_strategy(config, strategy)
-    run_dir = output_dir(run_dir, strategy)
-    os.makedirs(run_dir, exist_ok=True)
-    progress = RunProgress(run_dir, config, restart=restart)
-    config.to_json(os.path.join(run_dir, "config.json"))
+    run_dir, progress = _open_run(config, run_dir, strategy, restart)
     if not progress.state["stages"] and os.path.exists(os.path.join(run_dir, "metrics.json")):
         os.remove(os.path.join(run_dir, "metrics.json"))  # a new run: no numbers of an earlier one
     say = print if verbose else (lambda *a, **k: None)
@@ -717,10 +727,7 @@ def pretrain_stage(
         The path of the pretrained backbone weights.
     """
     check_strategy(config, strategy)
-    run_dir = output_dir(run_dir, strategy)
-    os.makedirs(run_dir, exist_ok=True)
-    progress = RunProgress(run_dir, config, restart=restart)
-    config.to_json(os.path.join(run_dir, "config.json"))
+    run_dir, progress = _open_run(config, run_dir, strategy, restart)
     splits = load_config_benchmark(config)
     callbacks = tensorboard_callbacks(os.path.join(run_dir, "logs", "pretrain")) if tensorboard else None
     model, history = pretrain(
@@ -777,10 +784,7 @@ def meta_train_stage(
             f"No pretrained weights at {weights_path}: run `mtl-keras pretrain --run-dir {run_dir}` "
             "first or pass --weights."
         )
-    run_dir = output_dir(run_dir, strategy)
-    os.makedirs(run_dir, exist_ok=True)
-    progress = RunProgress(run_dir, config, restart=restart)
-    config.to_json(os.path.join(run_dir, "config.json"))
+    run_dir, progress = _open_run(config, run_dir, strategy, restart)
     splits = load_config_benchmark(config)
     written = {}
     for shots in config.shots:
