@@ -1,10 +1,12 @@
 """GFLOP/s of the three convolution products of a training step, float32 and bfloat16.
 
-For the 3×3 convolutions of a ResNet-12 (64-128-256-512) at 32×32 input, 160 images (a
-5-way 1-shot 15-query meta-batch of 2): forward, backward-data (gradient of the input),
-backward-weights (gradient of the kernel, which the scaling Φ1 needs), and two
-alternative ways to compute the backward-weights product (im2col + one matmul; nine
-shifted matmuls). Medians of ``--repeats`` timed calls after one warm-up call.
+For the 3×3 convolutions of a ResNet-12 (64-128-256-512) at 32×32 input (and its last block
+at 84×84 input, 10×10 maps), 160 images (a 5-way 1-shot 15-query meta-batch of 2): forward,
+backward-data (gradient of the input), backward-weights (gradient of the kernel, which the
+scaling Φ1 needs), and three alternative ways to compute the backward-weights product
+(im2col + one matmul; nine shifted matmuls; one forward convolution with batch and channel
+axes swapped, `mtl_keras.layers.conv.swapped_filter_gradient`, which `mtl_keras` uses for
+bfloat16 maps of at most 10×10). Medians of ``--repeats`` timed calls after one warm-up call.
 
     python scripts/conv_kernel_benchmark.py             # prints a Markdown table
     python scripts/conv_kernel_benchmark.py --threads 1
@@ -23,7 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-LAYERS = ((32, 64, 64), (16, 128, 128), (8, 256, 256), (4, 512, 512))  # (map side, Cin, Cout)
+from mtl_keras.layers.conv import swapped_filter_gradient  # noqa: E402
+
+LAYERS = ((32, 64, 64), (16, 128, 128), (8, 256, 256), (4, 512, 512), (10, 512, 512))  # (side, Cin, Cout)
 
 
 def _median_seconds(fn, args, repeats: int) -> float:
@@ -69,12 +73,16 @@ def _variants(n: int, side: int, cin: int, cout: int):
         ]
         return tf.reshape(tf.stack(taps), (3, 3, cin, cout))
 
+    def swapped(x, w, g):
+        return swapped_filter_gradient(x, g, (3, 3))
+
     return {
         "forward": forward,
         "backward-data": backward_data,
         "backward-weights": backward_weights,
         "backward-weights, im2col": im2col,
         "backward-weights, 9 shifted matmuls": shifted,
+        "backward-weights, swapped forward conv": swapped,
     }
 
 

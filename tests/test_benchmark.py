@@ -172,3 +172,43 @@ def test_suite_skips_the_baseline_with_a_message_without_torch(monkeypatch):
     report = suite.run_suite([], baseline=True, log=messages.append)
     assert report["machine"]["baseline"] is False and report["results"] == []
     assert any("PyTorch is not installed" in m for m in messages)
+
+
+def test_step_ab_times_each_variant():
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "step_ab.py"),
+            "--precision=float32",
+            "--image-size=16",
+            "--widths=4,4,4,4",
+            "--rounds=1",
+            "--variant=filter_gradient=native",
+            "--variant=filter_gradient=swapped,bias_gradient=reduce_sum",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert "filter_gradient=native" in lines[1] and "(+0.0%)" in lines[1]
+    assert "filter_gradient=swapped,bias_gradient=reduce_sum" in lines[2] and "median" in lines[2]
+
+
+@pytest.mark.parametrize("precision, target", [("float32", 1.0), ("mixed_bfloat16", 2.0)])
+def test_needed_utilisation_is_where_the_ratio_meets_the_target(precision, target):
+    from mtl_keras.benchmarking.suite import needed_utilisation
+
+    row = {
+        "config": {"precision": precision, "meta_batch": 8, "mode": "train"},
+        "mtl_keras": {"gflop_per_step": 1400.0},
+        "baseline": {"median_step_seconds": 0.9},
+        "ceiling_used_gflop_per_s": 450.0,
+    }
+    needed = needed_utilisation(row)
+    # an mtl_keras step running at exactly that utilisation ...
+    step = row["mtl_keras"]["gflop_per_step"] / (needed * row["ceiling_used_gflop_per_s"])
+    # ... is exactly `target` times the baseline's tasks per second
+    assert (8 / step) / (1 / 0.9) == pytest.approx(target)

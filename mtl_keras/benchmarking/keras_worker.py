@@ -75,7 +75,11 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
         return ceiling_steps(), info
 
     from mtl_keras.backbones.resnet12 import resnet12
+    from mtl_keras.layers.conv import set_bias_gradient, set_filter_gradient
     from mtl_keras.models.meta_transfer import MetaTransferModel
+
+    set_filter_gradient(spec.get("filter_gradient", "auto"))
+    set_bias_gradient(spec.get("bias_gradient", "bias_add_grad"))
 
     keras.utils.set_random_seed(spec.get("seed", 0))
     keras.mixed_precision.set_dtype_policy(spec.get("precision", "float32"))

@@ -63,6 +63,21 @@ def format_targets(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_feasibility(report: dict) -> str:
+    """Per train row: the utilisation the ratio target needs beside the utilisation reached."""
+    lines = ["| configuration | target | utilisation needed | reached |", "|---|---|---|---|"]
+    for row in report["results"]:
+        needed = row.get("utilisation_needed_for_target")
+        if needed is None:
+            continue
+        target = {"float32": "≥ 1.0×", "mixed_bfloat16": "≥ 2.0×"}[row["config"]["precision"]]
+        flag = " (above the ceiling)" if needed > 1.0 else ""
+        lines.append(
+            f"| {row['label']} | {target} | {100 * needed:.0f}%{flag} | {100 * row['mtl_keras']['utilisation']:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
 def format_scaling(report: dict) -> str:
     lines = ["| factor | from → to | at | step time × | FLOPs × |", "|---|---|---|---|---|"]
     for s in report["scaling"]:
@@ -108,6 +123,11 @@ def format_report(report: dict) -> str:
         format_ceilings(report),
         "### Targets",
         format_targets(report),
+        "What each ratio target asks of mtl_keras: the share of the run's ceiling its step must reach,"
+        " given the FLOPs it does (exact second order back-propagates support and query images; the"
+        " first-order baseline only the queries) and the baseline's measured speed"
+        " (`suite.needed_utilisation`).",
+        format_feasibility(report),
         "### How the cost grows",
         format_scaling(report),
     ]

@@ -522,7 +522,27 @@ def apply_run_ceilings(results: list[dict]) -> dict:
         row["mtl_keras"]["utilisation"] = row["mtl_keras"]["gflop_per_s"] / run[row["ceiling_dtype"]]
         if "baseline" in row:
             row["baseline"]["utilisation"] = row["baseline"]["gflop_per_s"] / run["float32"]
+            if row["config"]["mode"] == "train":
+                row["utilisation_needed_for_target"] = needed_utilisation(row)
     return {"best_per_op_gflop_per_s": best, "per_dtype_gflop_per_s": run}
+
+
+#: The issue's speed-up targets over the baseline, per precision (train rows).
+RATIO_TARGETS = {"float32": 1.0, "mixed_bfloat16": 2.0}
+
+
+def needed_utilisation(row: dict) -> float:
+    """The utilisation of the run's ceiling mtl_keras would need for its ratio target in ``row``.
+
+    ``ratio >= target`` ⇔ step time ≤ B · baseline step / target ⇔ GFLOP/s ≥ target · GFLOP per
+    step / (B · baseline step): with the FLOPs mtl_keras must do (exact second order through
+    support and query images) against the baseline's measured speed. Above 1.0 the target cannot
+    be met by any implementation of the same arithmetic on this machine.
+    """
+    target = RATIO_TARGETS[row["config"]["precision"]]
+    per_step = row["config"]["meta_batch"]
+    needed = target * row["mtl_keras"]["gflop_per_step"] / (per_step * row["baseline"]["median_step_seconds"])
+    return needed / row["ceiling_used_gflop_per_s"]
 
 
 def describe(config: BenchConfig) -> str:

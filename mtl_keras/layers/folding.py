@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from mtl_keras.layers.conv import conv2d
 from mtl_keras.layers.scale_shift_conv2d import ScaleShiftConv2D
 
 
@@ -44,10 +45,14 @@ class FoldedConvBatchNorm(keras.layers.Layer):
         offset = offset * a
         if norm.center:
             offset = offset + norm.beta
-        y = ops.conv(
-            inputs, ops.cast(kernel * a, self.compute_dtype), strides=conv.strides, padding=conv.padding
+        dtype = self.compute_dtype
+        return conv2d(
+            inputs,
+            ops.cast(kernel * a, dtype),
+            ops.cast(offset, dtype),
+            strides=conv.strides,
+            padding=conv.padding,
         )
-        return y + ops.cast(offset, y.dtype)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)

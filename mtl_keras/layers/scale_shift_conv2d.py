@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from mtl_keras.layers.conv import conv2d
+
 PHASES = ("pretrain", "meta")
 
 
@@ -124,9 +126,10 @@ class ScaleShiftConv2D(keras.layers.Layer):
     def call(self, inputs):
         # Θ ⊙ Φ in float32, then one cast to the compute dtype (bfloat16 under mixed precision).
         kernel = ops.cast(self.kernel * self.scale, inputs.dtype)
-        y = ops.conv(inputs, kernel, strides=self.strides, padding=self.padding)
         offset = self.shift if self.bias is None else self.bias + self.shift
-        return y + ops.cast(offset, y.dtype)
+        return conv2d(
+            inputs, kernel, ops.cast(offset, inputs.dtype), strides=self.strides, padding=self.padding
+        )
 
     def compute_output_shape(self, input_shape):
         out = []

@@ -1,0 +1,88 @@
+"""Interleaved A/B timing of whole meta-training steps that differ in one implementation choice.
+
+Every variant is built in this one process (same data, same threads) and the rounds alternate
+between them, so that machine load falls on all alike; prints medians and minima.
+
+    python scripts/step_ab.py --precision mixed_bfloat16 --meta-batch 2 --shots 1 \\
+        --variant filter_gradient=native --variant filter_gradient=auto
+    python scripts/step_ab.py --variant bias_gradient=reduce_sum --variant bias_gradient=bias_add_grad
+
+A variant is ``key=value[,key=value]`` over the benchmark worker's spec
+(`mtl_keras.benchmarking.keras_worker.build_steps`): ``filter_gradient`` (auto | native |
+swapped, `mtl_keras.layers.conv.set_filter_gradient`), ``bias_gradient`` (bias_add_grad |
+reduce_sum), ``jit_compile`` (true | false).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+
+def _parse_variant(text: str) -> dict:
+    spec = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if not value:
+            raise SystemExit(f"--variant {text!r}: expected key=value[,key=value].")
+        spec[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
+    return spec
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--precision", default="mixed_bfloat16", choices=("float32", "mixed_bfloat16"))
+    parser.add_argument("--meta-batch", type=int, default=2)
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--queries", type=int, default=15)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--inner-steps", type=int, default=20)
+    parser.add_argument("--widths", default="64,128,256,512")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--variant", action="append", required=True, help="key=value[,key=value]; repeat")
+    args = parser.parse_args(argv)
+
+    from mtl_keras.benchmarking.keras_worker import build_steps
+
+    base = {
+        "kind": "train",
+        "precision": args.precision,
+        "meta_batch": args.meta_batch,
+        "ways": 5,
+        "shots": args.shots,
+        "queries": args.queries,
+        "image_size": args.image_size,
+        "widths": [int(w) for w in args.widths.split(",")],
+        "inner_steps": args.inner_steps,
+    }
+    steps = {}
+    for text in args.variant:
+        steps[text] = build_steps({**base, **_parse_variant(text)})[0]["step"]
+        steps[text]()  # trace and warm up
+        steps[text]()
+    times = {text: [] for text in steps}
+    for _ in range(args.rounds):
+        for text, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[text].append(time.perf_counter() - start)
+    print(
+        f"{args.precision}, {args.image_size}×{args.image_size}, 5-way {args.shots}-shot, "
+        f"meta-batch {args.meta_batch}, {args.rounds} interleaved rounds, "
+        f"load average {os.getloadavg()[0]:.2f} at the end"
+    )
+    reference = float(np.median(times[args.variant[0]]))
+    for text, ts in times.items():
+        median = float(np.median(ts))
+        print(f"  {text:48s} median {median:.3f} s  min {min(ts):.3f} s  ({median / reference - 1:+.1%})")
+
+
+if __name__ == "__main__":
+    main()
