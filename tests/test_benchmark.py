@@ -1,5 +1,6 @@
 """The benchmark suite: FLOP counts, the PyTorch baseline's faithfulness, the report, a smoke run."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -120,6 +121,36 @@ def test_targets_compare_configurations_differing_in_one_factor():
     assert targets["mixed_bfloat16 >= 2.0x baseline"]["met"] is False
 
 
+def test_interleaved_pairs_decide_the_pair_targets():
+    from mtl_keras.benchmarking.suite import _paired_row, paired_configs
+
+    base = BenchConfig(image_size=32, shots=1, meta_batch=2, inner_steps=20, precision="float32")
+    configs = [
+        base,
+        dataclasses.replace(base, inner_steps=100),
+        dataclasses.replace(base, meta_batch=8),
+        dataclasses.replace(base, shots=5),  # differs from the others in another field: no pair
+        dataclasses.replace(base, mode="eval", meta_batch=10, inner_steps=100),
+    ]
+    pairs = paired_configs(configs)
+    assert [(f, a.inner_steps, a.meta_batch, b.inner_steps, b.meta_batch) for f, a, b in pairs] == [
+        ("inner_steps", 20, 2, 100, 2),
+        ("meta_batch", 20, 2, 20, 8),
+    ]
+    # rows measured at different times say +10%; the interleaved rounds say +2%, and they decide
+    rows = [_row("a"), _row("b", inner_steps=100), _row("c", meta_batch=8)]
+    rows[1]["mtl_keras"]["median_step_seconds"] = 2.2
+    paired = [
+        _paired_row("inner_steps", *pairs[0][1:], [1.0, 3.0, 1.0], [1.02, 3.06, 1.02]),
+        _paired_row("meta_batch", *pairs[1][1:], [1.0, 1.0, 1.0], [3.6, 4.4, 3.8]),
+    ]
+    targets = {t["target"]: t for t in check_targets({"results": rows, "paired": paired})}
+    inner = targets["inner steps 20 -> 100 costs <= 5% of step time"]
+    assert inner["met"] is True and list(inner["values"].values()) == [pytest.approx(0.02)]
+    batch = targets["tasks/s at meta-batch 8 >= at meta-batch 2"]
+    assert list(batch["values"].values()) == [pytest.approx(4 / 3.8)]
+
+
 def test_results_markdown_keeps_text_outside_the_markers(tmp_path):
     path = tmp_path / "RESULTS.md"
     path.write_text("# Performance\n\nHand-written header.\n")
@@ -155,12 +186,16 @@ def test_quick_benchmark_writes_json_and_table(tmp_path):
     report = json.loads((tmp_path / "results.json").read_text())
     assert {"machine", "results", "targets", "scaling", "command"} <= set(report)
     assert report["machine"]["cpu_model"] and report["machine"]["tensorflow"]
-    assert len(report["results"]) == 2
+    assert len(report["results"]) == 3
+    (pair,) = report["paired"]  # 5 vs 10 inner steps, interleaved
+    assert pair["factor"] == "inner_steps" and (pair["from"], pair["to"]) == (5, 10)
+    assert len(pair["step_seconds"]["from"]) == len(pair["step_seconds"]["to"]) == 2
+    assert pair["step_time_ratio"] > 0
     for row in report["results"]:
         assert row["mtl_keras"]["median_step_seconds"] > 0 and row["mtl_keras"]["max_rss_mb"] > 0
         assert row["ceiling_used_gflop_per_s"] > 0
     table = (tmp_path / "RESULTS.md").read_text()
-    assert "| mode | image |" in table and "| train | 16×16" in table
+    assert "| mode | image |" in table and "| train | 16×16" in table and "### Paired, interleaved" in table
     assert "| mode | image |" in proc.stdout
 
 

@@ -78,6 +78,19 @@ def format_feasibility(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_paired(report: dict) -> str:
+    lines = [
+        "| factor | from → to | at | step time × | tasks/s × | rounds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in report.get("paired") or []:
+        lines.append(
+            f"| {p['factor']} | {p['from']} → {p['to']} | {p['at']} | {p['step_time_ratio']:.3f} "
+            f"| {p['tasks_per_s_ratio']:.3f} | {len(p['step_seconds']['from'])} |"
+        )
+    return "\n".join(lines)
+
+
 def format_scaling(report: dict) -> str:
     lines = ["| factor | from → to | at | step time × | FLOPs × |", "|---|---|---|---|---|"]
     for s in report["scaling"]:
@@ -131,6 +144,15 @@ def format_report(report: dict) -> str:
         "### How the cost grows",
         format_scaling(report),
     ]
+    if report.get("paired"):
+        parts += [
+            "### Paired, interleaved",
+            "The inner-steps and meta-batch targets compare two configurations; the rows above ran"
+            " minutes apart, under whatever load the machine had then. Here both workers were alive"
+            " and their steps alternated round by round; medians of the per-round ratios (these are"
+            " what the targets use).",
+            format_paired(report),
+        ]
     if "accuracy" in report:
         acc = report["accuracy"]
         parts += [
