@@ -5,12 +5,12 @@ between them, so that machine load falls on all alike; prints medians and minima
 
     python scripts/step_ab.py --precision mixed_bfloat16 --meta-batch 2 --shots 1 \\
         --variant filter_gradient=native --variant filter_gradient=auto
-    python scripts/step_ab.py --variant bias_gradient=reduce_sum --variant bias_gradient=bias_add_grad
+    python scripts/step_ab.py --image-size 84 --variant swapped_max_pixels=64 --variant swapped_max_pixels=100
 
 A variant is ``key=value[,key=value]`` over the benchmark worker's spec
 (`mtl_keras.benchmarking.keras_worker.build_steps`): ``filter_gradient`` (auto | native |
-swapped, `mtl_keras.layers.conv.set_filter_gradient`), ``bias_gradient`` (bias_add_grad |
-reduce_sum), ``jit_compile`` (true | false).
+swapped, `mtl_keras.layers.conv.set_filter_gradient`), ``swapped_max_pixels`` (the largest map, H·W, whose filter gradient the ``auto``
+mode swaps, for every dtype; default 64 for 16-bit, 0 for float32), ``jit_compile`` (true | false).
 """
 
 from __future__ import annotations

@@ -219,7 +219,7 @@ def test_step_ab_times_each_variant():
             "--widths=4,4,4,4",
             "--rounds=1",
             "--variant=filter_gradient=native",
-            "--variant=filter_gradient=swapped,bias_gradient=reduce_sum",
+            "--variant=filter_gradient=swapped,swapped_max_pixels=16",
         ],
         capture_output=True,
         text=True,
@@ -229,7 +229,7 @@ def test_step_ab_times_each_variant():
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert "filter_gradient=native" in lines[1] and "(+0.0%)" in lines[1]
-    assert "filter_gradient=swapped,bias_gradient=reduce_sum" in lines[2] and "median" in lines[2]
+    assert "filter_gradient=swapped,swapped_max_pixels=16" in lines[2] and "median" in lines[2]
 
 
 @pytest.mark.parametrize("precision, target", [("float32", 1.0), ("mixed_bfloat16", 2.0)])

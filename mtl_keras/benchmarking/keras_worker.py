@@ -75,11 +75,14 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
         return ceiling_steps(), info
 
     from mtl_keras.backbones.resnet12 import resnet12
-    from mtl_keras.layers.conv import set_bias_gradient, set_filter_gradient
+    from mtl_keras.layers import conv
+    from mtl_keras.layers.conv import set_filter_gradient
     from mtl_keras.models.meta_transfer import MetaTransferModel
 
     set_filter_gradient(spec.get("filter_gradient", "auto"))
-    set_bias_gradient(spec.get("bias_gradient", "bias_add_grad"))
+    if "swapped_max_pixels" in spec:  # an A/B knob (scripts/step_ab.py): every dtype's limit
+        for dtype in conv.SWAPPED_FILTER_GRAD_MAX_PIXELS:
+            conv.SWAPPED_FILTER_GRAD_MAX_PIXELS[dtype] = int(spec["swapped_max_pixels"])
 
     keras.utils.set_random_seed(spec.get("seed", 0))
     keras.mixed_precision.set_dtype_policy(spec.get("precision", "float32"))

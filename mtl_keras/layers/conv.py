@@ -10,12 +10,12 @@ channel axes swapped:
     ∂W[i, j, c, d] = Σ_{n, y, x} X[n, y + i, x + j, c] · G[n, y, x, d]
                    = conv(Xᵀ (c, y, x, n), Gᵀ (y, x, n, d))[c, i, j, d]
 
-(Xᵀ zero-padded like the forward pass), which oneDNN's forward kernel runs 1.4–2.5× faster on
-bfloat16 maps of at most 8×8, and slower on larger maps and in float32
-(`scripts/conv_kernel_benchmark.py`; in a whole 84×84 step, the 10×10 maps were slower too).
-`conv2d` uses it exactly there. Its bias gradient is TF's BiasAddGrad kernel instead of the
-reduce_sum a broadcast add derives (2-3× faster). Everything else is `keras.ops.conv`.
-Compare whole steps with ``python scripts/step_ab.py``.
+(Xᵀ zero-padded like the forward pass), which oneDNN's forward kernel runs faster on small
+maps: in bfloat16 up to 10×10 (1.3–2.5× at 8×8 and 4×4; large batches sliced), in float32 at
+4×4 only (1.2×); slower on larger maps (`scripts/conv_kernel_benchmark.py`). Whole steps:
+−10% (32×32, bf16, 1-shot and 5-shot), −19% (meta-batch 8), −5% (84×84), −1% (float32 5-shot),
+measured with `scripts/step_ab.py` (benchmarks/RESULTS.md). `conv2d` uses it exactly there and
+is ``keras.ops.conv(...) + bias`` everywhere else.
 """
 
 from __future__ import annotations
@@ -25,22 +25,21 @@ from keras import ops
 
 #: Largest feature map (H·W), per compute dtype, whose filter gradient runs as a swapped forward
 #: convolution in the ``"auto"`` mode (0: never).
-SWAPPED_FILTER_GRAD_MAX_PIXELS = {"bfloat16": 64, "float16": 64, "float32": 0}
+SWAPPED_FILTER_GRAD_MAX_PIXELS = {"bfloat16": 100, "float16": 100, "float32": 16}
 
 #: Images × pixels per swapped convolution; larger batches are split into slices of this size.
 SWAPPED_CHUNK_PIXELS = 160 * 64
 
-_mode = {"filter_gradient": "auto", "bias_gradient": "bias_add_grad"}
+_mode = {"filter_gradient": "auto"}
 FILTER_GRADIENT_MODES = ("auto", "native", "swapped")
-BIAS_GRADIENT_MODES = ("bias_add_grad", "reduce_sum")
 
 
 def set_filter_gradient(mode: str) -> None:
     """Choose how `conv2d` computes filter gradients (for benchmarks and tests).
 
     Args:
-        mode: ``"auto"`` (default: swapped on 16-bit maps of at most
-            `SWAPPED_FILTER_GRAD_MAX_PIXELS` pixels, TensorFlow's kernel elsewhere),
+        mode: ``"auto"`` (default: swapped on maps of at most
+            ``SWAPPED_FILTER_GRAD_MAX_PIXELS[dtype]`` pixels, TensorFlow's kernel elsewhere),
             ``"native"`` (TensorFlow's kernel always) or ``"swapped"`` (the swapped forward
             convolution wherever it applies: stride 1, ``"same"`` padding, odd kernel).
 
@@ -49,20 +48,6 @@ def set_filter_gradient(mode: str) -> None:
     if mode not in FILTER_GRADIENT_MODES:
         raise ValueError(f"filter gradient mode must be one of {FILTER_GRADIENT_MODES}, got {mode!r}.")
     _mode["filter_gradient"] = mode
-
-
-def set_bias_gradient(mode: str) -> None:
-    """Choose how `conv2d`'s bias gradient is computed (for benchmarks).
-
-    Args:
-        mode: ``"bias_add_grad"`` (default: TF's BiasAddGrad kernel) or ``"reduce_sum"`` (what
-            TensorFlow derives for a broadcast add).
-
-    Takes effect for functions traced afterwards.
-    """
-    if mode not in BIAS_GRADIENT_MODES:
-        raise ValueError(f"bias gradient mode must be one of {BIAS_GRADIENT_MODES}, got {mode!r}.")
-    _mode["bias_gradient"] = mode
 
 
 def filter_gradient_mode() -> str:
@@ -90,8 +75,7 @@ def conv2d(inputs, kernel, bias, strides=(1, 1), padding: str = "same"):
     # A broadcast add, not tf.nn.bias_add: TF 2.21's CPU graph optimizer fuses
     # leaky_relu(bias_add(conv2d(x, k), b) + r) — a residual block's last convolution — into
     # one oneDNN op that computes wrong values (scripts/tf_fusion_bug.py); with AddV2 it does not.
-    outputs = ops.conv(inputs, kernel, strides=strides, padding=padding)
-    return _add_bias(outputs, bias) if _mode["bias_gradient"] == "bias_add_grad" else outputs + bias
+    return ops.conv(inputs, kernel, strides=strides, padding=padding) + bias
 
 
 def _swapped(inputs, kernel, strides, padding) -> bool:
@@ -157,15 +141,3 @@ def _conv_swapped_filter_grad(inputs, kernel, bias):
         return d_inputs, d_kernel, d_bias
 
     return outputs, grad
-
-
-@tf.custom_gradient
-def _add_bias(outputs, bias):
-    """``outputs + bias`` whose bias gradient is BiasAddGrad: 2-3× faster than the reduce_sum
-    TensorFlow derives for a broadcast add (one pass over a 32×32×64 map of 640 images: 8 vs
-    16 ms in bfloat16, 6 vs 18 ms in float32)."""
-
-    def grad(out_grad):
-        return out_grad, tf.raw_ops.BiasAddGrad(out_backprop=out_grad)
-
-    return outputs + bias, grad
