@@ -11,7 +11,7 @@ channel axes swapped:
                    = conv(Xᵀ (c, y, x, n), Gᵀ (y, x, n, d))[c, i, j, d]
 
 (Xᵀ zero-padded like the forward pass), which oneDNN's forward kernel runs faster on small
-maps: in bfloat16 up to 10×10 (1.3–2.5× at 8×8 and 4×4; large batches sliced), in float32 at
+maps: in bfloat16 up to 10×10 (1.3–2.5× at 8×8 and 4×4; large batches in slices), in float32 at
 4×4 only (1.2×); slower on larger maps (`scripts/conv_kernel_benchmark.py`). Whole steps:
 −10% (32×32, bf16, 1-shot and 5-shot), −19% (meta-batch 8), −5% (84×84), −1% (float32 5-shot),
 measured with `scripts/step_ab.py` (benchmarks/RESULTS.md). `conv2d` uses it exactly there and
@@ -27,8 +27,9 @@ from keras import ops
 #: convolution in the ``"auto"`` mode (0: never).
 SWAPPED_FILTER_GRAD_MAX_PIXELS = {"bfloat16": 100, "float16": 100, "float32": 16}
 
-#: Images × pixels per swapped convolution; larger batches are split into slices of this size.
-SWAPPED_CHUNK_PIXELS = 160 * 64
+#: Most images × pixels per swapped convolution, per compute dtype: oneDNN runs a larger swapped
+#: "filter" markedly slower (measured), so larger batches are split into equal slices.
+SWAPPED_SLICE_PIXELS = {"bfloat16": 160 * 64, "float16": 160 * 64, "float32": 160 * 16}
 
 _mode = {"filter_gradient": "auto"}
 FILTER_GRADIENT_MODES = ("auto", "native", "swapped")
@@ -92,29 +93,31 @@ def _swapped(inputs, kernel, strides, padding) -> bool:
     return h is not None and w is not None and h * w <= limit
 
 
-def swapped_filter_gradient(inputs, out_grad, kernel_size):
+def swapped_filter_gradient(inputs, out_grad, kernel_size, slice_batch: bool = True):
     """``∂L/∂W`` of a stride-1 ``"same"`` convolution as a forward convolution.
 
     Args:
         inputs: ``(N, H, W, Cin)``, the convolution's input.
         out_grad: ``(N, H, W, Cout)``, ``∂L/∂output``.
         kernel_size: ``(kh, kw)``, both odd.
+        slice_batch: split a batch of more than ``SWAPPED_SLICE_PIXELS[dtype]`` images × pixels
+            into equal slices, one swapped convolution each, summed in float32.
 
     Returns:
         ``(kh, kw, Cin, Cout)`` in the dtype of ``inputs`` (accumulated in float32 by oneDNN).
     """
     kh, kw = kernel_size
     n, h, w = inputs.shape[0], inputs.shape[1], inputs.shape[2]
-    chunk = max(1, SWAPPED_CHUNK_PIXELS // (h * w)) if None not in (n, h, w) else None
-    if chunk is not None and n > chunk:
-        # Several swapped convolutions over slices of the batch, summed in float32: oneDNN
-        # runs a "filter" of more than ~10k pixels·images markedly slower (measured).
+    limit = SWAPPED_SLICE_PIXELS.get(tf.as_dtype(inputs.dtype).name) if slice_batch else None
+    if limit and None not in (n, h, w) and n * h * w > limit:
+        slices = -(-n * h * w // limit)
+        size = -(-n // slices)
         parts = [
             tf.cast(
-                swapped_filter_gradient(inputs[i : i + chunk], out_grad[i : i + chunk], kernel_size),
+                swapped_filter_gradient(inputs[i : i + size], out_grad[i : i + size], kernel_size, False),
                 tf.float32,
             )
-            for i in range(0, n, chunk)
+            for i in range(0, n, size)
         ]
         return tf.cast(tf.add_n(parts), inputs.dtype)
     x_t = tf.transpose(inputs, [3, 1, 2, 0])  # (Cin, H, W, N): channels as batch, batch as channels
@@ -136,7 +139,8 @@ def _conv_swapped_filter_grad(inputs, kernel, bias):
             strides=[1, 1, 1, 1],
             padding="SAME",
         )
-        d_kernel = swapped_filter_gradient(inputs, out_grad, kernel.shape[:2])
+        with tf.name_scope("swapped_filter_gradient"):
+            d_kernel = swapped_filter_gradient(inputs, out_grad, kernel.shape[:2])
         d_bias = tf.raw_ops.BiasAddGrad(out_backprop=out_grad)
         return d_inputs, d_kernel, d_bias
 

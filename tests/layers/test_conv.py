@@ -47,7 +47,7 @@ def test_swapped_filter_gradient_equals_tensorflows(shape, kernel_size):
 
 
 def test_large_batches_are_summed_in_slices(monkeypatch):
-    monkeypatch.setattr(conv_module, "SWAPPED_CHUNK_PIXELS", 3 * 16)  # 3 images of 4×4 per slice
+    monkeypatch.setitem(conv_module.SWAPPED_SLICE_PIXELS, "float32", 3 * 16)  # ≤ 3 images of 4×4
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(size=(8, 4, 4, 3)), tf.float32)
     g = tf.constant(rng.normal(size=(8, 4, 4, 5)), tf.float32)
@@ -55,7 +55,7 @@ def test_large_batches_are_summed_in_slices(monkeypatch):
     original = tf.nn.conv2d
     monkeypatch.setattr(tf.nn, "conv2d", lambda *a, **k: calls.append(1) or original(*a, **k))
     got = swapped_filter_gradient(x, g, (3, 3))
-    assert len(calls) == 3  # slices of 3, 3 and 2 images
+    assert len(calls) == 3  # 8 images: three equal slices of 3, 3 and 2
     np.testing.assert_allclose(got, _native_filter_gradient(x, g, (3, 3)), rtol=1e-5, atol=1e-5)
 
 
