@@ -21,16 +21,14 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from mtl_keras.benchmarking.keras_worker import add_step_arguments, build_steps, train_spec  # noqa: E402
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--precision", default="mixed_bfloat16", choices=("float32", "mixed_bfloat16"))
-    parser.add_argument("--meta-batch", type=int, default=2)
-    parser.add_argument("--shots", type=int, default=1)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--widths", default="64,128,256,512")
+    add_step_arguments(parser)
     parser.add_argument("--filter-gradient", default="auto", choices=("auto", "native", "swapped"))
     parser.add_argument("--inter-threads", type=int, default=None)
     parser.add_argument("--steps", type=int, default=3, help="profiled steps (after 3 warm-up steps)")
@@ -39,21 +37,7 @@ def main(argv=None) -> None:
 
     import tensorflow as tf
 
-    from mtl_keras.benchmarking.keras_worker import build_steps
-
-    spec = {
-        "kind": "train",
-        "precision": args.precision,
-        "meta_batch": args.meta_batch,
-        "ways": 5,
-        "shots": args.shots,
-        "queries": 15,
-        "image_size": args.image_size,
-        "widths": [int(w) for w in args.widths.split(",")],
-        "inner_steps": 20,
-        "filter_gradient": args.filter_gradient,
-        "inter_threads": args.inter_threads,
-    }
+    spec = train_spec(args, filter_gradient=args.filter_gradient, inter_threads=args.inter_threads)
     step = build_steps(spec)[0]["step"]
     for _ in range(3):
         step()

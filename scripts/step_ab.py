@@ -23,6 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from mtl_keras.benchmarking.keras_worker import add_step_arguments, build_steps, train_spec  # noqa: E402
+
 
 def _parse_variant(text: str) -> dict:
     spec = {}
@@ -38,30 +40,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--precision", default="mixed_bfloat16", choices=("float32", "mixed_bfloat16"))
-    parser.add_argument("--meta-batch", type=int, default=2)
-    parser.add_argument("--shots", type=int, default=1)
-    parser.add_argument("--queries", type=int, default=15)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--inner-steps", type=int, default=20)
-    parser.add_argument("--widths", default="64,128,256,512")
+    add_step_arguments(parser)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--variant", action="append", required=True, help="key=value[,key=value]; repeat")
     args = parser.parse_args(argv)
 
-    from mtl_keras.benchmarking.keras_worker import build_steps
-
-    base = {
-        "kind": "train",
-        "precision": args.precision,
-        "meta_batch": args.meta_batch,
-        "ways": 5,
-        "shots": args.shots,
-        "queries": args.queries,
-        "image_size": args.image_size,
-        "widths": [int(w) for w in args.widths.split(",")],
-        "inner_steps": args.inner_steps,
-    }
+    base = train_spec(args)
     steps = {}
     for text in args.variant:
         steps[text] = build_steps({**base, **_parse_variant(text)})[0]["step"]

@@ -59,6 +59,33 @@ def ceiling_steps(conv_shape=(128, 16, 128, 128), matmul_size: int = 2048) -> di
     return steps
 
 
+def add_step_arguments(parser) -> None:
+    """The options of one training step's configuration (scripts/step_ab.py, scripts/profile_step.py)."""
+    parser.add_argument("--precision", default="mixed_bfloat16", choices=("float32", "mixed_bfloat16"))
+    parser.add_argument("--meta-batch", type=int, default=2)
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--queries", type=int, default=15)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--inner-steps", type=int, default=20)
+    parser.add_argument("--widths", default="64,128,256,512", help="ResNet-12 widths, e.g. 32,64,128,256")
+
+
+def train_spec(args, **extra) -> dict:
+    """A ``train`` worker spec (5-way) from `add_step_arguments` options, updated with ``extra``."""
+    return {
+        "kind": "train",
+        "precision": args.precision,
+        "meta_batch": args.meta_batch,
+        "ways": 5,
+        "shots": args.shots,
+        "queries": args.queries,
+        "image_size": args.image_size,
+        "widths": [int(w) for w in args.widths.split(",")],
+        "inner_steps": args.inner_steps,
+        **extra,
+    }
+
+
 def build_steps(spec: dict) -> tuple[dict, dict]:
     """The worker's steps for ``spec``."""
     configure_threads(spec.get("intra_threads"), spec.get("inter_threads"))

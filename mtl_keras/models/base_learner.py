@@ -61,19 +61,22 @@ def head_logits(features, weights, bias):
     return tf.einsum("bmd,bdn->bmn", features, weights) + bias[:, None, :]
 
 
-def support_loss_and_grads(features, onehot, weights, bias):
+def support_loss_and_grads(features, onehot, weights, bias, with_loss: bool = True):
     """Mean support cross-entropy per task and its closed-form gradient.
 
     Args:
         features: ``(B, S, D)`` support embeddings.
         onehot: ``(B, S, N)`` one-hot support labels.
         weights: ``(B, D, N)``; bias: ``(B, N)``.
+        with_loss: compute the loss (``None`` in its place otherwise).
 
     Returns:
         ``loss (B,)``, ``grad_w (B, D, N)``, ``grad_b (B, N)``.
     """
     logits = head_logits(features, weights, bias)
-    loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=onehot, logits=logits), axis=1)
+    loss = None
+    if with_loss:
+        loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=onehot, logits=logits), axis=1)
     num_support = tf.cast(tf.shape(features)[1], features.dtype)
     dlogits = (tf.nn.softmax(logits) - onehot) / num_support
     grad_w = tf.einsum("bsd,bsn->bdn", features, dlogits)
@@ -90,6 +93,7 @@ def inner_loop(
     learning_rate: float,
     first_order: bool = False,
     query_features=None,
+    record_history: bool = True,
 ):
     """Adapt the head on each task's support set by ``steps`` gradient steps.
 
@@ -103,6 +107,9 @@ def inner_loop(
         first_order: stop gradients through the inner gradients.
         query_features: optional ``(B, Q, D)``; when given, the query logits after
             every step are recorded.
+        record_history: record the support loss (and query logits) per step; ``False``
+            returns an empty history and keeps the loop to the update alone (training: fewer
+            ops per step, forward and backward).
 
     Returns:
         ``(weights (B, D, N), bias (B, N), history)`` where ``history`` is a dict with
@@ -116,7 +123,22 @@ def inner_loop(
     weights = tf.tile(tf.cast(init_weights, dtype)[None], [batch, 1, 1])
     bias = tf.tile(tf.cast(init_bias, dtype)[None], [batch, 1])
     lr = tf.cast(learning_rate, dtype)
-    record_query = query_features is not None
+    record_query = query_features is not None and record_history
+    if not record_history:
+
+        def update(i, weights, bias):
+            _, grad_w, grad_b = support_loss_and_grads(
+                support_features, onehot, weights, bias, with_loss=False
+            )
+            if first_order:
+                grad_w, grad_b = tf.stop_gradient(grad_w), tf.stop_gradient(grad_b)
+            return i + 1, weights - lr * grad_w, bias - lr * grad_b
+
+        if steps > 0:
+            _, weights, bias = tf.while_loop(
+                lambda i, *_: i < steps, update, (tf.constant(0), weights, bias), maximum_iterations=steps
+            )
+        return weights, bias, {}
 
     # Only the recorded histories are loop variables: an unwritten TensorArray in the loop
     # breaks XLA compilation of its gradient (ZerosLike of an uninitialised TensorList).

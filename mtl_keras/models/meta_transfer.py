@@ -332,6 +332,7 @@ class MetaTransferModel(keras.Model):
             learning_rate=self.inner_lr,
             first_order=self.first_order,
             query_features=query if return_history else None,
+            record_history=return_history,
         )
         logits = head_logits(query, weights, bias)
         return (logits, history) if return_history else logits

@@ -85,3 +85,28 @@ def test_second_order_gradient_matches_finite_differences():
     direction /= np.linalg.norm(direction)
     numeric = (outer(w0 + eps * direction) - outer(w0 - eps * direction)).numpy() / (2 * eps)
     np.testing.assert_allclose(numeric, (grad * direction).sum(), rtol=2e-2, atol=1e-4)
+
+
+def test_loop_without_history_adapts_and_differentiates_identically():
+    feats, labels, w0, b0 = _task()
+    phi = tf.Variable(tf.ones((7,)))
+    query = tf.constant(np.random.default_rng(5).normal(size=(3, 10, 7)).astype("float32"))
+    results = []
+    for record in (True, False):
+        with tf.GradientTape() as tape:
+            w, b, history = inner_loop(
+                feats * phi, labels, w0, b0, steps=5, learning_rate=0.5, record_history=record
+            )
+            logits = head_logits(query * phi, w, b)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            )
+        results.append(
+            (w.numpy(), b.numpy(), [g.numpy() for g in tape.gradient(loss, [phi, w0, b0])], history)
+        )
+    (w1, b1, g1, h1), (w2, b2, g2, h2) = results
+    assert set(h1) == {"support_loss"} and h2 == {}
+    np.testing.assert_allclose(w2, w1, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(b2, b1, rtol=1e-6, atol=1e-6)
+    for a, c in zip(g2, g1):
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
