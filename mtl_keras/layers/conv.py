@@ -53,11 +53,6 @@ def set_filter_gradient(mode: str) -> None:
     _mode["filter_gradient"] = mode
 
 
-def filter_gradient_mode() -> str:
-    """The current `set_filter_gradient` mode."""
-    return _mode["filter_gradient"]
-
-
 def conv2d(inputs, kernel, bias, strides=(1, 1), padding: str = "same"):
     """``keras.ops.conv(inputs, kernel, strides, padding) + bias`` (NHWC), with the fast filter gradient.
 
@@ -74,7 +69,6 @@ def conv2d(inputs, kernel, bias, strides=(1, 1), padding: str = "same"):
     """
     if _swapped(inputs, kernel, strides, padding):
         return _conv_swapped_filter_grad(inputs, kernel, bias)
-    # BiasAdd (not a broadcast +): its gradient fuses into oneDNN's filter gradient.
     # A broadcast add, not tf.nn.bias_add: TF 2.21's CPU graph optimizer fuses
     # leaky_relu(bias_add(conv2d(x, k), b) + r) — a residual block's last convolution — into
     # one oneDNN op that computes wrong values (scripts/tf_fusion_bug.py); with AddV2 it does not.
