@@ -89,33 +89,38 @@ def _swapped(inputs, kernel, strides, padding) -> bool:
     return h is not None and w is not None and h * w <= limit
 
 
-def swapped_filter_gradient(inputs, out_grad, kernel_size, slice_batch: bool = True):
+def swapped_filter_gradient(inputs, out_grad, kernel_size):
     """``∂L/∂W`` of a stride-1 ``"same"`` convolution as a forward convolution.
+
+    A batch of more than ``SWAPPED_SLICE_PIXELS[dtype]`` images × pixels is split into equal
+    slices, one swapped convolution each, summed in float32.
 
     Args:
         inputs: ``(N, H, W, Cin)``, the convolution's input.
         out_grad: ``(N, H, W, Cout)``, ``∂L/∂output``.
         kernel_size: ``(kh, kw)``, both odd.
-        slice_batch: split a batch of more than ``SWAPPED_SLICE_PIXELS[dtype]`` images × pixels
-            into equal slices, one swapped convolution each, summed in float32.
 
     Returns:
         ``(kh, kw, Cin, Cout)`` in the dtype of ``inputs`` (accumulated in float32 by oneDNN).
     """
-    kh, kw = kernel_size
     n, h, w = inputs.shape[0], inputs.shape[1], inputs.shape[2]
-    limit = SWAPPED_SLICE_PIXELS.get(tf.as_dtype(inputs.dtype).name) if slice_batch else None
+    limit = SWAPPED_SLICE_PIXELS.get(tf.as_dtype(inputs.dtype).name)
     if limit and None not in (n, h, w) and n * h * w > limit:
         slices = -(-n * h * w // limit)
         size = -(-n // slices)
         parts = [
             tf.cast(
-                swapped_filter_gradient(inputs[i : i + size], out_grad[i : i + size], kernel_size, False),
+                _swapped_conv(inputs[i : i + size], out_grad[i : i + size], kernel_size),
                 tf.float32,
             )
             for i in range(0, n, size)
         ]
         return tf.cast(tf.add_n(parts), inputs.dtype)
+    return _swapped_conv(inputs, out_grad, kernel_size)
+
+
+def _swapped_conv(inputs, out_grad, kernel_size):
+    kh, kw = kernel_size
     x_t = tf.transpose(inputs, [3, 1, 2, 0])  # (Cin, H, W, N): channels as batch, batch as channels
     g_t = tf.transpose(out_grad, [1, 2, 0, 3])  # (H, W, N, Cout): the "filter"
     pad = [[0, 0], [kh // 2, kh // 2], [kw // 2, kw // 2], [0, 0]]

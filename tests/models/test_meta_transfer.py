@@ -7,8 +7,8 @@ from mtl_keras import MetaTransferModel, PretrainModel, make_episodes, resnet12
 from mtl_keras.layers import phi_weights, theta_weights
 
 
-def _model(ways=4, **kwargs):
-    backbone = resnet12((16, 16, 1), widths=(4, 8, 8, 8))
+def _model(ways=4, backbone=None, **kwargs):
+    backbone = backbone or resnet12((16, 16, 1), widths=(4, 8, 8, 8))
     kwargs.setdefault("inner_steps", 3)
     kwargs.setdefault("eval_inner_steps", 5)
     kwargs.setdefault("inner_lr", 0.5)
@@ -107,15 +107,7 @@ def test_from_pretrained_shares_backbone_and_switches_phase(proto_split):
 def test_transductive_batch_norm_runs_and_differs_from_frozen(proto_split):
     inputs, _ = next(iter(_episodes(proto_split, batches=1)))
     frozen = _model()
-    trans = MetaTransferModel(
-        frozen.backbone,
-        ways=4,
-        inner_steps=3,
-        eval_inner_steps=5,
-        inner_lr=0.5,
-        batch_norm="transductive",
-        head=frozen.head,
-    )
+    trans = _model(backbone=frozen.backbone, head=frozen.head, batch_norm="transductive")
     a, b = frozen(inputs).numpy(), trans(inputs, training=True).numpy()
     assert a.shape == b.shape and not np.allclose(a, b)
 
@@ -193,15 +185,7 @@ def test_train_step_compiles_with_xla(proto_split):
 
 def test_folded_batch_norm_gives_the_same_logits_and_gradients(proto_split):
     folded = _model()
-    plain = MetaTransferModel(
-        folded.backbone,
-        ways=4,
-        inner_steps=3,
-        eval_inner_steps=5,
-        inner_lr=0.5,
-        head=folded.head,
-        fold_batch_norm=False,
-    )
+    plain = _model(backbone=folded.backbone, head=folded.head, fold_batch_norm=False)
     assert len(folded.weights) == len(plain.weights)
     inputs, labels = next(iter(_episodes(proto_split, batches=1)))
     np.testing.assert_allclose(folded(inputs).numpy(), plain(inputs).numpy(), rtol=1e-4, atol=1e-5)
