@@ -48,9 +48,7 @@ def main() -> None:
         with strategy.scope():
             model = PretrainModel(resnet12((args.size, args.size, 1), widths=widths), num_classes=64)
             synchronize_batch_norm(model.backbone, synchronized)
-            model.compile(
-                optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-            )
+            model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         model.fit(data, epochs=1, verbose=0)  # trace and warm up
         models[synchronized] = model
     times = {True: [], False: []}

@@ -16,7 +16,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 REPO = str(Path(__file__).resolve().parents[1])
 
@@ -160,10 +159,8 @@ def test_mirrored_strategy_on_two_cpus_equals_one_device(tmp_path):
     assert result["two_failures"] == result["one_failures"]
 
 
-MIRRORED_PRETRAIN = (
-    COMMON
-    + textwrap.dedent(
-        """
+MIRRORED_PRETRAIN = COMMON + textwrap.dedent(
+    """
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
@@ -202,7 +199,6 @@ MIRRORED_PRETRAIN = (
                              if isinstance(l, keras.layers.BatchNormalization)],
     }, open(sys.argv[1] + "/result.json", "w"))
     """
-    )
 )
 
 
