@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from conv_kernel_benchmark import _median_seconds  # noqa: E402  (scripts/ is on sys.path)
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
@@ -44,16 +43,6 @@ def winograd_conv(x, w):
     return tf.nn.depth_to_space(tf.reshape(y, [n, h // 2, wd // 2, 4 * cout]), 2)
 
 
-def median_seconds(fn, *args, rounds):
-    fn(*args)
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn(*args).numpy()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=200)
@@ -70,8 +59,8 @@ def main() -> None:
         for side, c in ((32, 64), (16, 128), (8, 256), (4, 512)):
             x = tf.cast(tf.random.normal([args.images, side, side, c], seed=1), dtype)
             w = tf.cast(tf.random.normal([3, 3, c, c], seed=2) * 0.05, dtype)
-            t_native = median_seconds(native, x, w, rounds=args.rounds)
-            t_wino = median_seconds(winograd, x, w, rounds=args.rounds)
+            t_native = _median_seconds(native, (x, w), args.rounds)
+            t_wino = _median_seconds(winograd, (x, w), args.rounds)
             want = tf.cast(native(x, w), tf.float32)
             err = float(
                 tf.reduce_max(tf.abs(tf.cast(winograd(x, w), tf.float32) - want))
