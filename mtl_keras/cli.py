@@ -67,10 +67,6 @@ def _stage(args) -> int:
 
     strategy = _strategy(args)  # before any other TensorFlow work
     config, run_dir = _config_and_dir(args)
-    if strategy is not None and not args.quiet:
-        devices = ", ".join(strategy.extended.worker_devices)
-        name = {"mirrored": "MirroredStrategy", "multi-worker": "MultiWorkerMirroredStrategy"}[args.strategy]
-        print(f"{name}: {strategy.num_replicas_in_sync} replicas ({devices} on this worker)")
     function, keywords = _STAGES[args.command]
     values = {
         "tensorboard": not getattr(args, "no_tensorboard", False),
@@ -93,10 +89,16 @@ def _strategy(args):
     if args.logical_cpus:
         configure_logical_cpus(args.logical_cpus)
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
-    return make_strategy(args.strategy, devices)
+    strategy = make_strategy(args.strategy, devices)
+    if strategy is not None and not args.quiet:
+        devices = ", ".join(strategy.extended.worker_devices)
+        name = {"mirrored": "MirroredStrategy", "multi-worker": "MultiWorkerMirroredStrategy"}[args.strategy]
+        print(f"{name}: {strategy.num_replicas_in_sync} replicas ({devices} on this worker)")
+    return strategy
 
 
 def _tune(args) -> int:
+    strategy = _strategy(args)  # before any other TensorFlow work
     from mtl_keras.tuning import run_tuning
 
     config, run_dir = _config_and_dir(args)
@@ -110,6 +112,7 @@ def _tune(args) -> int:
         overwrite=args.overwrite,
         verbose=not args.quiet,
         tensorboard=not args.no_tensorboard,
+        strategy=strategy,
     )
     return 0
 
@@ -205,13 +208,17 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         "(a rerun with the same --run-dir resumes by default: completed stages are skipped, an "
         "interrupted one continues after its last completed epoch)",
     )
+    _add_strategy_options(group, ("none", "mirrored", "multi-worker"))
+
+
+def _add_strategy_options(group, choices: tuple[str, ...]) -> None:
     group.add_argument(
         "--strategy",
-        choices=("none", "mirrored", "multi-worker"),
+        choices=choices,
         default="none",
-        help="tf.distribute strategy for training: mirrored = this machine's GPUs (or its logical CPUs), "
-        "multi-worker = one process per host, cluster in TF_CONFIG; the meta-batch is split across "
-        "replicas (see docs/distributed.md; default: none)",
+        help="tf.distribute strategy for training: mirrored = this machine's GPUs (or its logical CPUs)"
+        + (", multi-worker = one process per host, cluster in TF_CONFIG" if "multi-worker" in choices else "")
+        + "; the meta-batch is split across replicas (see docs/distributed.md; default: none)",
     )
     group.add_argument(
         "--devices",
@@ -348,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="start afresh instead of resuming RUN_DIR/tuner"
     )
     tune.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    # Each trial's model under a tf.distribute strategy (Keras Tuner's distribution_strategy). Not
+    # multi-worker: Keras Tuner's own chief/worker mode (above) spreads trials over processes.
+    _add_strategy_options(tune.add_argument_group("distribution"), ("none", "mirrored"))
     tune.set_defaults(func=_tune)
 
     plot = sub.add_parser(

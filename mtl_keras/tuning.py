@@ -28,9 +28,11 @@ import keras_tuner
 from mtl_keras.config import ExperimentConfig
 from mtl_keras.data.episodes import make_episodes
 from mtl_keras.data.split import ClassSplit
-from mtl_keras.experiment import load_config_benchmark, meta_model
+from mtl_keras.experiment import check_strategy, load_config_benchmark, meta_model
 
 OBJECTIVE = "val_accuracy"
+#: The seed Keras Tuner gets for ``seed=0``, which it would otherwise replace with a random one.
+ZERO_SEED = 10_007
 TUNERS = ("random", "bayesian", "hyperband")
 
 
@@ -179,21 +181,27 @@ def make_tuner(
     executions_per_trial: int = 1,
     overwrite: bool = False,
     seed: int = 0,
+    distribution_strategy=None,
 ) -> keras_tuner.Tuner:
     """A Keras Tuner of kind ``tuner`` (``random``, ``bayesian``, ``hyperband``) for ``hypermodel``.
 
     ``max_trials`` bounds random search and Bayesian optimisation (whose first
     ``min(3, max_trials - 1)`` trials are random, at least one); Hyperband sizes its
     brackets from ``max_epochs`` (default ``hypermodel.config.meta_epochs``) with
-    factor 3, one iteration.
+    factor 3, one iteration. The same ``seed`` gives the same trials (``0`` included). With a
+    ``distribution_strategy`` every trial's model is
+    built and trained in its scope (the meta-batch split across its replicas).
     """
     common = dict(
         objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
+        distribution_strategy=distribution_strategy,
         executions_per_trial=executions_per_trial,
         directory=directory,
         project_name=project_name,
         overwrite=overwrite,
-        seed=seed,
+        # Keras Tuner reads seed 0 as "no seed" (`seed or random.randint(1, 10000)`): a search
+        # with seed 0 was not reproducible. Map 0 to a fixed stand-in.
+        seed=seed if seed else ZERO_SEED,
     )
     if tuner == "random":
         return keras_tuner.RandomSearch(hypermodel, max_trials=max_trials, **common)
@@ -251,6 +259,7 @@ def run_tuning(
     verbose: bool = True,
     tensorboard: bool = True,
     hypermodel_kwargs: dict | None = None,
+    strategy=None,
 ) -> dict:
     """A Keras Tuner search over `MTLHyperModel`'s space, into a run folder (``mtl-keras tune``).
 
@@ -270,6 +279,9 @@ def run_tuning(
         verbose: Keras Tuner's progress output.
         tensorboard: write ``logs/tuning``.
         hypermodel_kwargs: extra `MTLHyperModel` arguments (ranges, choices).
+        strategy: a `tf.distribute` strategy (e.g. ``MirroredStrategy()``) to build and
+            meta-train every trial under; ``config.meta_batch_size`` must split over its
+            replicas (checked before anything runs).
 
     Returns:
         The summary (also in ``tuning.json``), or ``{"role": "worker"}`` on a worker.
@@ -278,6 +290,7 @@ def run_tuning(
         raise ValueError(f"Unknown tuner '{tuner}'. Known: {', '.join(TUNERS)}.")
     if weights_path is not None and not os.path.exists(weights_path):
         raise FileNotFoundError(f"No pretrained weights at {weights_path}.")
+    check_strategy(config, strategy)
     role = distributed_role()
     os.makedirs(run_dir, exist_ok=True)
     if role != "worker":
@@ -295,6 +308,7 @@ def run_tuning(
         executions_per_trial=executions_per_trial,
         overwrite=overwrite and role != "worker",
         seed=config.seed,
+        distribution_strategy=strategy,
     )
     # Keras Tuner gives each trial its own sub-folder and adds the HParams callback.
     log_dir = os.path.join(run_dir, "logs", "tuning")

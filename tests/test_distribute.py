@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = str(Path(__file__).resolve().parents[1])
 
@@ -377,6 +378,34 @@ def test_cli_strategy_errors_come_before_any_training(tmp_path, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert cli.main(["run", "--strategy", "multi-worker", "--run-dir", str(tmp_path / "m")]) == 2
     assert not (tmp_path / "m").exists()
+
+
+def test_cli_tune_with_mirrored_strategy_equals_one_device(tmp_path, glyph_cache):
+    """`mtl-keras tune --strategy mirrored`: each trial's model trains on two replicas, and the
+    trial scores what the same trial scores on one device; a meta-batch that does not split
+    is refused before any trial."""
+    common = ["tune", "--max-trials", "2", "--quiet"]
+    env = {"MTL_KERAS_CACHE": glyph_cache}
+    procs = {
+        "one": _cli(tmp_path, [*common, "--run-dir", str(tmp_path / "one")], env),
+        "two": _cli(
+            tmp_path,
+            [*common, "--strategy", "mirrored", "--logical-cpus", "2", "--run-dir", str(tmp_path / "two")],
+            env,
+        ),
+    }
+    for proc in procs.values():
+        code, _, err = _finish(proc)
+        assert code == 0, err[-3000:]
+    one, two = (json.loads((tmp_path / k / "tuning.json").read_text()) for k in ("one", "two"))
+    assert [t["hyperparameters"] for t in two["trials"]] == [t["hyperparameters"] for t in one["trials"]]
+    queries = 10 * 5 * 3  # val_episodes × ways × queries of the tiny config: one query apart at most
+    for a, b in zip(one["trials"], two["trials"]):
+        assert b["score"] == pytest.approx(a["score"], abs=1 / queries + 1e-9)
+    bad = ["--strategy", "mirrored", "--logical-cpus", "2", "--set", "meta_batch_size=3"]
+    code, _, err = _finish(_cli(tmp_path, [*common, "--run-dir", str(tmp_path / "bad"), *bad], env))
+    assert code == 2 and "multiple of the 2 replicas" in err, err[-2000:]
+    assert not (tmp_path / "bad" / "tuner").exists()
 
 
 def test_cli_run_with_multi_worker_strategy_on_two_local_workers(tmp_path, glyph_cache):

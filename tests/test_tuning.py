@@ -91,6 +91,21 @@ def test_each_tuner_runs_two_trials(kind, splits, tmp_path):
     assert os.listdir(tmp_path / "logs"), "the tuner's TensorBoard callback wrote nothing"
 
 
+@pytest.mark.parametrize("kind", ["random", "hyperband"])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_the_same_seed_gives_the_same_trials(kind, seed, splits, tmp_path):
+    """Keras Tuner replaces seed 0 with a random one; `make_tuner` must not let it."""
+    hypermodel = MTLHyperModel(CONFIG, *splits, **SPACE)
+
+    def first_trials(folder):
+        tuner = make_tuner(hypermodel, kind, directory=str(tmp_path / folder), max_trials=3, seed=seed)
+        return [tuner.oracle.create_trial(f"t{i}").hyperparameters.values for i in range(3)]
+
+    first = first_trials("a")
+    assert first == first_trials("b")
+    assert len({tuple(sorted(v.items())) for v in first}) > 1  # the trials themselves differ
+
+
 def test_unknown_tuner_is_named(splits):
     with pytest.raises(ValueError, match="'grid'"):
         make_tuner(MTLHyperModel(CONFIG, *splits), "grid")
