@@ -188,9 +188,9 @@ def make_tuner(
     ``max_trials`` bounds random search and Bayesian optimisation (whose first
     ``min(3, max_trials - 1)`` trials are random, at least one); Hyperband sizes its
     brackets from ``max_epochs`` (default ``hypermodel.config.meta_epochs``) with
-    factor 3, one iteration. The same ``seed`` gives the same trials (``0`` included). With a
-    ``distribution_strategy`` every trial's model is
-    built and trained in its scope (the meta-batch split across its replicas).
+    factor 3, one iteration. The same ``seed`` gives the same trials (``0`` included; None:
+    a random seed). With a ``distribution_strategy`` every trial's model is built and
+    trained in its scope (the meta-batch split across its replicas).
     """
     common = dict(
         objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
@@ -201,7 +201,7 @@ def make_tuner(
         overwrite=overwrite,
         # Keras Tuner reads seed 0 as "no seed" (`seed or random.randint(1, 10000)`): a search
         # with seed 0 was not reproducible. Map 0 to a fixed stand-in.
-        seed=seed if seed else ZERO_SEED,
+        seed=ZERO_SEED if seed == 0 else seed,
     )
     if tuner == "random":
         return keras_tuner.RandomSearch(hypermodel, max_trials=max_trials, **common)
