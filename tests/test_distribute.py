@@ -168,6 +168,7 @@ MIRRORED_PRETRAIN = COMMON + textwrap.dedent(
     import numpy as np
     from mtl_keras import PretrainModel
     from mtl_keras.backbones import resnet12
+    from mtl_keras.models.pretrain import synchronize_batch_norm
 
     rng = np.random.default_rng(0)
     images = rng.random((64, 16, 16, 1)).astype("float32")
@@ -176,46 +177,54 @@ MIRRORED_PRETRAIN = COMMON + textwrap.dedent(
     order = np.concatenate([np.arange(0, 32).reshape(4, 8), np.arange(32, 64).reshape(4, 8)], 1).ravel()
     data = tf.data.Dataset.from_tensor_slices((images[order], labels[order])).batch(16)
 
-    def run(strategy):
+    def run(strategy, lr, sync=False):
         with strategy.scope() if strategy else contextlib.nullcontext():
             keras.utils.set_random_seed(0)
             model = PretrainModel(resnet12((16, 16, 1), widths=(4, 8, 8, 8)), num_classes=6)
-            model.compile(optimizer=keras.optimizers.SGD(0.1),
+            if sync:
+                synchronize_batch_norm(model.backbone)
+            model.compile(optimizer=keras.optimizers.SGD(lr),
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         model.fit(data, epochs=2, verbose=0)
-        replicas = [[np.asarray(c) for c in getattr(w.value, "values", [w.value])] for w in model.weights]
-        return model, replicas
+        copies = [[np.asarray(c) for c in getattr(w.value, "values", [w.value])] for w in model.weights]
+        differ = [w.path for w, c in zip(model.weights, copies) if any(not np.array_equal(c[0], x) for x in c[1:])]
+        return model, differ
 
-    one, _ = run(None)
-    two, copies = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
-    np.savez(sys.argv[1] + "/one.npz", *[np.asarray(w) for w in one.weights])
-    np.savez(sys.argv[1] + "/two.npz", *[np.asarray(w) for w in two.weights])
-    json.dump({
-        "names": [w.path for w in one.weights],
-        "copies_differ": [w.path for w, c in zip(two.weights, copies)
-                          if any(not np.array_equal(c[0], x) for x in c[1:])],
-        "synchronized": [l.synchronized for l in two.backbone._flatten_layers()
-                         if isinstance(l, keras.layers.BatchNormalization)],
-        "one_synchronized": [l.synchronized for l in one.backbone._flatten_layers()
-                             if isinstance(l, keras.layers.BatchNormalization)],
-    }, open(sys.argv[1] + "/result.json", "w"))
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    runs = {
+        "one_frozen": run(None, 0.0), "two_frozen": run(mirrored, 0.0),
+        "one": run(None, 0.1), "two": run(mirrored, 0.1), "two_sync": run(mirrored, 0.1, sync=True),
+    }
+    for name, (model, _) in runs.items():
+        np.savez(f"{sys.argv[1]}/{name}.npz", *[np.asarray(w) for w in model.weights])
+    json.dump({"names": [w.path for w in runs["one"][0].weights], "differ": {k: v[1] for k, v in runs.items()}},
+              open(sys.argv[1] + "/result.json", "w"))
     """
 )
 
 
-def test_pretraining_under_mirrored_strategy_equals_one_device(tmp_path):
-    """Batch norm statistics over the global batch: same weights and moving statistics as one
-    device, and every replica holds the same copy (Keras 3's default BN keeps per-replica ones)."""
+def test_pretraining_under_mirrored_strategy_keeps_the_replicas_identical(tmp_path):
+    """Batch norm's moving statistics are averaged over the replicas after every step: every
+    replica holds the same model, and the moving means are those of the global batches (Keras 3
+    alone keeps each replica's own, from its shard). `synchronize_batch_norm`: equal to one device."""
     _wait(_run(MIRRORED_PRETRAIN, tmp_path, "mirrored_pretrain"))
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["synchronized"] and all(result["synchronized"])
-    assert not any(result["one_synchronized"])  # one device: Keras' ordinary statistics
-    assert result["copies_differ"] == []
-    one, two = _load(tmp_path / "one.npz"), _load(tmp_path / "two.npz")
-    moving = [i for i, name in enumerate(result["names"]) if "moving_" in name]
-    initial = {i: 1.0 if "variance" in result["names"][i] else 0.0 for i in moving}
-    assert moving and all(np.abs(one[i] - initial[i]).max() > 0.01 for i in moving)  # statistics moved
-    for name, a, b in zip(result["names"], one, two):
+    names = result["names"]
+    assert all(differ == [] for differ in result["differ"].values()), result["differ"]
+    runs = {k: _load(tmp_path / f"{k}.npz") for k in ("one_frozen", "two_frozen", "one", "two", "two_sync")}
+    means = [i for i, name in enumerate(names) if name.endswith("moving_mean")]
+    assert means and all(np.abs(runs["one_frozen"][i]).max() > 0.01 for i in means)  # statistics moved
+    # Weights fixed (learning rate 0): where a layer's input does not depend on earlier batch
+    # norm (block 1's first convolution and shortcut read the images), the replicas' averaged
+    # moving means are the global batches' (equal shards).
+    first = [i for i in means if names[i] in ("block1_bn1/moving_mean", "block1_res_bn/moving_mean")]
+    assert len(first) == 2
+    for i in first:
+        np.testing.assert_allclose(
+            runs["two_frozen"][i], runs["one_frozen"][i], rtol=0, atol=1e-5, err_msg=names[i]
+        )
+    # Synchronized batch norm: training equals one device, moving statistics included.
+    for name, a, b in zip(names, runs["one"], runs["two_sync"]):
         np.testing.assert_allclose(b, a, rtol=0, atol=2e-5, err_msg=name)
 
 

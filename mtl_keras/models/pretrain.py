@@ -27,12 +27,15 @@ class PretrainModel(keras.Model):
 
     Call: ``images (batch, H, W, C) → logits (batch, num_classes)``.
 
-    Under a `tf.distribute` strategy with more than one replica (the model built in its
-    scope), every `BatchNormalization` layer of the backbone is *synchronized*: batch
-    statistics over the global batch, so every replica (and worker) keeps the same moving
-    statistics and training equals a one-device run on the same batches. (Keras 3's
-    default BN updates each replica's moving statistics from its own shard only: the
-    saved model held replica 0's, and two workers ended with different models.)
+    Under a `tf.distribute` strategy with more than one replica, batch norm normalises
+    with each replica's own batch statistics (as Keras and PyTorch DDP do by default), and
+    after every step the moving statistics are averaged over the replicas (one batched
+    all-reduce), so every replica and worker holds the same model — the moving averages of
+    the global batch means. (Keras 3 alone updates each replica's moving statistics from its
+    own shard only: the saved model held replica 0's, and two workers ended with different
+    models.) For batch statistics over the global batch, i.e. training equal to one device,
+    call `synchronize_batch_norm(model.backbone)` — several all-reduces per layer and step,
+    costly across processes (docs/distributed.md).
 
     Example:
         >>> model = PretrainModel(resnet12((32, 32, 1)), num_classes=64)
@@ -43,7 +46,6 @@ class PretrainModel(keras.Model):
     def __init__(self, backbone, num_classes: int, augmentation=None, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.backbone = set_phase(backbone, "pretrain")
-        synchronize_batch_norm(self.backbone, tf.distribute.get_strategy().num_replicas_in_sync > 1)
         self.num_classes = int(num_classes)
         self.augmentation = augmentation
         self.dropout_rate = float(dropout)
@@ -66,7 +68,29 @@ class PretrainModel(keras.Model):
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
-        return _with_batch_axis(super().train_step(data))
+        logs = super().train_step(data)
+        self._average_moving_statistics()
+        return _with_batch_axis(logs)
+
+    def _average_moving_statistics(self):
+        """Set every replica's BN moving statistics to their mean over the replicas."""
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return
+        stats = [
+            v
+            for layer in self.backbone._flatten_layers(include_self=True, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
+            for v in (layer.moving_mean, layer.moving_variance)
+        ]
+        if stats:  # ordered after this step's BN updates by TF's automatic control dependencies
+            # One flat SUM: a list, or MEAN, fails under MultiWorkerMirroredStrategy in a graph
+            # ("destinations can not be empty", TF 2.21), as all_gather does (see meta_transfer).
+            flat = tf.concat([tf.reshape(tf.convert_to_tensor(v.value), [-1]) for v in stats], 0)
+            total = context.all_reduce(tf.distribute.ReduceOp.SUM, flat)
+            means = tf.split(total / context.num_replicas_in_sync, [int(v.shape[0]) for v in stats])
+            for variable, mean in zip(stats, means):
+                variable.assign(mean)  # replica context, aggregation NONE: this replica's copy
 
     def test_step(self, data):
         return _with_batch_axis(super().test_step(data))
@@ -104,8 +128,11 @@ def synchronize_batch_norm(model: keras.layers.Layer, synchronized: bool = True)
     """Set ``synchronized`` on every `keras.layers.BatchNormalization` inside ``model``.
 
     Synchronized layers compute batch statistics over all replicas of the current
-    `tf.distribute` strategy (three all-reduces per layer and step). Takes effect for
-    functions traced afterwards. Returns the number of layers set.
+    `tf.distribute` strategy: training equals a one-device run on the same global batches.
+    Keras does three all-reduces per layer in the forward pass and more in the backward
+    pass: no measurable cost on two logical CPUs, 3.9× the pretraining step with two worker
+    processes over gRPC (`python scripts/sync_bn_cost.py [--multi-worker]`). Takes effect
+    for functions traced afterwards. Returns the number of layers set.
     """
     layers = [
         layer
