@@ -14,9 +14,8 @@ channel axes swapped:
 maps: in bfloat16 up to 10×10 (1.3–2.5× at 8×8 and 4×4; large batches in slices), in float32 at
 4×4 only (1.2×); slower on larger maps (`scripts/conv_kernel_benchmark.py`). Whole steps:
 −10% (32×32, bf16, 1-shot), −7 to −11% (5-shot), −19% (meta-batch 8), −5% (84×84), −1 to −2%
-(float32). Steps were
-measured with `scripts/step_ab.py` (benchmarks/RESULTS.md). `conv2d` uses it exactly there and
-is ``keras.ops.conv(...) + bias`` everywhere else.
+(float32), measured with `scripts/step_ab.py` (benchmarks/RESULTS.md). `conv2d` uses it exactly
+there and is ``keras.ops.conv(...) + bias`` everywhere else.
 """
 
 from __future__ import annotations

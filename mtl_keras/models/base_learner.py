@@ -124,15 +124,19 @@ def inner_loop(
     bias = tf.tile(tf.cast(init_bias, dtype)[None], [batch, 1])
     lr = tf.cast(learning_rate, dtype)
     record_query = query_features is not None and record_history
+
+    def step(weights, bias, with_loss=True):
+        """One gradient step on the support loss: ``(loss before it, weights, bias)``."""
+        loss, grad_w, grad_b = support_loss_and_grads(support_features, onehot, weights, bias, with_loss)
+        if first_order:
+            grad_w, grad_b = tf.stop_gradient(grad_w), tf.stop_gradient(grad_b)
+        return loss, weights - lr * grad_w, bias - lr * grad_b
+
     if not record_history:
 
         def update(i, weights, bias):
-            _, grad_w, grad_b = support_loss_and_grads(
-                support_features, onehot, weights, bias, with_loss=False
-            )
-            if first_order:
-                grad_w, grad_b = tf.stop_gradient(grad_w), tf.stop_gradient(grad_b)
-            return i + 1, weights - lr * grad_w, bias - lr * grad_b
+            _, weights, bias = step(weights, bias, with_loss=False)
+            return i + 1, weights, bias
 
         if steps > 0:
             _, weights, bias = tf.while_loop(
@@ -155,11 +159,9 @@ def inner_loop(
         return arrays
 
     def body(i, weights, bias, arrays):
-        loss, grad_w, grad_b = support_loss_and_grads(support_features, onehot, weights, bias)
-        if first_order:
-            grad_w, grad_b = tf.stop_gradient(grad_w), tf.stop_gradient(grad_b)
-        arrays = record(i, arrays, loss, weights, bias)
-        return i + 1, weights - lr * grad_w, bias - lr * grad_b, arrays
+        loss, new_weights, new_bias = step(weights, bias)
+        arrays = record(i, arrays, loss, weights, bias)  # the head before the step
+        return i + 1, new_weights, new_bias, arrays
 
     if steps > 0:
         _, weights, bias, arrays = tf.while_loop(
