@@ -12,6 +12,7 @@ Examples::
     mtl-keras plot runs/mini
     mtl-keras reproduce --out runs/reproduce-glyphs  # the paper's ablation (scratch/FT/SS/SS+HT)
     mtl-keras benchmarks
+    mtl-keras prepare tiered_imagenet data/tiered-pickles data/tiered --allow-pickle
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ def _demo(args) -> int:
     config = get_config(args.config, **overrides)
     run_dir = args.run_dir or os.path.join("runs", time.strftime("demo-%Y%m%d-%H%M%S"))
     run_experiment(config, run_dir)
+    return 0
+
+
+def _prepare(args) -> int:
+    from mtl_keras.data.sources import tiered_imagenet
+
+    written = tiered_imagenet.convert_pickles(
+        args.src, args.out, allow_pickle=args.allow_pickle, splits=args.splits or ("train", "val", "test")
+    )
+    for split, count in written.items():
+        status = f"{count} images written" if count else "folder exists, skipped"
+        print(f"{split}: {os.path.join(args.out, split)} ({status})")
+    print(f"Use it with: --benchmark {args.benchmark} --root {args.out}")
     return 0
 
 
@@ -415,6 +429,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--quiet", action="store_true", help="no progress output")
     rep.set_defaults(func=_reproduce)
+
+    prep = sub.add_parser(
+        "prepare",
+        help="convert a dataset as distributed into the folders its loader reads",
+        description="tiered_imagenet: Ren et al.'s SRC/{train,val,test}_images_png.pkl (or _images.npz) "
+        "and _labels.pkl become OUT/{train,val,test}/<class>/*.png. A split is written into "
+        "OUT/.partial-<split> and renamed when complete; splits already in OUT are skipped, so "
+        "rerunning after an interruption resumes.",
+        epilog="Example: mtl-keras prepare tiered_imagenet data/tiered-imagenet data/tiered --allow-pickle",
+    )
+    prep.add_argument("benchmark", choices=("tiered_imagenet",), help="the dataset")
+    prep.add_argument("src", metavar="SRC", help="folder holding the files as distributed")
+    prep.add_argument("out", metavar="OUT", help="folder to write (pass it as --root afterwards)")
+    prep.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="the files are Python pickles, which can run code when read: set only for a trusted "
+        "source (only NumPy array constructors are accepted in them even then)",
+    )
+    prep.add_argument(
+        "--splits", nargs="+", choices=("train", "val", "test"), default=None, help="default: all three"
+    )
+    prep.set_defaults(func=_prepare)
 
     bench = sub.add_parser(
         "benchmarks", help="list the datasets", description="The benchmarks `load_benchmark` knows."

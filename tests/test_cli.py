@@ -11,7 +11,18 @@ from mtl_keras import cli
 from mtl_keras.config import PRESETS, ExperimentConfig, get_config, resolve_config
 from tests.conftest import TINY_CONFIG
 
-SUBCOMMANDS = ("demo", "run", "pretrain", "meta-train", "evaluate", "export", "tune", "plot", "benchmarks")
+SUBCOMMANDS = (
+    "demo",
+    "run",
+    "pretrain",
+    "meta-train",
+    "evaluate",
+    "export",
+    "tune",
+    "plot",
+    "benchmarks",
+    "prepare",
+)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ _BENCHMARKS: dict[str, tuple[str, str]] = {
     ),
     "tiered_imagenet": (
         "tiered_imagenet",
-        "tieredImageNet: train/val/test class folders; 351/97/160 classes",
+        "tieredImageNet: train/val/test class folders (Ren et al.'s pickles: `mtl-keras prepare`); "
+        "351/97/160 classes",
     ),
     "fc100": ("cifar100", "FC100: CIFAR-100 split by superclass (12/4/4 superclasses, 60/20/20 classes)"),
     "cifar_fs": ("cifar100", "CIFAR-FS: CIFAR-100 split by class (64/16/20 classes)"),

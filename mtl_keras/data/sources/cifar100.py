@@ -22,7 +22,6 @@ the NumPy array constructors the archive needs are allowed during unpickling.
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,39 +38,17 @@ from mtl_keras.data.sources._common import (
     resize_images,
     resolve_root,
 )
+from mtl_keras.data.sources._pickles import field, read_numpy_pickle, text
 from mtl_keras.data.split import ClassSplit
 
 ARCHIVE_FOLDER = "cifar-100-python"
 VARIANTS = ("fc100", "cifar_fs")
 
+_FIX = "Re-extract cifar-100-python.tar.gz."
 _HINT = (
     "Download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
     "extract it, and pass root= the folder that holds cifar-100-python/."
 )
-
-# Globals a CIFAR-100 pickle may reference: NumPy's array reconstruction only.
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the NumPy globals of `_ALLOWED_GLOBALS`."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR-100 file")
-        if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            module = "numpy._core." + module[len("numpy.core.") :]  # NumPy 2 name
-        return super().find_class(module, name)
 
 
 def resolve_archive(root: str | os.PathLike | None, benchmark: str = "cifar100") -> Path:
@@ -166,34 +143,20 @@ def load(
 
 # --------------------------------------------------------------------------- helpers
 def _read_pickle(path: Path, benchmark: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
-    except Exception as err:
-        raise ValueError(
-            f"{benchmark}: '{path}' is not a readable CIFAR-100 pickle ({type(err).__name__}: "
-            f"{err}). Re-extract cifar-100-python.tar.gz."
-        ) from err
+    obj = read_numpy_pickle(path, benchmark, "CIFAR-100", _FIX)
     if not isinstance(obj, dict):
         raise ValueError(
-            f"{benchmark}: '{path}' holds a {type(obj).__name__}, not the CIFAR-100 dict. "
-            "Re-extract cifar-100-python.tar.gz."
+            f"{benchmark}: '{path}' holds a {type(obj).__name__}, not the CIFAR-100 dict. {_FIX}"
         )
     return obj
 
 
 def _field(obj: dict, key: str, path: Path, benchmark: str) -> Any:
-    for k in (key.encode(), key):
-        if k in obj:
-            return obj[k]
-    raise ValueError(
-        f"{benchmark}: '{path}' has no '{key}' entry; it is not a CIFAR-100 python file. "
-        "Re-extract cifar-100-python.tar.gz."
-    )
+    return field(obj, key, path, benchmark, f"It is not a CIFAR-100 python file. {_FIX}")
 
 
 def _names(meta: dict, key: str, path: Path, count: int, benchmark: str) -> list[str]:
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in _field(meta, key, path, benchmark)]
+    names = [text(n) for n in _field(meta, key, path, benchmark)]
     if len(names) != count:
         raise ValueError(
             f"{benchmark}: '{path}' lists {len(names)} {key}, expected {count}. "
