@@ -10,7 +10,8 @@ between them, so that machine load falls on all alike; prints medians and minima
 A variant is ``key=value[,key=value]`` over the benchmark worker's spec
 (`mtl_keras.benchmarking.keras_worker.build_steps`): ``filter_gradient`` (auto | native |
 swapped, `mtl_keras.layers.conv.set_filter_gradient`), ``swapped_max_pixels`` (the largest map, H·W, whose filter gradient the ``auto``
-mode swaps, for every dtype; default 64 for 16-bit, 0 for float32), ``jit_compile`` (true | false).
+mode swaps, for every dtype; default `mtl_keras.layers.conv.SWAPPED_FILTER_GRAD_MAX_PIXELS`), ``jit_compile`` (true | false),
+``unroll_training`` (true | false: the training inner loop unrolled or a ``tf.while_loop``).
 """
 
 from __future__ import annotations

@@ -121,6 +121,8 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
         inner_steps=spec["inner_steps"],
         eval_inner_steps=spec["inner_steps"],
         first_order=spec.get("first_order", False),
+        # an A/B knob (scripts/step_ab.py): inner loop unrolled (default) or a tf.while_loop
+        unroll_training=spec.get("unroll_training", True),
         **spec.get("model_kwargs", {}),
     )
     model.compile(jit_compile=spec.get("jit_compile", False))

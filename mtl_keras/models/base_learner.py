@@ -94,6 +94,7 @@ def inner_loop(
     first_order: bool = False,
     query_features=None,
     record_history: bool = True,
+    unroll: bool = False,
 ):
     """Adapt the head on each task's support set by ``steps`` gradient steps.
 
@@ -110,6 +111,12 @@ def inner_loop(
         record_history: record the support loss (and query logits) per step; ``False``
             returns an empty history and keeps the loop to the update alone (training: fewer
             ops per step, forward and backward).
+        unroll: run the ``T`` steps as ``T`` copies of the step in the graph instead of a
+            ``tf.while_loop``. Use it when the result is differentiated (meta-training): in
+            TF 2.21 the gradient of a ``tf.while_loop`` is not reproducible — the same step on
+            the same inputs returns gradients that differ at the last bits from call to call,
+            even on one thread — so two runs with the same seed drift apart;
+            unrolled they are identical (`tests/models/test_determinism.py`).
 
     Returns:
         ``(weights (B, D, N), bias (B, N), history)`` where ``history`` is a dict with
@@ -131,6 +138,24 @@ def inner_loop(
         if first_order:
             grad_w, grad_b = tf.stop_gradient(grad_w), tf.stop_gradient(grad_b)
         return loss, weights - lr * grad_w, bias - lr * grad_b
+
+    if unroll:
+        losses, logits = [], []
+        for _ in range(steps):
+            loss, new_weights, new_bias = step(weights, bias, with_loss=record_history)
+            if record_history:
+                losses.append(loss)
+                if record_query:
+                    logits.append(head_logits(query_features, weights, bias))
+            weights, bias = new_weights, new_bias
+        if not record_history:
+            return weights, bias, {}
+        losses.append(support_loss_and_grads(support_features, onehot, weights, bias)[0])
+        history = {"support_loss": tf.stack(losses)}
+        if record_query:
+            logits.append(head_logits(query_features, weights, bias))
+            history["query_logits"] = tf.stack(logits)
+        return weights, bias, history
 
     if not record_history:
 

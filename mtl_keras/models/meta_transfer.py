@@ -72,6 +72,10 @@ class MetaTransferModel(keras.Model):
             BN folded into the convolution before it (`mtl_keras.layers.fold_batch_norm`):
             the same function of the same variables, with fewer passes over the
             activations (and, under ``mixed_bfloat16``, no float32 round trip per BN).
+        unroll_training: in training, run the inner loop as ``inner_steps`` copies of the step in
+            the graph rather than a ``tf.while_loop``, whose gradient TF 2.21 does not compute
+            reproducibly (see `inner_loop`): with it, the same seed gives the same model.
+            ``False`` keeps the loop (a smaller graph, for very many inner steps).
 
     Mixed precision: build the backbone under ``keras.mixed_precision.set_dtype_policy(
     "mixed_bfloat16")`` (CPUs with AVX512-BF16, TPUs) or ``"mixed_float16"`` (GPUs): the
@@ -100,6 +104,7 @@ class MetaTransferModel(keras.Model):
         set_meta_phase: bool = True,
         head: LinearBaseLearner | None = None,
         fold_batch_norm: bool = True,
+        unroll_training: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -116,6 +121,7 @@ class MetaTransferModel(keras.Model):
         self.batch_norm = batch_norm
         self.set_meta_phase = bool(set_meta_phase)
         self.fold_batch_norm = bool(fold_batch_norm)
+        self.unroll_training = bool(unroll_training)
         try:
             feature_dim = backbone.output_shape[-1]
         except (AttributeError, ValueError) as err:
@@ -305,6 +311,7 @@ class MetaTransferModel(keras.Model):
         steps: int | None = None,
         training: bool = False,
         return_history: bool = False,
+        unroll: bool = False,
     ):
         """Adapt the head on each support set and classify the queries.
 
@@ -315,6 +322,8 @@ class MetaTransferModel(keras.Model):
             steps: inner steps (default ``eval_inner_steps``).
             training: whether the backbone runs in training mode.
             return_history: also return the inner loop's history.
+            unroll: unroll the inner loop in the graph (see `inner_loop`): what
+                meta-training does, so that its gradients are reproducible.
 
         Returns:
             ``query_logits (B, N*Q, N)``; with ``return_history`` also a dict
@@ -333,6 +342,7 @@ class MetaTransferModel(keras.Model):
             first_order=self.first_order,
             query_features=query if return_history else None,
             record_history=return_history,
+            unroll=unroll,
         )
         logits = head_logits(query, weights, bias)
         return (logits, history) if return_history else logits
@@ -402,6 +412,8 @@ class MetaTransferModel(keras.Model):
             inputs["query_images"],
             steps=steps,
             training=False if self.batch_norm == "frozen" else training,
+            # Meta-training differentiates the inner loop: unrolled, its gradient is reproducible.
+            unroll=bool(training) and self.unroll_training,
         )
 
     # ----------------------------------------------------------------- steps
@@ -525,6 +537,7 @@ class MetaTransferModel(keras.Model):
             batch_norm=self.batch_norm,
             set_meta_phase=self.set_meta_phase,
             fold_batch_norm=self.fold_batch_norm,
+            unroll_training=self.unroll_training,
         )
         return config
 

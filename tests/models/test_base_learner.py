@@ -110,3 +110,24 @@ def test_loop_without_history_adapts_and_differentiates_identically():
     np.testing.assert_allclose(b2, b1, rtol=1e-6, atol=1e-6)
     for a, c in zip(g2, g1):
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+
+
+def test_unrolled_inner_loop_computes_what_the_while_loop_computes():
+    feats, labels, w0, b0 = _task()
+    query = tf.constant(np.random.default_rng(1).normal(size=(3, 6, 7)).astype("float32"))
+
+    def run(unroll, record_history):
+        with tf.GradientTape() as tape:
+            tape.watch(feats)
+            w, b, history = inner_loop(
+                feats, labels, w0, b0, steps=7, learning_rate=0.5, query_features=query,
+                record_history=record_history, unroll=unroll,
+            )  # fmt: skip
+            loss = tf.reduce_sum(head_logits(query, w, b) ** 2)
+        return [w, b, *tape.gradient(loss, [feats, w0, b0]), *history.values()]
+
+    for record_history in (False, True):
+        looped, unrolled = run(False, record_history), run(True, record_history)
+        assert len(looped) == len(unrolled) == (7 if record_history else 5)
+        for a, b in zip(looped, unrolled):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
