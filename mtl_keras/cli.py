@@ -62,6 +62,7 @@ def _config_and_dir(args):
         root=args.root,
         seed=args.seed,
         shots=tuple(args.shots) if args.shots else None,
+        allow_pickle=True if getattr(args, "allow_pickle", False) else None,
     )
     return config, run_dir
 
@@ -184,6 +185,12 @@ def _add_config_options(parser: argparse.ArgumentParser, run_dir_required: bool 
     )
     group.add_argument("--benchmark", default=None, help="benchmark name (see `mtl-keras benchmarks`)")
     group.add_argument("--root", default=None, help="the benchmark's data folder")
+    group.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read benchmark files that are Python pickles (fc100, cifar_fs), which can run code: "
+        "only for files you trust (= --set allow_pickle=true)",
+    )
     group.add_argument("--seed", type=int, default=None, help="seed of every sampler and initialiser")
     group.add_argument(
         "--shots",
@@ -407,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--benchmark", default=None, help="benchmark name (see `mtl-keras benchmarks`)")
     rep.add_argument("--root", default=None, help="the benchmark's data folder")
+    rep.add_argument(
+        "--allow-pickle", action="store_true", help="read pickle files (fc100, cifar_fs): only ones you trust"
+    )
     rep.add_argument("--seed", type=int, default=None, help="seed of every sampler and initialiser")
     rep.add_argument(
         "--shots",

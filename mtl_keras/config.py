@@ -22,7 +22,9 @@ class ExperimentConfig:
 
     Data:
         benchmark: a `list_benchmarks()` name; root: its folder (None for glyphs);
-        image_size: side of the square images fed to the backbone.
+        image_size: side of the square images fed to the backbone; allow_pickle: read
+        benchmark files that are Python pickles (fc100, cifar_fs: the CIFAR-100 archive) —
+        set it only for files you trust (CLI: ``--allow-pickle``).
     Backbone:
         backbone: ``resnet12`` | ``conv4`` | ``resnet18``; widths: channels per block.
     Pretraining (ordinary classification over the base classes):
@@ -45,6 +47,7 @@ class ExperimentConfig:
     benchmark: str = "glyphs"
     root: str | None = None
     image_size: int = 32
+    allow_pickle: bool = False
     backbone: str = "resnet12"
     widths: tuple[int, ...] = (64, 128, 256, 512)
     pretrain_epochs: int = 10
@@ -117,6 +120,8 @@ class ExperimentConfig:
             fail("benchmark", f"one of {sorted(list_benchmarks())}")
         if self.root is not None and not isinstance(self.root, str):
             fail("root", "a folder path or None")
+        if not isinstance(self.allow_pickle, bool):
+            fail("allow_pickle", "true or false")
         if self.backbone not in BACKBONE_NAMES:
             fail("backbone", f"one of {list(BACKBONE_NAMES)}")
         if not (

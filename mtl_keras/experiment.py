@@ -337,7 +337,7 @@ class RunProgress:
     """
 
     FILE = "progress.json"
-    FREE_KEYS = ("shots", "test_episodes", "test_queries", "eval_inner_steps", "root")
+    FREE_KEYS = ("shots", "test_episodes", "test_queries", "eval_inner_steps", "root", "allow_pickle")
 
     def __init__(self, run_dir: str, config: ExperimentConfig, restart: bool = False):
         self.folder = os.path.join(run_dir, "backup")
@@ -467,7 +467,7 @@ def run_experiment(
     say = print if verbose else (lambda *a, **k: None)
 
     say(f"[1/4] Loading benchmark '{config.benchmark}'")
-    train, val, test = load_benchmark(config.benchmark, root=config.root, image_size=config.image_size)
+    train, val, test = load_config_benchmark(config)
 
     weights_path = os.path.join(run_dir, PRETRAINED_WEIGHTS)
     if progress.done("pretrain") and os.path.exists(weights_path):
@@ -590,8 +590,10 @@ def checkpoint_path(run_dir: str, shots: int) -> str:
 
 
 def load_config_benchmark(config: ExperimentConfig):
-    """`load_benchmark` with the config's benchmark, root and image size."""
-    return load_benchmark(config.benchmark, root=config.root, image_size=config.image_size)
+    """`load_benchmark` with the config's benchmark, root, image size and ``allow_pickle``."""
+    return load_benchmark(
+        config.benchmark, root=config.root, image_size=config.image_size, allow_pickle=config.allow_pickle
+    )
 
 
 class TrainingScalarsLogger(keras.callbacks.Callback):

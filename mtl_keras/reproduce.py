@@ -67,9 +67,14 @@ from mtl_keras.callbacks import HardTaskLogger
 from mtl_keras.config import ExperimentConfig, get_config
 from mtl_keras.data.episode_stream import EpisodeStream
 from mtl_keras.data.episodes import EpisodeSampler, pretrain_dataset
-from mtl_keras.data.registry import load_benchmark
 from mtl_keras.evaluation import EvaluationResult, confidence_interval
-from mtl_keras.experiment import build_backbone, meta_transfer_model, pretrain, training_episodes
+from mtl_keras.experiment import (
+    build_backbone,
+    load_config_benchmark,
+    meta_transfer_model,
+    pretrain,
+    training_episodes,
+)
 from mtl_keras.models.base_learner import inner_loop
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.plots import plot_accuracy_bars, plot_accuracy_vs_inner_steps, plot_learning_curves
@@ -591,7 +596,7 @@ def reproduce(
 
     t = time.time()
     say(f"[data] Loading '{config.benchmark}' at {config.image_size}px", flush=True)
-    train, val, test = load_benchmark(config.benchmark, root=config.root, image_size=config.image_size)
+    train, val, test = load_config_benchmark(config)
     channels = train.channels
     lap("data", t)
 
@@ -1110,7 +1115,7 @@ def settings_from_args(args: argparse.Namespace) -> ReproduceSettings:
     """Settings from ``mtl-keras reproduce`` arguments (see `mtl_keras.cli`).
 
     Order (later wins): ``--config`` (default: `default_config`), ``--quick``, the flags
-    (``--benchmark``, ``--root``, ``--seed``, ``--shots``), then ``--set``.
+    (``--benchmark``, ``--root``, ``--allow-pickle``, ``--seed``, ``--shots``), then ``--set``.
     """
     config = get_config(args.config) if args.config else default_config()
     settings = ReproduceSettings(config=config)
@@ -1121,6 +1126,7 @@ def settings_from_args(args: argparse.Namespace) -> ReproduceSettings:
         "root": args.root,
         "seed": args.seed,
         "shots": tuple(args.shots) if args.shots else None,
+        "allow_pickle": True if getattr(args, "allow_pickle", False) else None,
     }
     settings = settings.replace(**{k: v for k, v in fields.items() if v is not None})
     return settings.with_overrides(args.set or ()).validate()
@@ -1137,6 +1143,8 @@ def command_from_args(args: argparse.Namespace, prog: str = "mtl-keras reproduce
             parts += [f"--{flag}", str(value)]
     if args.shots:
         parts += ["--shots", *map(str, args.shots)]
+    if getattr(args, "allow_pickle", False):
+        parts.append("--allow-pickle")
     for item in args.set or ():
         parts += ["--set", item]
     if args.quiet:

@@ -293,3 +293,25 @@ def test_validate_rejects_wrong_types():
     with pytest.raises(ValueError, match="'first_order'"):
         get_config("cpu-glyphs").replace(first_order="yes").validate()
     assert np.isfinite(get_config("cpu-glyphs").validate().phi_lr)
+
+
+def test_pickle_benchmarks_are_read_only_with_allow_pickle(tmp_path, capsys):
+    from tests.data.test_sources import write_cifar100_archive
+
+    root = write_cifar100_archive(tmp_path / "cifar")
+    command = [
+        "pretrain",
+        "--config",
+        "paper-fc100-1shot",
+        "--root",
+        str(root),
+        "--quiet",
+        "--no-tensorboard",
+    ]
+    command += ["--set", "widths=4,4,4,4", "--set", "pretrain_epochs=1", "--set", "pretrain_batch_size=32"]
+    assert cli.main([*command, "--run-dir", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "are Python pickles" in err and "--allow-pickle" in err
+    assert cli.main([*command, "--allow-pickle", "--run-dir", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "pretrained_backbone.weights.h5").is_file()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["allow_pickle"] is True

@@ -8,6 +8,7 @@ imported lazily, so a benchmark's optional dependencies cost nothing until used.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import NamedTuple
 
 from mtl_keras.data.split import ClassSplit
@@ -50,7 +51,8 @@ def load_benchmark(name: str, root: str | None = None, **kwargs) -> Benchmark:
     Args:
         name: one of `list_benchmarks()`.
         root: folder holding the benchmark's files (not needed for ``"glyphs"``).
-        **kwargs: passed to the source's ``load`` (e.g. ``image_size``).
+        **kwargs: passed to the source's ``load`` (e.g. ``image_size``). ``allow_pickle`` is
+            accepted for every benchmark and dropped for those whose files are not pickles.
 
     Returns:
         `Benchmark(train, val, test)`, each a `ClassSplit`.
@@ -64,5 +66,7 @@ def load_benchmark(name: str, root: str | None = None, **kwargs) -> Benchmark:
     module = importlib.import_module(f"mtl_keras.data.sources.{module_name}")
     if module_name == "cifar100":
         kwargs["variant"] = name
+    if "allow_pickle" in kwargs and "allow_pickle" not in inspect.signature(module.load).parameters:
+        kwargs.pop("allow_pickle")
     splits = module.load(root=root, **kwargs)
     return Benchmark(*splits)

@@ -113,7 +113,7 @@ def load(
         raise ValueError(
             f"{key}: '{folder / 'train'}' (and test, meta) are Python pickles, and "
             "unpickling can execute arbitrary code. If you trust the files, opt in "
-            f"with allow_pickle=True, e.g. load_benchmark('{key}', root, allow_pickle=True)."
+            f"with allow_pickle=True, e.g. load_benchmark('{key}', root, allow_pickle=True) (mtl-keras: --allow-pickle)."
         )
     meta = _read_pickle(folder / "meta", key)
     fine_names = _names(meta, "fine_label_names", folder / "meta", 100, key)
