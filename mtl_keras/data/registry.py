@@ -18,7 +18,8 @@ _BENCHMARKS: dict[str, tuple[str, str]] = {
     "glyphs": ("glyphs", "Characters rendered from the fonts matplotlib ships (embedded, no download)"),
     "mini_imagenet": (
         "mini_imagenet",
-        "miniImageNet: split CSVs + images/, or train/val/test class folders; 64/16/20 classes",
+        "miniImageNet: split CSVs + images/, train/val/test class folders, or the MetaOptNet / "
+        "learn2learn pickles; 64/16/20 classes",
     ),
     "tiered_imagenet": (
         "tiered_imagenet",
