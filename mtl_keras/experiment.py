@@ -101,7 +101,8 @@ def pretrain(
     backup = ResumableCheckpoint(backup_dir, verbose=int(verbose), chief_only=False) if backup_dir else None
     history = model.fit(
         train_ds,
-        validation_data=held_ds,
+        # No held-out images when classes are tiny (10% of 2 rounds to 0): then no validation.
+        validation_data=held_ds if int(held_ds.cardinality()) != 0 else None,
         epochs=config.pretrain_epochs,
         verbose=_verbose_mode(verbose),
         callbacks=[*([backup] if backup else []), *(callbacks or [])],
