@@ -188,7 +188,7 @@ def _add_config_options(parser: argparse.ArgumentParser, run_dir_required: bool 
     group.add_argument(
         "--allow-pickle",
         action="store_true",
-        help="read benchmark files that are Python pickles (fc100, cifar_fs), which can run code: "
+        help="read benchmark files that are Python pickles (fc100, cifar_fs, miniImageNet pickles), which can run code: "
         "only for files you trust (= --set allow_pickle=true)",
     )
     group.add_argument("--seed", type=int, default=None, help="seed of every sampler and initialiser")
@@ -415,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--benchmark", default=None, help="benchmark name (see `mtl-keras benchmarks`)")
     rep.add_argument("--root", default=None, help="the benchmark's data folder")
     rep.add_argument(
-        "--allow-pickle", action="store_true", help="read pickle files (fc100, cifar_fs): only ones you trust"
+        "--allow-pickle",
+        action="store_true",
+        help="read pickle files (fc100, cifar_fs, miniImageNet pickles): only ones you trust",
     )
     rep.add_argument("--seed", type=int, default=None, help="seed of every sampler and initialiser")
     rep.add_argument(

@@ -23,7 +23,8 @@ class ExperimentConfig:
     Data:
         benchmark: a `list_benchmarks()` name; root: its folder (None for glyphs);
         image_size: side of the square images fed to the backbone; allow_pickle: read
-        benchmark files that are Python pickles (fc100, cifar_fs: the CIFAR-100 archive) —
+        benchmark files that are Python pickles (fc100, cifar_fs: the CIFAR-100 archive; the
+        MetaOptNet / learn2learn miniImageNet files) —
         set it only for files you trust (CLI: ``--allow-pickle``).
     Backbone:
         backbone: ``resnet12`` | ``conv4`` | ``resnet18``; widths: channels per block.
