@@ -1,0 +1,66 @@
+"""Is a meta-training step reproducible? The same gradient computed again and again, loop vs unrolled.
+
+Builds the demo's model (preset ``cpu-glyphs``: ResNet-12 16-32-64-128 at 32×32, 5-way 1-shot,
+a meta-batch of 4 tasks, 20 inner steps; random weights, random images), then computes the
+meta-gradient of one fixed meta-batch ``--calls`` times with the compiled step and counts the
+calls whose gradients are not bit-identical to the first — once with the inner loop as a
+``tf.while_loop`` (``unroll_training=False``, what mtl_keras did before commit 5008bb6) and once
+unrolled (the default). Each variant runs in its own process (TensorFlow's default threads).
+
+    python scripts/determinism_check.py            # prints one line per variant
+    python scripts/determinism_check.py --calls 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+WORKER = """
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np, tensorflow as tf, keras
+from mtl_keras.benchmarking.keras_worker import synthetic_episodes
+from mtl_keras.config import get_config
+from mtl_keras.experiment import meta_transfer_model, build_backbone
+unroll, calls = sys.argv[1] == "unrolled", int(sys.argv[2])
+config = get_config("cpu-glyphs")
+keras.utils.set_random_seed(0)
+model = meta_transfer_model(config, build_backbone(config, 1), unroll_training=unroll)
+inputs, labels = synthetic_episodes(config.meta_batch_size, config.ways, 1, config.queries, config.image_size, 1)
+variables = model.trainable_variables
+@tf.function
+def gradients():
+    with tf.GradientTape() as tape:
+        loss, _ = model._loss_and_accuracy(model(inputs, training=True), labels)
+    return tape.gradient(loss, variables)
+first = [g.numpy() for g in gradients()]
+differ = 0
+for _ in range(calls - 1):
+    differ += any(not np.array_equal(a, g.numpy()) for a, g in zip(first, gradients()))
+print(f"{sys.argv[1]:>10}: {differ} of {calls - 1} repeated calls gave gradients that differ from the first call's")
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=11)
+    args = parser.parse_args()
+    for variant in ("while-loop", "unrolled"):
+        result = subprocess.run(
+            [sys.executable, "-c", WORKER, variant, str(args.calls)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+        if result.returncode:
+            sys.exit(result.stderr)
+        print(result.stdout.strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
