@@ -112,3 +112,13 @@ def test_cli_reads_the_pickles_with_allow_pickle(tmp_path, capsys):
     assert "--allow-pickle" in capsys.readouterr().err
     assert cli.main([*command, "--allow-pickle", "--run-dir", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "pretrained_backbone.weights.h5").is_file()
+
+
+def test_a_learn2learn_class_listing_missing_images_is_named(tmp_path):
+    root = write_learn2learn(tmp_path / "mini")
+    path = root / mini_imagenet.PICKLE_FILES["learn2learn"][2]
+    record = pickle.loads(path.read_bytes())
+    record["class_dict"]["n0600"] = [4, 5, 99]
+    path.write_bytes(pickle.dumps(record))
+    with pytest.raises(ValueError, match=r"test.pkl': class 'n0600' lists image indices outside 0..5"):
+        mini_imagenet.load(root, image_size=12, allow_pickle=True)

@@ -205,7 +205,13 @@ def _load_pickles(root: Path, layout: str, size: tuple[int, int], allow_pickle: 
             names = {}
             class_dict = field(obj, "class_dict", path, BENCHMARK, _PICKLE_FIX)
             for c, (name, indices) in enumerate(sorted(class_dict.items(), key=lambda kv: text(kv[0]))):
-                labels[np.asarray(indices, dtype=np.int64)] = c
+                indices = np.asarray(indices, dtype=np.int64)
+                if len(indices) and (indices.min() < 0 or indices.max() >= len(labels)):
+                    raise ValueError(
+                        f"{BENCHMARK}: '{path}': class '{text(name)}' lists image indices outside "
+                        f"0..{len(labels) - 1}. {_PICKLE_FIX}"
+                    )
+                labels[indices] = c
                 names[c] = text(name)
             if (labels < 0).any():
                 raise ValueError(
