@@ -49,7 +49,18 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_numpy_pickle(path: Path, benchmark: str, what: str, fix: str) -> Any:
+def opt_in_error(benchmark: str, files: str) -> ValueError:
+    """The error of a loader called on pickles without ``allow_pickle=True``; ``files`` names them."""
+    return ValueError(
+        f"{benchmark}: {files} are Python pickles, and unpickling can execute arbitrary code. If you "
+        f"trust the files, opt in with allow_pickle=True, e.g. load_benchmark('{benchmark}', root, "
+        "allow_pickle=True) (mtl-keras: --allow-pickle)."
+    )
+
+
+def read_numpy_pickle(
+    path: Path, benchmark: str, what: str, fix: str, expect: tuple[type | tuple[type, ...], str] | None = None
+) -> Any:
     """Unpickle ``path`` with `NumpyOnlyUnpickler` (``encoding="bytes"``, as Python 2 pickles need).
 
     Args:
@@ -57,21 +68,27 @@ def read_numpy_pickle(path: Path, benchmark: str, what: str, fix: str) -> Any:
         benchmark: benchmark name, used in messages.
         what: what the file should be, e.g. ``"CIFAR-100"``.
         fix: the sentence that ends the error message, e.g. ``"Re-extract the archive."``.
+        expect: ``(type or types, description)`` the unpickled object must be, e.g.
+            ``(dict, "the CIFAR-100 dict")``; ``None`` accepts anything.
 
     Returns:
         The unpickled object. Strings pickled by Python 2 come back as ``bytes``.
 
     Raises:
-        ValueError: the file is not a pickle, is truncated, or names a global other
-            than NumPy's array constructors; the message names the file.
+        ValueError: the file is not a pickle, is truncated, names a global other than
+            NumPy's array constructors, or holds something else than ``expect``; the
+            message names the file.
     """
     try:
         with open(path, "rb") as f:
-            return NumpyOnlyUnpickler(f, what, encoding="bytes").load()
+            obj = NumpyOnlyUnpickler(f, what, encoding="bytes").load()
     except Exception as err:
         raise ValueError(
             f"{benchmark}: '{path}' is not a readable {what} pickle ({type(err).__name__}: {err}). {fix}"
         ) from err
+    if expect is not None and not isinstance(obj, expect[0]):
+        raise ValueError(f"{benchmark}: '{path}' holds a {type(obj).__name__}, not {expect[1]}. {fix}")
+    return obj
 
 
 def field(obj: dict, key: str, path: Path, benchmark: str, fix: str) -> Any:

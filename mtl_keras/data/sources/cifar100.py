@@ -38,7 +38,7 @@ from mtl_keras.data.sources._common import (
     resize_images,
     resolve_root,
 )
-from mtl_keras.data.sources._pickles import field, read_numpy_pickle, text
+from mtl_keras.data.sources._pickles import field, opt_in_error, read_numpy_pickle, text
 from mtl_keras.data.split import ClassSplit
 
 ARCHIVE_FOLDER = "cifar-100-python"
@@ -110,11 +110,7 @@ def load(
     size = normalize_image_size(image_size, key)
     folder = resolve_archive(root, key)
     if not allow_pickle:
-        raise ValueError(
-            f"{key}: '{folder / 'train'}' (and test, meta) are Python pickles, and "
-            "unpickling can execute arbitrary code. If you trust the files, opt in "
-            f"with allow_pickle=True, e.g. load_benchmark('{key}', root, allow_pickle=True) (mtl-keras: --allow-pickle)."
-        )
+        raise opt_in_error(key, f"'{folder / 'train'}' (and test, meta)")
     meta = _read_pickle(folder / "meta", key)
     fine_names = _names(meta, "fine_label_names", folder / "meta", 100, key)
     coarse_names = _names(meta, "coarse_label_names", folder / "meta", 20, key)
@@ -143,12 +139,7 @@ def load(
 
 # --------------------------------------------------------------------------- helpers
 def _read_pickle(path: Path, benchmark: str) -> dict:
-    obj = read_numpy_pickle(path, benchmark, "CIFAR-100", _FIX)
-    if not isinstance(obj, dict):
-        raise ValueError(
-            f"{benchmark}: '{path}' holds a {type(obj).__name__}, not the CIFAR-100 dict. {_FIX}"
-        )
-    return obj
+    return read_numpy_pickle(path, benchmark, "CIFAR-100", _FIX, expect=(dict, "the CIFAR-100 dict"))
 
 
 def _field(obj: dict, key: str, path: Path, benchmark: str) -> Any:

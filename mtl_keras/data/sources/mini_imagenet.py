@@ -49,7 +49,7 @@ from mtl_keras.data.sources._common import (
     verify_images,
     warn_class_counts,
 )
-from mtl_keras.data.sources._pickles import field, read_numpy_pickle, text
+from mtl_keras.data.sources._pickles import field, opt_in_error, read_numpy_pickle, text
 from mtl_keras.data.split import ClassSplit
 
 BENCHMARK = "mini_imagenet"
@@ -182,17 +182,13 @@ def _load_pickles(root: Path, layout: str, size: tuple[int, int], allow_pickle: 
     """The MetaOptNet or learn2learn pickles as in-memory splits."""
     paths = [root / name for name in PICKLE_FILES[layout]]
     if not allow_pickle:
-        raise ValueError(
-            f"{BENCHMARK}: '{paths[0]}' (and the val and test files) are Python pickles, and "
-            "unpickling can run code. If you trust the files, opt in with allow_pickle=True, e.g. "
-            f"load_benchmark('{BENCHMARK}', root, allow_pickle=True) (mtl-keras: --allow-pickle)."
-        )
+        raise opt_in_error(BENCHMARK, f"'{paths[0]}' (and the val and test files)")
     parts = []
     for split, path in zip(SPLIT_NAMES, paths):
         require_file(path, BENCHMARK, f"The {layout} layout has one file per split; restore it.")
-        obj = read_numpy_pickle(path, BENCHMARK, f"miniImageNet ({layout})", _PICKLE_FIX)
-        if not isinstance(obj, dict):
-            raise ValueError(f"{BENCHMARK}: '{path}' holds a {type(obj).__name__}, not a dict. {_PICKLE_FIX}")
+        obj = read_numpy_pickle(
+            path, BENCHMARK, f"miniImageNet ({layout})", _PICKLE_FIX, expect=(dict, "a dict")
+        )
         if layout == "metaoptnet":
             images = field(obj, "data", path, BENCHMARK, _PICKLE_FIX)
             labels = np.asarray(field(obj, "labels", path, BENCHMARK, _PICKLE_FIX)).reshape(-1)

@@ -70,7 +70,8 @@ def load(
     Returns:
         ``(train, val, test)``: file-backed `ClassSplit`s with ``paths (n,)``,
         ``image_size (H, W)`` and ``channels=3``; class names are the folder names
-        (wnids, or ``"{index} {name}"`` in a tree `convert_pickles` wrote); class ids are unique across the splits (train, then val, then test).
+        (wnids, or ``"{index} {name}"`` in a tree `convert_pickles` wrote); class ids are
+        unique across the splits (train, then val, then test).
 
     Raises:
         FileNotFoundError: root or a split folder is missing.
@@ -194,11 +195,9 @@ def _read_split(source: Path, split: str):
     npz_path = source / f"{split}_images.npz"
     if not labels_path.is_file():
         raise FileNotFoundError(f"{BENCHMARK}: file '{labels_path}' is missing. {_PICKLE_FIX}")
-    meta = read_numpy_pickle(labels_path, BENCHMARK, "tieredImageNet labels", _PICKLE_FIX)
-    if not isinstance(meta, dict):
-        raise ValueError(
-            f"{BENCHMARK}: '{labels_path}' holds a {type(meta).__name__}, not the labels dict. {_PICKLE_FIX}"
-        )
+    meta = read_numpy_pickle(
+        labels_path, BENCHMARK, "tieredImageNet labels", _PICKLE_FIX, expect=(dict, "the labels dict")
+    )
     labels = np.asarray(field(meta, "label_specific", labels_path, BENCHMARK, _PICKLE_FIX)).reshape(-1)
     names = [text(n) for n in field(meta, "label_specific_str", labels_path, BENCHMARK, _PICKLE_FIX)]
     if labels.dtype.kind not in "iu" or (len(labels) and (labels.min() < 0 or labels.max() >= len(names))):
@@ -208,13 +207,14 @@ def _read_split(source: Path, split: str):
             f"{labels.min() if len(labels) else '-'}..{labels.max() if len(labels) else '-'}. {_PICKLE_FIX}"
         )
     if png_path.is_file():
-        images = read_numpy_pickle(png_path, BENCHMARK, "tieredImageNet images", _PICKLE_FIX)
+        images = read_numpy_pickle(
+            png_path,
+            BENCHMARK,
+            "tieredImageNet images",
+            _PICKLE_FIX,
+            expect=((list, tuple, np.ndarray), "a list of PNG images"),
+        )
         images_path = png_path
-        if not isinstance(images, (list, tuple, np.ndarray)):
-            raise ValueError(
-                f"{BENCHMARK}: '{png_path}' holds a {type(images).__name__}, not a list of PNG images. "
-                f"{_PICKLE_FIX}"
-            )
     elif npz_path.is_file():
         images_path = npz_path
         try:
