@@ -139,23 +139,15 @@ def inner_loop(
             grad_w, grad_b = tf.stop_gradient(grad_w), tf.stop_gradient(grad_b)
         return loss, weights - lr * grad_w, bias - lr * grad_b
 
-    if unroll:
-        losses, logits = [], []
-        for _ in range(steps):
-            loss, new_weights, new_bias = step(weights, bias, with_loss=record_history)
-            if record_history:
-                losses.append(loss)
-                if record_query:
-                    logits.append(head_logits(query_features, weights, bias))
-            weights, bias = new_weights, new_bias
-        if not record_history:
-            return weights, bias, {}
-        losses.append(support_loss_and_grads(support_features, onehot, weights, bias)[0])
-        history = {"support_loss": tf.stack(losses)}
-        if record_query:
-            logits.append(head_logits(query_features, weights, bias))
-            history["query_logits"] = tf.stack(logits)
-        return weights, bias, history
+    def run(body, state):
+        """``steps`` applications of ``body`` to ``state``: unrolled, or as a ``tf.while_loop``."""
+        if unroll:
+            for _ in range(steps):
+                state = body(*state)
+            return state
+        if steps > 0:
+            state = tf.while_loop(lambda i, *_: i < steps, body, state, maximum_iterations=steps)
+        return state
 
     if not record_history:
 
@@ -163,10 +155,7 @@ def inner_loop(
             _, weights, bias = step(weights, bias, with_loss=False)
             return i + 1, weights, bias
 
-        if steps > 0:
-            _, weights, bias = tf.while_loop(
-                lambda i, *_: i < steps, update, (tf.constant(0), weights, bias), maximum_iterations=steps
-            )
+        _, weights, bias = run(update, (tf.constant(0), weights, bias))
         return weights, bias, {}
 
     # Only the recorded histories are loop variables: an unwritten TensorArray in the loop
@@ -188,13 +177,7 @@ def inner_loop(
         arrays = record(i, arrays, loss, weights, bias)  # the head before the step
         return i + 1, new_weights, new_bias, arrays
 
-    if steps > 0:
-        _, weights, bias, arrays = tf.while_loop(
-            lambda i, *_: i < steps,
-            body,
-            (tf.constant(0), weights, bias, arrays),
-            maximum_iterations=steps,
-        )
+    _, weights, bias, arrays = run(body, (tf.constant(0), weights, bias, arrays))
     final_loss, _, _ = support_loss_and_grads(support_features, onehot, weights, bias)
     arrays = record(steps, arrays, final_loss, weights, bias)
     history = {name: array.stack() for name, array in arrays.items()}
