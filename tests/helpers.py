@@ -1,8 +1,12 @@
-"""The shared layer/model test helper (after keras-hub's `TestCase.run_layer_test`)."""
+"""Shared test helpers: the layer/model test (after keras-hub's `TestCase.run_layer_test`), and
+Python-2-style pickles for the dataset-loader fixtures."""
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import struct
 
 import keras
 import numpy as np
@@ -69,3 +73,26 @@ def randomise_backbone(backbone, rng):
             layer.scale.assign(rng.uniform(0.8, 1.2, layer.scale.shape).astype("float32"))
             layer.shift.assign(rng.normal(0, 0.1, layer.shift.shape).astype("float32"))
     return backbone
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes every str and bytes as a Python 2 byte string (SHORT_BINSTRING / BINSTRING)."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_byte_string(self, obj):
+        data = obj.encode("latin-1") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = _save_byte_string
+    dispatch[bytes] = _save_byte_string
+
+
+def py2_pickle(obj) -> bytes:
+    buffer = io.BytesIO()
+    _Py2Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue().replace(b"numpy._core.", b"numpy.core.")  # NumPy 1's module path

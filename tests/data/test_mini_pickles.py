@@ -14,7 +14,7 @@ import pytest
 from mtl_keras import cli
 from mtl_keras.data.registry import load_benchmark
 from mtl_keras.data.sources import mini_imagenet
-from tests.data.test_tiered_pickles import py2_pickle
+from tests.helpers import py2_pickle
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*standard benchmark:UserWarning")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from PIL import Image
 
 from mtl_keras import cli
 from mtl_keras.data.sources import tiered_imagenet
+from tests.helpers import py2_pickle
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*standard benchmark:UserWarning")
 
@@ -27,29 +27,6 @@ NAMES = {
     "val": ["crane", "AC/DC adapter"],
     "test": ["goldfish", "tench"],
 }
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Writes every str and bytes as a Python 2 byte string (SHORT_BINSTRING / BINSTRING)."""
-
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def _save_byte_string(self, obj):
-        data = obj.encode("latin-1") if isinstance(obj, str) else obj
-        if len(data) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
-        self.memoize(obj)
-
-    dispatch[str] = _save_byte_string
-    dispatch[bytes] = _save_byte_string
-
-
-def py2_pickle(obj) -> bytes:
-    buffer = io.BytesIO()
-    _Py2Pickler(buffer, protocol=2).dump(obj)
-    return buffer.getvalue().replace(b"numpy._core.", b"numpy.core.")  # NumPy 1's module path
 
 
 def image(split: str, label: int, i: int) -> np.ndarray:
