@@ -11,6 +11,16 @@ import struct
 import keras
 import numpy as np
 
+#: Subprocess time limits in the tests are guards against hangs, not speed checks: scaled by
+#: ``$MTL_KERAS_TEST_TIMEOUT_SCALE`` (default 4), so that a machine busy with other jobs (a
+#: fresh-clone run once took 31 minutes instead of 10) does not fail them.
+TIMEOUT_SCALE = float(os.environ.get("MTL_KERAS_TEST_TIMEOUT_SCALE", "4"))
+
+
+def patient(seconds: float) -> float:
+    """A subprocess time limit of ``seconds`` on a quiet machine, scaled by `TIMEOUT_SCALE`."""
+    return seconds * TIMEOUT_SCALE
+
 
 def run_layer_test(
     layer_cls,

@@ -14,7 +14,7 @@ from mtl_keras import MetaTransferModel, resnet12
 from mtl_keras.benchmarking import BenchConfig, check_targets, resnet12_convs, step_flops
 from mtl_keras.benchmarking.flops import forward_flops
 from mtl_keras.benchmarking.report import BEGIN, END, write_results
-from tests.helpers import randomise_backbone
+from tests.helpers import patient, randomise_backbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -178,7 +178,7 @@ def test_quick_benchmark_writes_json_and_table(tmp_path):
         [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--quick", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=patient(600),
         env=env,
         cwd=ROOT,
     )
@@ -223,7 +223,7 @@ def test_step_ab_times_each_variant():
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patient(300),
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]

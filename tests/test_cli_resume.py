@@ -22,6 +22,7 @@ from mtl_keras import cli
 from mtl_keras.config import ExperimentConfig
 from mtl_keras.experiment import RunProgress
 from tests.conftest import TINY_CONFIG
+from tests.helpers import patient
 
 REPO = str(Path(__file__).resolve().parents[1])
 
@@ -53,7 +54,8 @@ WRAPPER = textwrap.dedent(
 )
 
 
-def _run_cli(tmp_path, args, cache, crash=None, timeout=300):
+def _run_cli(tmp_path, args, cache, crash=None, timeout=None):
+    timeout = patient(300) if timeout is None else timeout
     script = tmp_path / "wrapper.py"
     script.write_text(WRAPPER)
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 
 from mtl_keras import MetaTransferModel, make_episodes, resnet12
+from tests.helpers import patient
 
 LOADER = textwrap.dedent(
     """
@@ -49,7 +50,7 @@ def test_export_round_trip_in_a_subprocess_without_mtl_keras(proto_split, tmp_pa
         [sys.executable, str(script), str(export_dir), str(data), str(logits_file), str(probs_file)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patient(300),
         cwd=str(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -19,6 +19,8 @@ pytest.importorskip("ipykernel")
 from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
 from jupyter_client.manager import KernelManager  # noqa: E402
 
+from tests.helpers import patient  # noqa: E402
+
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 KERNEL = "mtl-keras-test"
 ALL = ("01_quickstart", "02_hard_tasks", "03_tuning", "04_export_and_serve")
@@ -68,8 +70,8 @@ def test_notebook_runs_at_tiny_scale(name, tmp_path, glyph_cache, monkeypatch):
     client = nbclient.NotebookClient(
         nb,
         km=_kernel_manager(tmp_path),
-        timeout=240,
-        startup_timeout=120,
+        timeout=patient(240),
+        startup_timeout=patient(120),
         resources={"metadata": {"path": str(work)}},
     )
     client.execute()

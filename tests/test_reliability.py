@@ -31,6 +31,7 @@ from mtl_keras.data.sources import folders
 from mtl_keras.export import export_adapt_and_classify
 from mtl_keras.models import memory
 from mtl_keras.models.weights import load_backbone_weights
+from tests.helpers import patient
 
 REPO = str(Path(__file__).resolve().parents[1])
 
@@ -120,7 +121,8 @@ def _start(script, *args, out=None):
     )
 
 
-def _finish(proc, out, timeout=120):
+def _finish(proc, out, timeout=None):
+    timeout = patient(120) if timeout is None else timeout
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -165,8 +167,8 @@ def runs(tmp_path_factory):
     killed_state = json.loads((crash / "backup" / "state.json").read_text())
     leftovers = [f for f in os.listdir(crash / "backup") if f.startswith(".tmp")]
     resume = _start(script, crash, crash / "backup", "-", "determinism", out=crash)
-    results = {name: _finish(procs[name], dirs[name], timeout=150) for name in ("full", "again")}
-    results["crash"] = _finish(resume, crash, timeout=150)
+    results = {name: _finish(procs[name], dirs[name], timeout=patient(150)) for name in ("full", "again")}
+    results["crash"] = _finish(resume, crash, timeout=patient(150))
     return {"dirs": dirs, "results": results, "killed_state": killed_state, "leftovers": leftovers}
 
 

@@ -14,6 +14,7 @@ from mtl_keras.config import get_config
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.tuning import MTLHyperModel, distributed_role, make_tuner, run_tuning
 from tests.conftest import TINY_CONFIG, make_prototype_split
+from tests.helpers import patient
 
 # The end-to-end tests' `TINY_CONFIG` with a conv4 of 4 filters: each trial is a few seconds.
 _TINY = {key: tuple(v) if isinstance(v, list) else v for key, v in TINY_CONFIG.items() if key != "preset"}
@@ -170,8 +171,8 @@ def test_distributed_chief_and_worker_on_loopback(tiny_config_file, glyph_cache,
     chief = start("chief")
     worker = start("tuner0")
     try:
-        _, worker_err = worker.communicate(timeout=180)
-        _, chief_err = chief.communicate(timeout=60)
+        _, worker_err = worker.communicate(timeout=patient(180))
+        _, chief_err = chief.communicate(timeout=patient(60))
     finally:
         for process in (worker, chief):
             if process.poll() is None:
