@@ -52,6 +52,7 @@ class FoldedConvBatchNorm(keras.layers.Layer):
             ops.cast(offset, dtype),
             strides=conv.strides,
             padding=conv.padding,
+            dilation_rate=conv.dilation_rate,
         )
 
     def compute_output_shape(self, input_shape):
@@ -60,11 +61,9 @@ class FoldedConvBatchNorm(keras.layers.Layer):
 
 def _foldable_conv(layer) -> bool:
     if isinstance(layer, ScaleShiftConv2D):
-        return True
+        return not layer.has_activation
     return (
         type(layer) is keras.layers.Conv2D
-        and layer.groups == 1
-        and tuple(layer.dilation_rate) == (1, 1)
         and layer.data_format == "channels_last"
         and layer.activation in (None, keras.activations.linear)
     )
