@@ -3,6 +3,7 @@
 Public API (flat)::
 
     ScaleShiftConv2D, set_phase          # layers
+    ScaleShiftDepthwiseConv2D, ScaleShiftDense
     resnet12, conv4, resnet18            # backbones
     PretrainModel, MetaTransferModel     # models
     ClassSplit, load_benchmark, list_benchmarks, make_episodes, pretrain_dataset
@@ -22,7 +23,12 @@ from mtl_keras.data import (
     pretrain_dataset,
 )
 from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
-from mtl_keras.layers import ScaleShiftConv2D, set_phase
+from mtl_keras.layers import (
+    ScaleShiftConv2D,
+    ScaleShiftDense,
+    ScaleShiftDepthwiseConv2D,
+    set_phase,
+)
 from mtl_keras.models import LinearBaseLearner, MetaTransferModel, PretrainModel
 
 __all__ = [
@@ -33,6 +39,8 @@ __all__ = [
     "MetaTransferModel",
     "PretrainModel",
     "ScaleShiftConv2D",
+    "ScaleShiftDense",
+    "ScaleShiftDepthwiseConv2D",
     "conv4",
     "evaluate_episodes",
     "list_benchmarks",
