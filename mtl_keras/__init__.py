@@ -4,6 +4,7 @@ Public API (flat)::
 
     ScaleShiftConv2D, set_phase          # layers
     ScaleShiftDepthwiseConv2D, ScaleShiftDense
+    enable_scale_shift                   # convert any pretrained Keras CNN
     resnet12, conv4, resnet18            # backbones
     PretrainModel, MetaTransferModel     # models
     ClassSplit, load_benchmark, list_benchmarks, make_episodes, pretrain_dataset
@@ -27,6 +28,7 @@ from mtl_keras.layers import (
     ScaleShiftConv2D,
     ScaleShiftDense,
     ScaleShiftDepthwiseConv2D,
+    enable_scale_shift,
     set_phase,
 )
 from mtl_keras.models import LinearBaseLearner, MetaTransferModel, PretrainModel
@@ -42,6 +44,7 @@ __all__ = [
     "ScaleShiftDense",
     "ScaleShiftDepthwiseConv2D",
     "conv4",
+    "enable_scale_shift",
     "evaluate_episodes",
     "list_benchmarks",
     "load_benchmark",

@@ -1,5 +1,6 @@
-"""Layers of mtl_keras: the scale-and-shift layers, phases, BN folding."""
+"""Layers of mtl_keras: the scale-and-shift layers, phases, BN folding, model conversion."""
 
+from mtl_keras.layers.conversion import enable_scale_shift
 from mtl_keras.layers.folding import fold_batch_norm
 from mtl_keras.layers.phase import phi_weights, set_phase, theta_weights
 from mtl_keras.layers.scale_shift_conv2d import ScaleShiftConv2D
@@ -12,6 +13,7 @@ __all__ = [
     "ScaleShiftDense",
     "ScaleShiftDepthwiseConv2D",
     "ScaleShiftLayer",
+    "enable_scale_shift",
     "fold_batch_norm",
     "phi_weights",
     "set_phase",
