@@ -5,6 +5,7 @@ Public API (flat)::
     ScaleShiftConv2D, set_phase          # layers
     ScaleShiftDepthwiseConv2D, ScaleShiftDense
     enable_scale_shift                   # convert any pretrained Keras CNN
+    save_scale_shift_weights, load_scale_shift_weights   # Φ-only files
     resnet12, conv4, resnet18            # backbones
     PretrainModel, MetaTransferModel     # models
     ClassSplit, load_benchmark, list_benchmarks, make_episodes, pretrain_dataset
@@ -29,6 +30,8 @@ from mtl_keras.layers import (
     ScaleShiftDense,
     ScaleShiftDepthwiseConv2D,
     enable_scale_shift,
+    load_scale_shift_weights,
+    save_scale_shift_weights,
     set_phase,
 )
 from mtl_keras.models import LinearBaseLearner, MetaTransferModel, PretrainModel
@@ -48,9 +51,11 @@ __all__ = [
     "evaluate_episodes",
     "list_benchmarks",
     "load_benchmark",
+    "load_scale_shift_weights",
     "make_episodes",
     "pretrain_dataset",
     "resnet12",
     "resnet18",
+    "save_scale_shift_weights",
     "set_phase",
 ]

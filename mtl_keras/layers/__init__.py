@@ -7,6 +7,7 @@ from mtl_keras.layers.scale_shift_conv2d import ScaleShiftConv2D
 from mtl_keras.layers.scale_shift_dense import ScaleShiftDense
 from mtl_keras.layers.scale_shift_depthwise_conv2d import ScaleShiftDepthwiseConv2D
 from mtl_keras.layers.scale_shift_layer import ScaleShiftLayer
+from mtl_keras.layers.scale_shift_weights import load_scale_shift_weights, save_scale_shift_weights
 
 __all__ = [
     "ScaleShiftConv2D",
@@ -15,7 +16,9 @@ __all__ = [
     "ScaleShiftLayer",
     "enable_scale_shift",
     "fold_batch_norm",
+    "load_scale_shift_weights",
     "phi_weights",
+    "save_scale_shift_weights",
     "set_phase",
     "theta_weights",
 ]

@@ -60,3 +60,23 @@ def theta_weights(model: keras.layers.Layer) -> list:
     """All variables of ``model`` that are not Φ (pretrained weights and BN statistics)."""
     phi = {id(v) for v in phi_weights(model)}
     return [v for v in model.weights if id(v) not in phi]
+
+
+def named_scale_shift_layers(model: keras.layers.Layer, prefix: str = ""):
+    """``(path, layer)`` of every scale-and-shift layer inside ``model``, depth first.
+
+    ``path`` is the chain of layer names below ``model``, ``"/"``-separated
+    (``"block_1_expand"``, ``"stem/conv"`` inside a nested model): the same for two
+    models built alike, whatever their own names.
+    """
+    seen = set()
+    children = getattr(model, "layers", None) or getattr(model, "_layers", [])
+    for layer in children:
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        path = prefix + layer.name
+        if isinstance(layer, ScaleShiftLayer):
+            yield path, layer
+        else:
+            yield from named_scale_shift_layers(layer, path + "/")
