@@ -24,6 +24,8 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.6", "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"],
         "bench": ["torch==2.13.0"],
+        # keras-hub CNN backbones for enable_scale_shift (tested with 0.32.0; tests skip without it)
+        "hub": ["keras-hub>=0.32"],
     },
     entry_points={"console_scripts": ["mtl-keras=mtl_keras.cli:main"]},
 )

@@ -3,6 +3,9 @@
 Public API (flat)::
 
     ScaleShiftConv2D, set_phase          # layers
+    ScaleShiftDepthwiseConv2D, ScaleShiftDense
+    enable_scale_shift                   # convert any pretrained Keras CNN
+    save_scale_shift_weights, load_scale_shift_weights   # Φ-only files
     resnet12, conv4, resnet18            # backbones
     PretrainModel, MetaTransferModel     # models
     ClassSplit, load_benchmark, list_benchmarks, make_episodes, pretrain_dataset
@@ -22,7 +25,15 @@ from mtl_keras.data import (
     pretrain_dataset,
 )
 from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
-from mtl_keras.layers import ScaleShiftConv2D, set_phase
+from mtl_keras.layers import (
+    ScaleShiftConv2D,
+    ScaleShiftDense,
+    ScaleShiftDepthwiseConv2D,
+    enable_scale_shift,
+    load_scale_shift_weights,
+    save_scale_shift_weights,
+    set_phase,
+)
 from mtl_keras.models import LinearBaseLearner, MetaTransferModel, PretrainModel
 
 __all__ = [
@@ -33,13 +44,18 @@ __all__ = [
     "MetaTransferModel",
     "PretrainModel",
     "ScaleShiftConv2D",
+    "ScaleShiftDense",
+    "ScaleShiftDepthwiseConv2D",
     "conv4",
+    "enable_scale_shift",
     "evaluate_episodes",
     "list_benchmarks",
     "load_benchmark",
+    "load_scale_shift_weights",
     "make_episodes",
     "pretrain_dataset",
     "resnet12",
     "resnet18",
+    "save_scale_shift_weights",
     "set_phase",
 ]

@@ -85,6 +85,29 @@ def randomise_backbone(backbone, rng):
     return backbone
 
 
+def calibrate_batch_norm(model, images):
+    """Set every batch norm's moving statistics to its batch statistics on ``images``, in place.
+
+    A randomly initialised ``keras.applications`` model (``weights=None``) has moving mean 0
+    and variance 1, so in inference mode its activations and gradients vanish with depth
+    (≈1e-19 at MobileNetV2's output); after this it behaves like a pretrained model.
+    """
+    norms = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    model(images, training=True)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    return model
+
+
+def _all_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
+
+
 class _Py2Pickler(pickle._Pickler):
     """Writes every str and bytes as a Python 2 byte string (SHORT_BINSTRING / BINSTRING)."""
 

@@ -51,34 +51,39 @@ def set_filter_gradient(mode: str) -> None:
     _mode["filter_gradient"] = mode
 
 
-def conv2d(inputs, kernel, bias, strides=(1, 1), padding: str = "same"):
-    """``keras.ops.conv(inputs, kernel, strides, padding) + bias`` (NHWC), with the fast filter gradient.
+def conv2d(inputs, kernel, bias, strides=(1, 1), padding: str = "same", dilation_rate=(1, 1)):
+    """``keras.ops.conv(inputs, kernel, strides, padding, dilation_rate) + bias`` (NHWC), with the
+    fast filter gradient.
 
     Args:
         inputs: ``(N, H, W, Cin)``.
-        kernel: ``(kh, kw, Cin, Cout)``, same dtype as ``inputs``.
+        kernel: ``(kh, kw, Cin / groups, Cout)``, same dtype as ``inputs`` (``groups > 1``: a
+            grouped convolution, as `keras.ops.conv` infers it).
         bias: ``(Cout,)``, same dtype as ``inputs``.
         strides: ``(sh, sw)``.
         padding: ``"same"`` or ``"valid"``.
+        dilation_rate: ``(dh, dw)``.
 
     Returns:
         ``(N, H', W', Cout)``; the gradient with respect to ``kernel`` is computed as a swapped
         forward convolution when `set_filter_gradient` says so.
     """
-    if _swapped(inputs, kernel, strides, padding):
+    if _swapped(inputs, kernel, strides, padding, dilation_rate):
         return _conv_swapped_filter_grad(inputs, kernel, bias)
     # A broadcast add, not tf.nn.bias_add: TF 2.21's CPU graph optimizer fuses
     # leaky_relu(bias_add(conv2d(x, k), b) + r) — a residual block's last convolution — into
     # one oneDNN op that computes wrong values (scripts/tf_fusion_bug.py); with AddV2 it does not.
-    return ops.conv(inputs, kernel, strides=strides, padding=padding) + bias
+    return ops.conv(inputs, kernel, strides=strides, padding=padding, dilation_rate=dilation_rate) + bias
 
 
-def _swapped(inputs, kernel, strides, padding) -> bool:
+def _swapped(inputs, kernel, strides, padding, dilation_rate=(1, 1)) -> bool:
     mode = _mode["filter_gradient"]
     if mode == "native":
         return False
     kh, kw = kernel.shape[0], kernel.shape[1]
     if tuple(strides) != (1, 1) or padding != "same" or kh is None or kw is None or not (kh % 2 and kw % 2):
+        return False
+    if tuple(dilation_rate) != (1, 1) or kernel.shape[2] != inputs.shape[-1]:  # dilated or grouped
         return False
     if mode == "swapped":
         return True

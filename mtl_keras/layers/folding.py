@@ -7,13 +7,16 @@ from keras import ops
 
 from mtl_keras.layers.conv import conv2d
 from mtl_keras.layers.scale_shift_conv2d import ScaleShiftConv2D
+from mtl_keras.layers.scale_shift_depthwise_conv2d import ScaleShiftDepthwiseConv2D
 
 
 class FoldedConvBatchNorm(keras.layers.Layer):
     """``norm(conv(x))`` as one convolution, for batch normalisation in inference mode.
 
     With ``a = γ / √(σ² + ε)`` per output channel and ``W`` the convolution's kernel
-    (``Θ ⊙ Φ_scale`` for a `ScaleShiftConv2D`, a plain `Conv2D`'s kernel otherwise),
+    (``Θ ⊙ Φ_scale`` for a `ScaleShiftConv2D` or `ScaleShiftDepthwiseConv2D`, a plain
+    `Conv2D`'s or `DepthwiseConv2D`'s kernel otherwise; a depthwise kernel ``(kh, kw, Cin, M)``
+    is scaled by ``a`` reshaped to ``(Cin, M)``, output channel ``c*M + m``),
     ``BN(conv(x, W) + c) = conv(x, W ⊙ a) + (c − μ)·a + β``: the same function of the same
     variables (gradients reach Φ exactly as before), one convolution instead of a
     convolution, a multiply and an add, and under ``mixed_bfloat16`` none of the float32
@@ -36,36 +39,52 @@ class FoldedConvBatchNorm(keras.layers.Layer):
         a = ops.rsqrt(norm.moving_variance + norm.epsilon)
         if norm.scale:
             a = a * norm.gamma
-        kernel = conv.kernel * conv.scale if isinstance(conv, ScaleShiftConv2D) else conv.kernel
+        scale_shift = isinstance(conv, (ScaleShiftConv2D, ScaleShiftDepthwiseConv2D))
+        kernel = conv.kernel * conv.scale if scale_shift else conv.kernel
         offset = -norm.moving_mean
         if conv.bias is not None:
             offset = offset + conv.bias
-        if isinstance(conv, ScaleShiftConv2D):
+        if scale_shift:
             offset = offset + conv.shift
         offset = offset * a
         if norm.center:
             offset = offset + norm.beta
         dtype = self.compute_dtype
+        if _depthwise(conv):
+            kernel = kernel * ops.reshape(a, kernel.shape[2:])
+            outputs = ops.depthwise_conv(
+                inputs,
+                ops.cast(kernel, dtype),
+                strides=conv.strides,
+                padding=conv.padding,
+                dilation_rate=conv.dilation_rate,
+            )
+            return outputs + ops.cast(offset, dtype)
         return conv2d(
             inputs,
             ops.cast(kernel * a, dtype),
             ops.cast(offset, dtype),
             strides=conv.strides,
             padding=conv.padding,
+            dilation_rate=conv.dilation_rate,
         )
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
 
 
+def _depthwise(layer) -> bool:
+    return isinstance(layer, ScaleShiftDepthwiseConv2D) or type(layer) is keras.layers.DepthwiseConv2D
+
+
 def _foldable_conv(layer) -> bool:
-    if isinstance(layer, ScaleShiftConv2D):
-        return True
+    """A convolution without activation whose output BN can fold into (channels last)."""
+    if isinstance(layer, (ScaleShiftConv2D, ScaleShiftDepthwiseConv2D)):
+        return not layer.has_activation
     return (
-        type(layer) is keras.layers.Conv2D
-        and layer.groups == 1
-        and tuple(layer.dilation_rate) == (1, 1)
+        type(layer) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
         and layer.data_format == "channels_last"
+        and not getattr(layer, "quantization_mode", None)
         and layer.activation in (None, keras.activations.linear)
     )
 
@@ -77,6 +96,11 @@ def _foldable(norm) -> bool:
 
 def fold_batch_norm(model: keras.Model) -> keras.Model:
     """A view of functional ``model`` with each BN that directly follows a convolution folded in.
+
+    Folded: a `Conv2D`, `DepthwiseConv2D`, `ScaleShiftConv2D` or `ScaleShiftDepthwiseConv2D`
+    without activation (any strides, dilation, groups), channels last, whose output feeds
+    a batch norm on the last axis. Every other layer is called as it is (so a BN after
+    any other layer stays a BN).
 
     The view shares every layer and variable with ``model`` (nothing is copied: training Φ
     through the view trains ``model``) and computes the same function **as long as batch

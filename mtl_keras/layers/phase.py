@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from mtl_keras.layers.scale_shift_conv2d import PHASES, ScaleShiftConv2D
+from mtl_keras.layers.scale_shift_layer import PHASES, ScaleShiftLayer
 
 
 def iter_layers(model: keras.layers.Layer):
@@ -23,15 +23,17 @@ def iter_layers(model: keras.layers.Layer):
 def set_phase(model: keras.layers.Layer, phase: str) -> keras.layers.Layer:
     """Set which weights of ``model`` train, in place.
 
-    ``"pretrain"``: every layer trains its ordinary weights; in each
-    `ScaleShiftConv2D` only Θ (kernel, bias) trains and Φ stays at (1, 0).
+    ``"pretrain"``: every layer trains its ordinary weights; in each scale-and-shift
+    layer (`ScaleShiftConv2D`, `ScaleShiftDepthwiseConv2D`, `ScaleShiftDense`: any
+    `ScaleShiftLayer`) only Θ (kernel, bias) trains and Φ stays at (1, 0).
 
-    ``"meta"``: only Φ (scale, shift of each `ScaleShiftConv2D`) trains; every
+    ``"meta"``: only Φ (scale, shift of each scale-and-shift layer) trains; every
     other layer is frozen (``trainable=False``), so batch normalisation runs in
-    inference mode with its pretrained statistics.
+    inference mode with its pretrained statistics. A model without scale-and-shift
+    layers has nothing left to train (see `mtl_keras.enable_scale_shift`).
 
     Args:
-        model: a backbone or any layer/model containing `ScaleShiftConv2D`s.
+        model: a backbone or any layer/model containing scale-and-shift layers.
         phase: ``"pretrain"`` or ``"meta"``.
 
     Returns:
@@ -41,7 +43,7 @@ def set_phase(model: keras.layers.Layer, phase: str) -> keras.layers.Layer:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}.")
     model.trainable = True
     for layer in iter_layers(model):
-        if isinstance(layer, ScaleShiftConv2D):
+        if isinstance(layer, ScaleShiftLayer):
             layer.trainable = True
             layer.set_phase(phase)
         elif not getattr(layer, "_layers", None):
@@ -50,11 +52,31 @@ def set_phase(model: keras.layers.Layer, phase: str) -> keras.layers.Layer:
 
 
 def phi_weights(model: keras.layers.Layer) -> list:
-    """All Φ variables (scale and shift) of the `ScaleShiftConv2D`s in ``model``."""
-    return [v for layer in iter_layers(model) if isinstance(layer, ScaleShiftConv2D) for v in layer.phi]
+    """All Φ variables (scale and shift) of the scale-and-shift layers in ``model``."""
+    return [v for layer in iter_layers(model) if isinstance(layer, ScaleShiftLayer) for v in layer.phi]
 
 
 def theta_weights(model: keras.layers.Layer) -> list:
     """All variables of ``model`` that are not Φ (pretrained weights and BN statistics)."""
     phi = {id(v) for v in phi_weights(model)}
     return [v for v in model.weights if id(v) not in phi]
+
+
+def named_scale_shift_layers(model: keras.layers.Layer, prefix: str = ""):
+    """``(path, layer)`` of every scale-and-shift layer inside ``model``, depth first.
+
+    ``path`` is the chain of layer names below ``model``, ``"/"``-separated
+    (``"block_1_expand"``, ``"stem/conv"`` inside a nested model): the same for two
+    models built alike, whatever their own names.
+    """
+    seen = set()
+    children = getattr(model, "layers", None) or getattr(model, "_layers", [])
+    for layer in children:
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        path = prefix + layer.name
+        if isinstance(layer, ScaleShiftLayer):
+            yield path, layer
+        else:
+            yield from named_scale_shift_layers(layer, path + "/")

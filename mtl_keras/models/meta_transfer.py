@@ -12,6 +12,7 @@ from mtl_keras.models.base_learner import LinearBaseLearner, head_logits, inner_
 
 EPISODE_KEYS = ("support_images", "support_labels", "query_images")
 BATCH_NORM_MODES = ("frozen", "transductive")
+POOLING_MODES = ("avg", "max")
 
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
@@ -55,9 +56,12 @@ class MetaTransferModel(keras.Model):
     hard-task pool uses this. `per_class_accuracy` computes the same on demand.
 
     Args:
-        backbone: a `keras.Model` ``images → (batch, D)`` features; its phase is
-            switched to ``"meta"`` unless ``set_meta_phase=False`` (e.g. for
-            fine-tuning all weights).
+        backbone: a `keras.Model` ``images → (batch, D)`` features, or ``→ (batch, H, W, D)``
+            feature maps (pooled, see ``pooling``); its phase is switched to ``"meta"``
+            unless ``set_meta_phase=False`` (e.g. for fine-tuning all weights). In the meta
+            phase only the Φ of its scale-and-shift layers train: a stock Keras model
+            (``keras.applications``, keras-hub, your own ``Conv2D`` model) has none, and is
+            refused — convert it with ``mtl_keras.enable_scale_shift(backbone)`` first.
         ways: ``N``.
         inner_steps: inner-loop steps in training (paper: 20 … 100).
         eval_inner_steps: inner-loop steps in `evaluate`, `adapt` and export.
@@ -76,6 +80,11 @@ class MetaTransferModel(keras.Model):
             the graph rather than a ``tf.while_loop``, whose gradient TF 2.21 does not compute
             reproducibly (see `inner_loop`): with it, the same seed gives the same model.
             ``False`` keeps the loop (a smaller graph, for very many inner steps).
+        pooling: how a backbone whose output is a feature map ``(batch, H, W, D)`` is reduced
+            to ``(batch, D)``: ``"avg"`` (default, global average pooling) or ``"max"`` — the
+            model's ``backbone`` is then the given one followed by a
+            `keras.layers.GlobalAveragePooling2D` (``GlobalMaxPooling2D``), sharing its layers;
+            ``None``: a feature-map output is refused. A ``(batch, D)`` output is used as it is.
 
     Mixed precision: build the backbone under ``keras.mixed_precision.set_dtype_policy(
     "mixed_bfloat16")`` (CPUs with AVX512-BF16, TPUs) or ``"mixed_float16"`` (GPUs): the
@@ -105,6 +114,7 @@ class MetaTransferModel(keras.Model):
         head: LinearBaseLearner | None = None,
         fold_batch_norm: bool = True,
         unroll_training: bool = True,
+        pooling: str | None = "avg",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -112,6 +122,10 @@ class MetaTransferModel(keras.Model):
             raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}.")
         if ways < 2:
             raise ValueError(f"ways must be at least 2, got {ways}.")
+        if pooling not in (*POOLING_MODES, None):
+            raise ValueError(f"pooling must be one of {POOLING_MODES} or None, got {pooling!r}.")
+        self.pooling = pooling
+        backbone = _pooled_backbone(backbone, pooling)
         self.backbone = backbone
         self.ways = int(ways)
         self.inner_steps = int(inner_steps)
@@ -132,6 +146,15 @@ class MetaTransferModel(keras.Model):
             ) from err
         if set_meta_phase:
             set_phase(backbone, "meta")
+            if not backbone.trainable_variables:
+                raise ValueError(
+                    f"MetaTransferModel: backbone '{backbone.name}' has nothing to meta-train: the meta "
+                    "phase trains only the scales and shifts (Φ) of scale-and-shift layers "
+                    "(ScaleShiftConv2D, ...) and freezes every other weight, and it has none, so only "
+                    "the head would learn. Convert it first: backbone = "
+                    "mtl_keras.enable_scale_shift(backbone). (To fine-tune all of its weights "
+                    "instead, pass set_meta_phase=False.)"
+                )
         self.head = head or LinearBaseLearner(self.ways, name="head")
         if not self.head.built:
             self.head.build((None, feature_dim))
@@ -538,6 +561,7 @@ class MetaTransferModel(keras.Model):
             set_meta_phase=self.set_meta_phase,
             fold_batch_norm=self.fold_batch_norm,
             unroll_training=self.unroll_training,
+            pooling=self.pooling,
         )
         return config
 
@@ -611,6 +635,44 @@ class _Untracked:
 
     def __init__(self, value):
         self.value = value
+
+
+def _pooled_backbone(backbone, pooling):
+    """``backbone`` when its output is ``(batch, D)``; with a feature-map output ``(batch, H, W, D)``,
+    a functional model of ``backbone``'s layers followed by global pooling."""
+    try:
+        shape = backbone.output_shape
+    except (AttributeError, ValueError):
+        return backbone  # not built: refused with a clear message by the caller
+    if isinstance(shape, list) or (isinstance(shape, tuple) and shape and isinstance(shape[0], tuple)):
+        raise ValueError(
+            f"MetaTransferModel: backbone '{backbone.name}' has {len(shape)} outputs; it needs one "
+            "(images → (batch, D) features or (batch, H, W, D) feature maps)."
+        )
+    if len(shape) == 2:
+        return backbone
+    if len(shape) != 4:
+        raise ValueError(
+            f"MetaTransferModel: backbone '{backbone.name}' outputs shape {shape}; it needs (batch, D) "
+            "features or (batch, H, W, D) feature maps."
+        )
+    if pooling is None:
+        raise ValueError(
+            f"MetaTransferModel: backbone '{backbone.name}' outputs feature maps {shape}, and pooling=None. "
+            "Pass pooling='avg' (or 'max'), or end the backbone with a pooling layer (keras.applications: "
+            "pooling='avg')."
+        )
+    pool_cls = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+    pool = pool_cls(name=f"{backbone.name}_{pooling}_pool")
+    try:  # functional or Sequential: one flat graph, so the BN-folded view still sees conv → BN
+        inputs, outputs = backbone.inputs, backbone.outputs
+    except AttributeError:
+        inputs = outputs = None
+    if inputs and outputs:
+        inputs = inputs[0] if len(inputs) == 1 else inputs
+        return keras.Model(inputs, pool(outputs[0]), name=backbone.name)
+    images = keras.Input(shape=backbone.input_shape[1:], name="images")
+    return keras.Model(images, pool(backbone(images)), name=backbone.name)
 
 
 def _folded_view(backbone):

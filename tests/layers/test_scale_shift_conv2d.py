@@ -95,13 +95,82 @@ def test_bad_phase_is_rejected():
         ScaleShiftConv2D(4, phase="finetune")
 
 
-def test_from_conv2d_rejects_activation_and_unbuilt():
+def test_from_conv2d_rejects_unbuilt_channels_first_and_subclasses():
     with pytest.raises(ValueError, match="not built"):
         ScaleShiftConv2D.from_conv2d(keras.layers.Conv2D(4, 3))
-    conv = keras.layers.Conv2D(4, 3, activation="relu")
-    conv(_x())
-    with pytest.raises(ValueError, match="activation"):
+    conv = keras.layers.Conv2D(4, 3, data_format="channels_first")
+    conv.build((None, 3, 8, 8))
+    with pytest.raises(ValueError, match="data_format=channels_first"):
         ScaleShiftConv2D.from_conv2d(conv)
+
+    class MyConv(keras.layers.Conv2D):
+        pass
+
+    mine = MyConv(4, 3)
+    mine(_x())
+    with pytest.raises(ValueError, match="a MyConv, not a keras.layers.Conv2D"):
+        ScaleShiftConv2D.from_conv2d(mine)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(filters=6, kernel_size=3, activation="relu"),  # VGG: activation fused in the conv
+        dict(filters=6, kernel_size=1, activation="swish"),  # EfficientNet's squeeze-excite
+        dict(filters=6, kernel_size=1, activation="sigmoid", use_bias=False),
+        dict(filters=6, kernel_size=3, dilation_rate=2, padding="same"),
+        dict(filters=6, kernel_size=3, dilation_rate=(2, 1), padding="valid"),
+        dict(filters=6, kernel_size=3, groups=3, padding="same"),  # ResNeXt / RegNet
+        dict(filters=6, kernel_size=7, groups=6, padding="same"),  # ConvNeXt's depthwise conv
+        dict(filters=6, kernel_size=3, strides=2, groups=2, padding="valid"),
+    ],
+)
+def test_from_conv2d_converts_activation_dilation_and_groups_exactly(kwargs):
+    x = _x((2, 9, 9, 6))
+    conv = keras.layers.Conv2D(**kwargs)
+    expected = np.asarray(conv(x))
+    ss = ScaleShiftConv2D.from_conv2d(conv)
+    np.testing.assert_array_equal(np.asarray(ss(x)), expected)
+    assert ss.compute_output_shape(x.shape) == expected.shape
+    assert ss.scale.shape == (1, 1, 6 // conv.groups, 6)
+    clone = ScaleShiftConv2D.from_config(ss.get_config())
+    clone.build(x.shape)
+    clone.set_weights(ss.get_weights())
+    np.testing.assert_array_equal(np.asarray(clone(x)), expected)
+
+
+@pytest.mark.parametrize("mode", ["swapped", "auto"])
+@pytest.mark.parametrize("kwargs", [dict(groups=2), dict(dilation_rate=2)])
+def test_grouped_and_dilated_kernel_gradients_equal_keras(mode, kwargs):
+    """The swapped filter gradient (`conv.py`) is for plain convolutions only."""
+    from mtl_keras.layers.conv import set_filter_gradient
+
+    x = tf.constant(_x((2, 4, 4, 4)))
+    conv = keras.layers.Conv2D(4, 3, padding="same", **kwargs)
+    conv(x)
+    ss = ScaleShiftConv2D.from_conv2d(conv, phase="pretrain")
+    set_filter_gradient(mode)
+    try:
+        grads = []
+        for layer in (conv, ss):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(layer(x) ** 2)
+            grads.append(tape.gradient(loss, layer.kernel))
+    finally:
+        set_filter_gradient("auto")
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-5)
+
+
+def test_layer_contract_with_groups_dilation_and_activation(tmp_path):
+    run_layer_test(
+        ScaleShiftConv2D,
+        dict(filters=4, kernel_size=3, groups=2, dilation_rate=2, activation="relu", phase="meta"),
+        _x((2, 8, 8, 4)),
+        (2, 8, 8, 4),
+        expected_num_trainable_weights=2,
+        expected_num_non_trainable_weights=2,
+        tmp_path=tmp_path,
+    )
 
 
 def test_mixed_bfloat16_scales_the_kernel_in_float32_before_casting():

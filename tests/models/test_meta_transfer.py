@@ -209,3 +209,77 @@ def test_train_on_batch_and_test_on_batch_accept_x_y(proto_split):
     assert set(logs) >= {"loss", "accuracy"} and np.isfinite(logs["loss"])
     logs = model.test_on_batch(inputs, labels, return_dict=True)
     assert 0.0 <= logs["accuracy"] <= 1.0
+
+
+# ------------------------------------------------- stock Keras models (issue 16)
+def _mobilenet(**kwargs):
+    """A tiny MobileNetV2 whose batch norms hold the statistics of some images, like a pretrained one."""
+    from tests.helpers import calibrate_batch_norm
+
+    model = keras.applications.MobileNetV2((32, 32, 3), alpha=0.35, include_top=False, weights=None, **kwargs)
+    return calibrate_batch_norm(model, np.random.default_rng(7).random((16, 32, 32, 3)).astype("float32"))
+
+
+def _rgb_episodes(ways=3, batches=2, seed=0):
+    from tests.conftest import make_prototype_split
+
+    split = make_prototype_split(num_classes=6, per_class=6, size=32, channels=3, seed=seed)
+    return make_episodes(split, ways, 1, 2, meta_batch_size=1, num_batches=batches, seed=seed)
+
+
+def test_stock_backbone_with_nothing_to_meta_train_is_refused_naming_enable_scale_shift():
+    stock = _mobilenet(pooling="avg")
+    with pytest.raises(ValueError, match=r"nothing to meta-train.*mtl_keras\.enable_scale_shift\(backbone\)"):
+        MetaTransferModel(stock, ways=3)
+    # The FT row: every weight deliberately trainable, no Φ needed.
+    ft = MetaTransferModel(_mobilenet(pooling="avg"), ways=3, set_meta_phase=False)
+    assert len(ft.backbone.trainable_variables) > 100
+
+
+def test_feature_map_backbone_is_pooled_and_the_folded_view_still_folds(tmp_path):
+    from mtl_keras import enable_scale_shift
+    from tests.helpers import randomise_backbone
+
+    features = enable_scale_shift(_mobilenet())  # (batch, 1, 1, 1280) at 32×32: use an earlier map
+    inner = keras.Model(features.input, features.get_layer("block_6_expand_relu").output, name="trunk")
+    assert len(inner.output_shape) == 4 and inner.output_shape[1:3] == (4, 4)
+    randomise_backbone(inner, np.random.default_rng(0))
+    images = np.random.default_rng(1).random((5, 32, 32, 3)).astype("float32")
+    maps = np.asarray(inner(images, training=False))
+    avg = MetaTransferModel(inner, ways=3)
+    assert avg.backbone.output_shape == (None, maps.shape[-1])
+    np.testing.assert_allclose(avg.embed(images), maps.mean(axis=(1, 2)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(avg.embed(images, training=True), maps.mean(axis=(1, 2)), rtol=1e-4, atol=1e-5)
+    view = avg._inference_view.value
+    assert view is not avg.backbone  # BN still folded through the pooled backbone
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in view.layers)
+    maxed = MetaTransferModel(inner, ways=3, pooling="max")
+    np.testing.assert_allclose(maxed.embed(images), maps.max(axis=(1, 2)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="feature maps .* pooling=None"):
+        MetaTransferModel(inner, ways=3, pooling=None)
+    # .keras round trip: the pooled backbone is saved as it is, not pooled twice.
+    inputs, _ = next(iter(_rgb_episodes()))
+    expected = avg(inputs).numpy()
+    avg.save(tmp_path / "pooled.keras")
+    loaded = keras.saving.load_model(tmp_path / "pooled.keras")
+    assert loaded.pooling == "avg" and loaded.backbone.output_shape == avg.backbone.output_shape
+    np.testing.assert_allclose(loaded(inputs).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_meta_training_a_converted_keras_application_changes_only_phi_and_the_head():
+    from mtl_keras import enable_scale_shift
+
+    model = MetaTransferModel(enable_scale_shift(_mobilenet()), ways=3, inner_steps=2, eval_inner_steps=2)
+    model.compile(phi_learning_rate=1e-2, head_learning_rate=1e-2)
+    backbone = model.backbone
+    assert {id(v) for v in backbone.trainable_variables} == {id(v) for v in phi_weights(backbone)}
+    theta = [v.numpy().copy() for v in theta_weights(backbone)]
+    phi = [v.numpy().copy() for v in phi_weights(backbone)]
+    head = [v.numpy().copy() for v in model.head.weights]
+    assert len(phi) == 2 * (35 + 17)  # every Conv2D and DepthwiseConv2D of MobileNetV2
+    model.fit(_rgb_episodes(), epochs=1, verbose=0)
+    for before, v in zip(theta, theta_weights(backbone)):
+        np.testing.assert_array_equal(before, v.numpy(), err_msg=v.path)  # Θ and BN statistics
+    moved = [not np.array_equal(b, v.numpy()) for b, v in zip(phi, phi_weights(backbone))]
+    assert all(moved), f"only {sum(moved)} of {len(moved)} Φ variables moved"
+    assert all(not np.array_equal(b, v.numpy()) for b, v in zip(head, model.head.weights))
