@@ -40,6 +40,7 @@ from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.models.pretrain import PretrainModel
 from mtl_keras.plots import plot_accuracy_vs_inner_steps, plot_episode_grid, plot_learning_curves, plot_run
+from mtl_keras.run_lock import locks_run_folder
 
 BASELINE_ROW = "pretrained + inner loop (no meta-training)"
 MTL_ROW = "MTL (SS, meta-trained)"
@@ -417,6 +418,11 @@ def output_dir(run_dir: str, strategy: tf.distribute.Strategy | None) -> str:
     return run_dir if index == 0 else os.path.join(run_dir, f"worker-{index}")
 
 
+#: Decorates every function that writes a run folder: it runs holding the lock of the folder this
+#: process writes (`output_dir`: each worker of a multi-worker strategy its own), see `mtl_keras.run_lock`.
+_writes_run_folder = locks_run_folder(folder=lambda args: output_dir(args["run_dir"], args.get("strategy")))
+
+
 def _open_run(config: ExperimentConfig, run_dir: str, strategy, restart: bool) -> tuple[str, RunProgress]:
     """This process' output folder (`output_dir`) with its `RunProgress`; writes ``config.json`` there.
 
@@ -430,6 +436,7 @@ def _open_run(config: ExperimentConfig, run_dir: str, strategy, restart: bool) -
     return run_dir, progress
 
 
+@_writes_run_folder
 def run_experiment(
     config: ExperimentConfig,
     run_dir: str,
@@ -752,6 +759,7 @@ def _run_info(config: ExperimentConfig, splits) -> dict:
     }
 
 
+@_writes_run_folder
 def pretrain_stage(
     config: ExperimentConfig,
     run_dir: str,
@@ -792,6 +800,7 @@ def pretrain_stage(
     return path
 
 
+@_writes_run_folder
 def meta_train_stage(
     config: ExperimentConfig,
     run_dir: str,
@@ -894,6 +903,7 @@ def _save_evaluation(
             write_episode_image(os.path.join(run_dir, "logs", f"test_{shots}shot"), png, tag="test_episode")
 
 
+@_writes_run_folder
 def evaluate_stage(
     config: ExperimentConfig,
     run_dir: str,
@@ -946,6 +956,7 @@ def evaluate_stage(
     return results
 
 
+@_writes_run_folder
 def export_stage(
     config: ExperimentConfig, run_dir: str, output_dir: str | None = None, verbose: bool = True
 ) -> dict[int, str]:
@@ -971,6 +982,7 @@ def export_stage(
     return written
 
 
+@_writes_run_folder
 def run_workflow(
     config: ExperimentConfig,
     run_dir: str,
