@@ -10,9 +10,17 @@ Public API (flat)::
     PretrainModel, MetaTransferModel     # models
     ClassSplit, load_benchmark, list_benchmarks, make_episodes, pretrain_dataset
     evaluate_episodes, EvaluationResult
+
+Importing it on a machine without an NVIDIA GPU imports TensorFlow without the CUDA
+errors and INFO lines TensorFlow prints there at start-up (`mtl_keras._quiet`).
 """
 
+# ruff: noqa: E402  (TensorFlow's start-up output is filtered before anything else imports it)
 __version__ = "0.1.0"
+
+from mtl_keras import _quiet
+
+_quiet.quiet_tensorflow_startup()
 
 from mtl_keras import backbones, callbacks, data, layers, models  # noqa: F401
 from mtl_keras.backbones import conv4, resnet12, resnet18

@@ -22,6 +22,8 @@ import os
 import sys
 import time
 
+from mtl_keras.run_lock import RunFolderLocked
+
 
 def _demo(args) -> int:
     from mtl_keras.config import get_config
@@ -476,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RunFolderLocked) as err:
         print(f"mtl-keras {args.command}: error: {err}", file=sys.stderr)
         return 2
 

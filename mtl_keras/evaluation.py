@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from mtl_keras.callbacks import format_duration
 from mtl_keras.data.episodes import make_episodes
 from mtl_keras.data.split import ClassSplit
 
@@ -92,7 +94,9 @@ def evaluate_episodes(
         seed: episode seed.
         inner_steps: inner steps (default ``model.eval_inner_steps``).
         meta_batch_size: episodes adapted per call (speed only; results identical).
-        verbose: show a progress bar.
+        verbose: show a progress bar; where it is not redrawn live (output not a terminal),
+            also print the whole evaluation's time as estimated from batches 2-6 (the first
+            one traces the graph) of ``meta_batch_size`` episodes.
         return_details: also return per-class statistics from the same pass.
 
     Returns:
@@ -149,9 +153,25 @@ def evaluate_episodes(
         else None
     )
     seen = 0
-    for inputs, labels in ds:
+    # Without a live bar nothing shows until the end: say how long it will take.
+    announce_at = min(5, num_batches - 2) if verbose and not sys.stdout.isatty() else 0
+    start = first_done = time.perf_counter()
+    for index, (inputs, labels) in enumerate(ds):
         correct, loss, class_acc, preds = run(inputs, labels)
         correct_all.append(correct.numpy())
+        if announce_at > 0 and index in (0, announce_at):
+            now = time.perf_counter()
+            if index == 0:
+                first_done = now
+            else:
+                rate = (now - first_done) / announce_at
+                total = now - start + (num_batches - 1 - index) * rate
+                print(
+                    f"{ways}-way {shots}-shot evaluation: about {format_duration(total)} for {episodes} episodes "
+                    f"(from batches 2-{index + 1}: {rate:.3g} s per batch of {batch} "
+                    f"episode{'s' * (batch != 1)})",
+                    flush=True,
+                )
         loss_all.append(loss.numpy())
         if return_details:
             class_acc_all.append(class_acc.numpy())

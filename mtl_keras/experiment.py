@@ -25,7 +25,9 @@ from mtl_keras.callbacks import (
     HardTaskLogger,
     ResumableCheckpoint,
     StopOnNonFiniteLoss,
+    TimeEstimate,
     _atomic_write_text,
+    format_duration,
     save_weights_atomic,
 )
 from mtl_keras.config import ExperimentConfig
@@ -38,6 +40,7 @@ from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.models.pretrain import PretrainModel
 from mtl_keras.plots import plot_accuracy_vs_inner_steps, plot_episode_grid, plot_learning_curves, plot_run
+from mtl_keras.run_lock import locks_run_folder
 
 BASELINE_ROW = "pretrained + inner loop (no meta-training)"
 MTL_ROW = "MTL (SS, meta-trained)"
@@ -67,7 +70,7 @@ def pretrain(
     Args:
         config: the experiment settings (``pretrain_*``, backbone, seed).
         train_split: the base classes.
-        verbose: progress output.
+        verbose: progress output, with the stage's time estimate (`TimeEstimate`).
         callbacks: passed to ``fit`` (e.g. `tensorboard_callbacks`).
         strategy: a `tf.distribute` strategy to build and train the model under.
         backup_dir: back up the training state there at every epoch end
@@ -105,7 +108,11 @@ def pretrain(
         validation_data=held_ds if int(held_ds.cardinality()) != 0 else None,
         epochs=config.pretrain_epochs,
         verbose=_verbose_mode(verbose),
-        callbacks=[*([backup] if backup else []), *(callbacks or [])],
+        callbacks=[
+            *([TimeEstimate("pretraining")] if verbose else []),
+            *([backup] if backup else []),
+            *(callbacks or []),
+        ],
     )
     return model, _full_history(history.history, backup)
 
@@ -229,7 +236,7 @@ def meta_train(
         train_split, val_split: base and validation classes.
         shots: ``K``.
         checkpoint_path: the best weights (``.weights.h5``).
-        verbose: progress output.
+        verbose: progress output, with the stage's time estimate (`TimeEstimate`).
         callbacks: passed to ``fit`` after the checkpoint callbacks.
         backup_dir: back up the whole training state (weights, both optimizers,
             episode stream, hard-task pool) there at every epoch end and, if a backup is there,
@@ -286,6 +293,7 @@ def meta_train(
             epochs=config.meta_epochs,
             validation_data=val_eps,
             callbacks=[
+                *([TimeEstimate(f"meta-training {shots}-shot")] if verbose else []),
                 best,
                 *logger,
                 *([backup] if backup else []),
@@ -410,6 +418,11 @@ def output_dir(run_dir: str, strategy: tf.distribute.Strategy | None) -> str:
     return run_dir if index == 0 else os.path.join(run_dir, f"worker-{index}")
 
 
+#: Decorates every function that writes a run folder: it runs holding the lock of the folder this
+#: process writes (`output_dir`: each worker of a multi-worker strategy its own), see `mtl_keras.run_lock`.
+_writes_run_folder = locks_run_folder(folder=lambda args: output_dir(args["run_dir"], args.get("strategy")))
+
+
 def _open_run(config: ExperimentConfig, run_dir: str, strategy, restart: bool) -> tuple[str, RunProgress]:
     """This process' output folder (`output_dir`) with its `RunProgress`; writes ``config.json`` there.
 
@@ -423,6 +436,7 @@ def _open_run(config: ExperimentConfig, run_dir: str, strategy, restart: bool) -
     return run_dir, progress
 
 
+@_writes_run_folder
 def run_experiment(
     config: ExperimentConfig,
     run_dir: str,
@@ -458,7 +472,10 @@ def run_experiment(
             evaluation (see `evaluate_episodes` ``return_details``).
 
     Returns:
-        The metrics dict that is also written to ``metrics.json``.
+        The metrics dict that is also written to ``metrics.json``; ``stage_seconds`` holds
+        the seconds this call spent on each stage (loading, pretraining, each baseline
+        evaluation, meta-training, test evaluation and export; None: done in an earlier run),
+        printed at the end as a table when ``verbose``.
     """
     start = time.time()
     check_strategy(config, strategy)
@@ -466,28 +483,39 @@ def run_experiment(
     if not progress.state["stages"] and os.path.exists(os.path.join(run_dir, "metrics.json")):
         os.remove(os.path.join(run_dir, "metrics.json"))  # a new run: no numbers of an earlier one
     say = print if verbose else (lambda *a, **k: None)
+    # Seconds this process spent on each stage; None: done in an earlier run.
+    stage_seconds: dict[str, float | None] = {}
+
+    @contextlib.contextmanager
+    def timed(stage: str):
+        began = time.perf_counter()
+        yield
+        stage_seconds[stage] = round(time.perf_counter() - began, 1)
 
     say(f"[1/4] Loading benchmark '{config.benchmark}'")
-    train, val, test = load_config_benchmark(config)
+    with timed("loading the benchmark"):
+        train, val, test = load_config_benchmark(config)
 
     weights_path = os.path.join(run_dir, PRETRAINED_WEIGHTS)
     if progress.done("pretrain") and os.path.exists(weights_path):
         say(f"[2/4] Pretraining: done in an earlier run ({weights_path})")
         pre_hist = progress.history("pretrain")
+        stage_seconds["pretraining"] = None
     else:
         say(
             f"[2/4] Pretraining {config.backbone} {tuple(config.widths)} on {train.num_classes} base classes"
             + (" (resuming)" if progress.started("pretrain") else "")
         )
-        pre_model, pre_hist = pretrain(
-            config,
-            train,
-            verbose=verbose,
-            callbacks=callbacks("pretrain") if callbacks else None,
-            strategy=strategy,
-            backup_dir=progress.backup_dir("pretrain"),
-        )
-        save_weights_atomic(pre_model.backbone, weights_path)
+        with timed("pretraining"):
+            pre_model, pre_hist = pretrain(
+                config,
+                train,
+                verbose=verbose,
+                callbacks=callbacks("pretrain") if callbacks else None,
+                strategy=strategy,
+                backup_dir=progress.backup_dir("pretrain"),
+            )
+            save_weights_atomic(pre_model.backbone, weights_path)
         progress.complete("pretrain", pre_hist)
     histories = {"pretrain": pre_hist}
 
@@ -509,34 +537,40 @@ def run_experiment(
     for shots in config.shots:
         stage = f"mtl_{shots}shot"
         say(f"[3/4] {config.ways}-way {shots}-shot: baseline evaluation, then meta-training")
-        single = meta_model(config, train.channels, weights_path)  # evaluation and export: one device
-        baseline = evaluate_test(single, shots)
+        with timed(f"baseline evaluation {shots}-shot"):
+            single = meta_model(config, train.channels, weights_path)  # evaluation and export: one device
+            baseline = evaluate_test(single, shots)
         say(f"    pretrained + inner loop: {baseline}")
         rows[BASELINE_ROW][shots] = baseline
         path = checkpoint_path(run_dir, shots)
         if progress.done(stage) and os.path.exists(path):
             say(f"    meta-training: done in an earlier run ({path})")
             hist = progress.history(stage)
+            stage_seconds[f"meta-training {shots}-shot"] = None
         else:
             if progress.started(stage):
                 say("    meta-training: resuming")
-            model = single if strategy is None else meta_model(config, train.channels, weights_path, strategy)
-            hist = meta_train(
-                config,
-                model,
-                train,
-                val,
-                shots,
-                path,
-                verbose=verbose,
-                callbacks=callbacks(stage) if callbacks else None,
-                backup_dir=progress.backup_dir(stage),
-            )
+            with timed(f"meta-training {shots}-shot"):
+                model = (
+                    single if strategy is None else meta_model(config, train.channels, weights_path, strategy)
+                )
+                hist = meta_train(
+                    config,
+                    model,
+                    train,
+                    val,
+                    shots,
+                    path,
+                    verbose=verbose,
+                    callbacks=callbacks(stage) if callbacks else None,
+                    backup_dir=progress.backup_dir(stage),
+                )
             progress.complete(stage, hist)
         single.load_weights(path)
         histories[f"MTL {shots}-shot"] = hist
         say(f"[4/4] {config.ways}-way {shots}-shot: test evaluation ({config.test_episodes} episodes)")
-        result, per_class = evaluate_test(single, shots, return_details=True)
+        with timed(f"test evaluation {shots}-shot"):
+            result, per_class = evaluate_test(single, shots, return_details=True)
         kept = hist["kept_epoch"][0]
         say(
             f"    MTL: {result}; kept meta-training epoch {kept} of {config.meta_epochs} by validation accuracy"
@@ -547,7 +581,8 @@ def run_experiment(
             details(shots, result, per_class)
         curves[f"pretrained, {shots}-shot"] = baseline
         curves[f"MTL, {shots}-shot"] = result
-        single.export(os.path.join(run_dir, "export", f"{config.ways}way{shots}shot"), verbose=verbose)
+        with timed(f"export {shots}-shot"):
+            single.export(os.path.join(run_dir, "export", f"{config.ways}way{shots}shot"), verbose=verbose)
 
     table = format_table(rows, config.ways)
     plot_learning_curves(
@@ -565,6 +600,7 @@ def run_experiment(
             "results": {name: {f"{k}-shot": r.to_dict() for k, r in by.items()} for name, by in rows.items()},
             "histories": histories,
             "seconds": round(time.time() - start, 1),
+            "stage_seconds": stage_seconds,
         },
     )
     with open(os.path.join(run_dir, "results.md"), "w") as f:
@@ -575,8 +611,21 @@ def run_experiment(
         f"{config.test_episodes} episodes, mean ± 95% CI:"
     )
     say(table)
+    say("\n" + format_stage_times(stage_seconds, metrics["seconds"]))
     say(f"\nRun folder: {run_dir} ({metrics['seconds']:.0f} s)")
     return metrics
+
+
+def format_stage_times(stage_seconds: dict[str, float | None], total: float) -> str:
+    """The time-per-stage table `run_experiment` prints (None: done in an earlier run)."""
+    width = max(map(len, [*stage_seconds, "total"]))
+    lines = ["Time per stage:"]
+    for stage, seconds in stage_seconds.items():
+        lines.append(
+            f"  {stage:<{width}}  {'done in an earlier run' if seconds is None else format_duration(seconds)}"
+        )
+    lines.append(f"  {'total':<{width}}  {format_duration(total)}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- workflow stages
@@ -710,6 +759,7 @@ def _run_info(config: ExperimentConfig, splits) -> dict:
     }
 
 
+@_writes_run_folder
 def pretrain_stage(
     config: ExperimentConfig,
     run_dir: str,
@@ -750,6 +800,7 @@ def pretrain_stage(
     return path
 
 
+@_writes_run_folder
 def meta_train_stage(
     config: ExperimentConfig,
     run_dir: str,
@@ -852,6 +903,7 @@ def _save_evaluation(
             write_episode_image(os.path.join(run_dir, "logs", f"test_{shots}shot"), png, tag="test_episode")
 
 
+@_writes_run_folder
 def evaluate_stage(
     config: ExperimentConfig,
     run_dir: str,
@@ -904,6 +956,7 @@ def evaluate_stage(
     return results
 
 
+@_writes_run_folder
 def export_stage(
     config: ExperimentConfig, run_dir: str, output_dir: str | None = None, verbose: bool = True
 ) -> dict[int, str]:
@@ -929,6 +982,7 @@ def export_stage(
     return written
 
 
+@_writes_run_folder
 def run_workflow(
     config: ExperimentConfig,
     run_dir: str,

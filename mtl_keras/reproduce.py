@@ -78,6 +78,7 @@ from mtl_keras.experiment import (
 from mtl_keras.models.base_learner import inner_loop
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.plots import plot_accuracy_bars, plot_accuracy_vs_inner_steps, plot_learning_curves
+from mtl_keras.run_lock import locks_run_folder
 
 #: The five rows, in the order of the table.
 ROWS = ("scratch", "pretrained", "ft", "ss", "ss_ht")
@@ -562,6 +563,7 @@ def setting_name(ways: int, shots: int) -> str:
     return f"{ways}-way {shots}-shot"
 
 
+@locks_run_folder("out_dir")
 def reproduce(
     settings: ReproduceSettings,
     out_dir: str,

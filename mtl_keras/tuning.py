@@ -29,6 +29,7 @@ from mtl_keras.config import ExperimentConfig
 from mtl_keras.data.episodes import make_episodes
 from mtl_keras.data.split import ClassSplit
 from mtl_keras.experiment import check_strategy, load_config_benchmark, meta_model
+from mtl_keras.run_lock import locks_run_folder
 
 OBJECTIVE = "val_accuracy"
 #: The seed Keras Tuner gets for ``seed=0``, which it would otherwise replace with a random one.
@@ -248,6 +249,8 @@ def summarize(tuner: keras_tuner.Tuner, kind: str) -> dict:
     }
 
 
+# A distributed search shares its folder between the chief and the workers, by design.
+@locks_run_folder(folder=lambda args: args["run_dir"] if distributed_role() == "single" else None)
 def run_tuning(
     config: ExperimentConfig,
     run_dir: str,

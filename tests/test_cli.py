@@ -1,7 +1,10 @@
 """`mtl-keras`: every subcommand, end to end at tiny scale, and its errors."""
 
+import contextlib
+import io
 import json
 import os
+import re
 
 import matplotlib.image
 import numpy as np
@@ -34,9 +37,11 @@ def run_folder(tmp_path_factory, glyph_cache):
     run_dir = tmp / "run"
     run_dir.mkdir()
     (run_dir / "metrics.json").write_text('{"stale": "numbers of an earlier run"}')  # must not survive
-    with pytest.MonkeyPatch.context() as mp:
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
         mp.setenv("MTL_KERAS_CACHE", glyph_cache)
-        assert cli.main(["run", "--config", str(config), "--run-dir", str(run_dir), "--quiet"]) == 0
+        assert cli.main(["run", "--config", str(config), "--run-dir", str(run_dir)]) == 0
+    (tmp / "stdout.txt").write_text(out.getvalue())  # what it printed, beside the run folder
     return run_dir
 
 
@@ -82,6 +87,30 @@ def test_run_writes_a_complete_run_folder(run_folder):
         assert _events(run_folder / "logs" / stage), stage
     for png in ("learning_curves", "accuracy_vs_inner_steps", "per_class_accuracy_1shot", "episode_1shot"):
         _check_png(run_folder / "plots" / f"{png}.png")
+
+
+def test_run_says_how_long_each_stage_takes(run_folder):
+    out = (run_folder.parent / "stdout.txt").read_text()
+    # Pretraining (55 steps of 512 images, one epoch): an estimate after steps 2-6, then the time.
+    assert re.search(
+        r"^pretraining: about .+ for 1 epoch \(from steps 2-6: [\d.e-]+ s/step, training steps only\)$",
+        out,
+        re.M,
+    ), out
+    assert re.search(r"^pretraining: [\d.]+ s$", out, re.M), out
+    assert re.search(r"^meta-training 1-shot: [\d.]+ s$", out, re.M), out  # 2 steps: too short to estimate
+    stages = json.loads((run_folder / "metrics.json").read_text())["stage_seconds"]
+    assert list(stages) == [
+        "loading the benchmark",
+        "pretraining",
+        "baseline evaluation 1-shot",
+        "meta-training 1-shot",
+        "test evaluation 1-shot",
+        "export 1-shot",
+    ]
+    assert all(seconds > 0 for seconds in stages.values()), stages
+    summary = out[out.index("Time per stage:") :].splitlines()
+    assert [line.split("  ")[1].strip() for line in summary[1:8]] == [*stages, "total"]
 
 
 def test_tensorboard_logs_hold_losses_learning_rates_and_an_episode(run_folder):
