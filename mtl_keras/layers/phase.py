@@ -20,7 +20,7 @@ def iter_layers(model: keras.layers.Layer):
         stack.extend(reversed(getattr(layer, "_layers", [])))
 
 
-def set_phase(model: keras.layers.Layer, phase: str) -> keras.layers.Layer:
+def set_phase(model: keras.layers.Layer, phase: str, train_batch_norm: bool = False) -> keras.layers.Layer:
     """Set which weights of ``model`` train, in place.
 
     ``"pretrain"``: every layer trains its ordinary weights; in each scale-and-shift
@@ -32,9 +32,17 @@ def set_phase(model: keras.layers.Layer, phase: str) -> keras.layers.Layer:
     inference mode with its pretrained statistics. A model without scale-and-shift
     layers has nothing left to train (see `mtl_keras.enable_scale_shift`).
 
+    With ``train_batch_norm=True`` the ``"meta"`` phase also trains the γ and β of every
+    `keras.layers.BatchNormalization` (as the official MTL PyTorch code does); their moving
+    statistics stay non-trainable. Keras normalises with batch statistics only when a BN is
+    called with ``training=True`` *and* is trainable, so a trainable BN must then be called
+    with ``training=False`` to keep the pretrained statistics (what `MetaTransferModel` does
+    with ``batch_norm="frozen"``).
+
     Args:
         model: a backbone or any layer/model containing scale-and-shift layers.
         phase: ``"pretrain"`` or ``"meta"``.
+        train_batch_norm: in the ``"meta"`` phase, leave batch norm's γ and β trainable.
 
     Returns:
         ``model``, for chaining.
@@ -46,6 +54,8 @@ def set_phase(model: keras.layers.Layer, phase: str) -> keras.layers.Layer:
         if isinstance(layer, ScaleShiftLayer):
             layer.trainable = True
             layer.set_phase(phase)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = phase == "pretrain" or bool(train_batch_norm)
         elif not getattr(layer, "_layers", None):
             layer.trainable = phase == "pretrain"
     return model

@@ -6,12 +6,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mtl_keras.layers.batch_statistics import batch_statistics_view
 from mtl_keras.layers.folding import fold_batch_norm
 from mtl_keras.layers.phase import set_phase
 from mtl_keras.models.base_learner import LinearBaseLearner, head_logits, inner_loop
 
 EPISODE_KEYS = ("support_images", "support_labels", "query_images")
-BATCH_NORM_MODES = ("frozen", "transductive")
+BATCH_NORM_MODES = ("frozen", "transductive", "transductive_separate")
+#: Head initialisations by name (`LinearBaseLearner` ``kernel_initializer``).
+HEAD_INITIALIZERS = ("zeros", "kaiming")
 POOLING_MODES = ("avg", "max")
 
 
@@ -67,9 +70,24 @@ class MetaTransferModel(keras.Model):
         eval_inner_steps: inner-loop steps in `evaluate`, `adapt` and export.
         inner_lr: inner-loop learning rate.
         first_order: drop second-order terms (``stop_gradient`` on inner gradients).
-        batch_norm: ``"frozen"`` (default: pretrained statistics, tasks independent)
-            or ``"transductive"`` (each task normalised with its own batch statistics;
-            one backbone call per task).
+        batch_norm: how batch normalisation normalises in meta-training *and* at test time:
+            ``"frozen"`` (default) with the pretrained moving statistics — an image's embedding
+            depends on nothing else, so tasks cannot leak into each other, one backbone call
+            embeds the whole meta-batch, and a query's prediction does not depend on the other
+            queries; ``"transductive"`` with the statistics of each task's support and query
+            images together; ``"transductive_separate"`` with the statistics of the support set
+            and, separately, of the query set, as the official MTL TensorFlow code
+            (``tf.contrib.layers.batch_norm`` in training mode, support and query embedded in
+            separate calls). The transductive modes call the backbone once per task (twice for
+            ``_separate``) through `mtl_keras.layers.batch_statistics_view`: the moving
+            statistics are never updated.
+        train_batch_norm: in the meta phase also meta-train batch norm's γ and β with Φ (by
+            the backbone's ``optimizer``), as the official PyTorch code does (they are in its
+            first Adam group); ``False`` (default) trains Φ only, as the paper describes.
+        head_initializer: the head initialisation before meta-training: ``"zeros"`` (default:
+            an un-meta-trained model is then a plain linear probe, and the first inner step a
+            prototype classifier) or ``"kaiming"`` (Kaiming-normal, fan-in, as the official
+            ``BaseLearner``). Ignored when ``head`` is given.
         set_meta_phase: call ``set_phase(backbone, "meta")`` on construction.
         fold_batch_norm: run the backbone, whenever its batch norm uses stored
             statistics (``batch_norm="frozen"``, evaluation), through a view with each
@@ -115,9 +133,15 @@ class MetaTransferModel(keras.Model):
         fold_batch_norm: bool = True,
         unroll_training: bool = True,
         pooling: str | None = "avg",
+        train_batch_norm: bool = False,
+        head_initializer: str = "zeros",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if head_initializer not in HEAD_INITIALIZERS:
+            raise ValueError(
+                f"head_initializer must be one of {HEAD_INITIALIZERS}, got {head_initializer!r}."
+            )
         if batch_norm not in BATCH_NORM_MODES:
             raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}.")
         if ways < 2:
@@ -136,6 +160,8 @@ class MetaTransferModel(keras.Model):
         self.set_meta_phase = bool(set_meta_phase)
         self.fold_batch_norm = bool(fold_batch_norm)
         self.unroll_training = bool(unroll_training)
+        self.train_batch_norm = bool(train_batch_norm)
+        self.head_initializer = head_initializer
         try:
             feature_dim = backbone.output_shape[-1]
         except (AttributeError, ValueError) as err:
@@ -145,7 +171,7 @@ class MetaTransferModel(keras.Model):
                 "mtl_keras.backbones."
             ) from err
         if set_meta_phase:
-            set_phase(backbone, "meta")
+            set_phase(backbone, "meta", train_batch_norm=self.train_batch_norm)
             if not backbone.trainable_variables:
                 raise ValueError(
                     f"MetaTransferModel: backbone '{backbone.name}' has nothing to meta-train: the meta "
@@ -155,10 +181,15 @@ class MetaTransferModel(keras.Model):
                     "mtl_keras.enable_scale_shift(backbone). (To fine-tune all of its weights "
                     "instead, pass set_meta_phase=False.)"
                 )
-        self.head = head or LinearBaseLearner(self.ways, name="head")
+        self.head = head or LinearBaseLearner(
+            self.ways, kernel_initializer=_head_initializer(head_initializer), name="head"
+        )
         if not self.head.built:
             self.head.build((None, feature_dim))
         self._inference_view = _Untracked(_folded_view(backbone) if self.fold_batch_norm else backbone)
+        self._batch_statistics_view = _Untracked(
+            batch_statistics_view(backbone) if batch_norm != "frozen" else None
+        )
         self.head_optimizer = None
         self.task_feedback = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -305,15 +336,20 @@ class MetaTransferModel(keras.Model):
         # Static image shape where known: convolutions run markedly faster with known H, W, C.
         dynamic = tf.shape(support_images)
         image_shape = [d if d is not None else dynamic[2 + i] for i, d in enumerate(self.image_shape)]
-        if self.batch_norm == "transductive":
-            # Batch statistics are per task: one backbone call per task.
-            both = tf.concat([support_images, query_images], axis=1)
-            feats = tf.map_fn(
-                lambda x: self.embed(x, training=True),
-                both,
-                fn_output_signature=tf.float32,
-            )
-            return feats[:, :num_support], feats[:, num_support:]
+        if self.batch_norm != "frozen":
+            # Batch statistics are per task (and per set): one backbone call per task (and set).
+            view = self._batch_statistics_view.value
+
+            def embed(images):
+                return tf.cast(view(images), tf.float32)
+
+            if self.batch_norm == "transductive":
+                both = tf.concat([support_images, query_images], axis=1)
+                feats = tf.map_fn(embed, both, fn_output_signature=tf.float32)
+                return feats[:, :num_support], feats[:, num_support:]
+            support = tf.map_fn(embed, support_images, fn_output_signature=tf.float32)
+            query = tf.map_fn(embed, query_images, fn_output_signature=tf.float32)
+            return support, query
         # One backbone call for the whole meta-batch (BN frozen ⇒ no cross-task leak).
         flat = tf.concat(
             [tf.reshape(support_images, [-1, *image_shape]), tf.reshape(query_images, [-1, *image_shape])],
@@ -562,6 +598,8 @@ class MetaTransferModel(keras.Model):
             fold_batch_norm=self.fold_batch_norm,
             unroll_training=self.unroll_training,
             pooling=self.pooling,
+            train_batch_norm=self.train_batch_norm,
+            head_initializer=self.head_initializer,
         )
         return config
 
@@ -635,6 +673,14 @@ class _Untracked:
 
     def __init__(self, value):
         self.value = value
+
+
+def _head_initializer(name: str):
+    """The `LinearBaseLearner` kernel initializer of ``name`` (see `HEAD_INITIALIZERS`)."""
+    if name == "kaiming":
+        # torch.nn.init.kaiming_normal_ on the official (N, D) weight: N(0, 2 / D), untruncated.
+        return keras.initializers.VarianceScaling(2.0, mode="fan_in", distribution="untruncated_normal")
+    return "zeros"
 
 
 def _pooled_backbone(backbone, pooling):

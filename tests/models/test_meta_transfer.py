@@ -104,12 +104,81 @@ def test_from_pretrained_shares_backbone_and_switches_phase(proto_split):
     assert {w.name for w in model.backbone.trainable_weights} == {"scale", "shift"}
 
 
-def test_transductive_batch_norm_runs_and_differs_from_frozen(proto_split):
+@pytest.mark.parametrize("mode", ["transductive", "transductive_separate"])
+def test_transductive_batch_norm_differs_from_frozen_at_the_same_steps(proto_split, mode):
+    """Issue 14: in the meta phase BN is untrainable, and Keras uses batch statistics only for
+    ``training and trainable``: the old transductive mode equalled frozen exactly."""
     inputs, _ = next(iter(_episodes(proto_split, batches=1)))
     frozen = _model()
-    trans = _model(backbone=frozen.backbone, head=frozen.head, batch_norm="transductive")
-    a, b = frozen(inputs).numpy(), trans(inputs, training=True).numpy()
-    assert a.shape == b.shape and not np.allclose(a, b)
+    trans = _model(backbone=frozen.backbone, head=frozen.head, batch_norm=mode)
+    for training in (False, True):  # the same inner steps on both sides
+        a, b = frozen(inputs, training=training).numpy(), trans(inputs, training=training).numpy()
+        assert a.shape == b.shape and np.abs(a - b).max() > 1e-3, training
+
+
+def _support_features(model, inputs):
+    support, _ = model._embed_episodes(inputs["support_images"], inputs["query_images"])
+    return support.numpy()
+
+
+def test_transductive_modes_normalise_per_task_and_per_set(proto_split):
+    inputs, _ = next(iter(_episodes(proto_split, batches=1)))
+    backbone = resnet12((16, 16, 1), widths=(4, 8, 8, 8))
+    joint = _model(backbone=backbone, batch_norm="transductive")
+    separate = _model(backbone=backbone, head=joint.head, batch_norm="transductive_separate")
+    moved = dict(inputs, query_images=inputs["query_images"] * 0.5)
+    other_task = dict(
+        inputs, support_images=tf.concat([inputs["support_images"][:1], inputs["support_images"][:1]], 0)
+    )
+    # Joint: the queries shape the support's statistics; separate: they do not.
+    assert np.abs(_support_features(joint, inputs) - _support_features(joint, moved)).max() > 1e-4
+    np.testing.assert_allclose(
+        _support_features(separate, inputs), _support_features(separate, moved), atol=1e-6
+    )
+    # Either way a task's statistics are its own: task 0 does not see task 1.
+    for model in (joint, separate):
+        np.testing.assert_allclose(
+            _support_features(model, other_task)[0], _support_features(model, inputs)[0], atol=1e-5
+        )
+
+
+def test_transductive_fit_keeps_the_pretrained_moving_statistics(proto_split):
+    model = _model(batch_norm="transductive", train_batch_norm=True)
+    model.compile(phi_learning_rate=1e-2, head_learning_rate=1e-2)
+    stats = {v.path: v.numpy().copy() for v in model.backbone.weights if "moving" in v.path}
+    model.fit(_episodes(proto_split), epochs=1, verbose=0)
+    assert stats
+    for v in model.backbone.weights:
+        if v.path in stats:
+            np.testing.assert_array_equal(stats[v.path], v.numpy(), err_msg=v.path)
+
+
+def test_train_batch_norm_meta_trains_gamma_and_beta_with_phi(proto_split):
+    model = _model(train_batch_norm=True)
+    names = {w.name for w in model.backbone.trainable_weights}
+    assert names == {"scale", "shift", "gamma", "beta"}
+    assert {w.name for w in _model().backbone.trainable_weights} == {"scale", "shift"}
+    model.compile(phi_learning_rate=1e-2, head_learning_rate=1e-2)
+    gammas = [(v, v.numpy().copy()) for v in model.backbone.weights if v.name == "gamma"]
+    stats = [(v, v.numpy().copy()) for v in model.backbone.weights if "moving" in v.name]
+    model.fit(_episodes(proto_split), epochs=1, verbose=0)
+    assert all(not np.array_equal(before, v.numpy()) for v, before in gammas)
+    assert all(np.array_equal(before, v.numpy()) for v, before in stats)  # frozen BN: statistics kept
+    config = model.get_config()
+    assert config["train_batch_norm"] is True
+
+
+def test_head_initializer_kaiming_as_the_official_base_learner():
+    keras.utils.set_random_seed(0)
+    backbone = resnet12((16, 16, 1), widths=(8, 8, 16, 256))
+    model = _model(backbone=backbone, ways=5, head_initializer="kaiming")
+    kernel = model.head.kernel.numpy()
+    assert kernel.shape == (256, 5)
+    assert abs(kernel.std() - np.sqrt(2 / 256)) < 0.15 * np.sqrt(2 / 256)
+    assert np.abs(kernel).max() > 2.5 * np.sqrt(2 / 256)  # untruncated, as torch's kaiming_normal_
+    assert not _model(ways=5).head.kernel.numpy().any()  # zeros by default
+    with pytest.raises(ValueError, match="head_initializer"):
+        _model(head_initializer="xavier")
 
 
 def test_bad_inputs_are_named(proto_split):
