@@ -36,6 +36,14 @@ class ExperimentConfig:
         inner_lr, phi_lr (Φ, paper code: 1e-4), head_lr (head init, paper code: 1e-3),
         first_order, precision (the backbone's dtype policy in meta-training,
         evaluation and export: ``float32`` or ``mixed_bfloat16``; pretraining is float32).
+    The official recipe's pieces (yaoyao-liu/meta-transfer-learning ``pytorch/``), each an option:
+        train_batch_norm (meta-train batch norm's γ/β with Φ, as its first Adam group),
+        head_init (``zeros`` or ``kaiming``, its ``BaseLearner``), adam_epsilon (ε of both
+        outer-loop Adams; Keras adds it to √v before v's bias correction, torch after it, so
+        Keras' ε equals torch's ε·√(1−β2^t): ≤ torch's), meta_lr_decay_every /
+        meta_lr_decay_rate (both outer rates × rate every that many epochs; 0 = constant; the
+        official code: ×0.5 every 10), batch_norm (``frozen`` | ``transductive`` |
+        ``transductive_separate``, see `MetaTransferModel`).
     Hard tasks (the HT meta-batch, `mtl_keras.data.HardTaskPool`, periodic schedule):
         hard_tasks (on/off), ht_every (normal meta-batches between hard rounds, paper: 10),
         ht_hard_batches (hard meta-batches per round, paper: 5).
@@ -68,6 +76,12 @@ class ExperimentConfig:
     phi_lr: float = 1e-4
     head_lr: float = 1e-3
     first_order: bool = False
+    train_batch_norm: bool = False
+    head_init: str = "zeros"
+    adam_epsilon: float = 1e-7
+    meta_lr_decay_every: int = 0
+    meta_lr_decay_rate: float = 0.5
+    batch_norm: str = "frozen"
     precision: str = "float32"
     hard_tasks: bool = False
     ht_every: int = 10
@@ -149,6 +163,7 @@ class ExperimentConfig:
             "test_queries": 1,
             "pretrain_epochs": 0,
             "meta_epochs": 0,
+            "meta_lr_decay_every": 0,
             "inner_steps": 0,
             "eval_inner_steps": 0,
             "seed": 0,
@@ -157,13 +172,21 @@ class ExperimentConfig:
             value = getattr(self, key)
             if not (is_int(value) and value >= low):
                 fail(key, f"an int >= {low}")
-        for key in ("pretrain_lr", "inner_lr", "phi_lr", "head_lr"):
+        for key in ("pretrain_lr", "inner_lr", "phi_lr", "head_lr", "adam_epsilon"):
             value = getattr(self, key)
             if not (is_num(value) and math.isfinite(value) and value > 0):
                 fail(key, "a positive number")
+        if not (is_num(self.meta_lr_decay_rate) and 0 < self.meta_lr_decay_rate <= 1):
+            fail("meta_lr_decay_rate", "a number in (0, 1]")
+        from mtl_keras.models.meta_transfer import BATCH_NORM_MODES, HEAD_INITIALIZERS
+
+        if self.head_init not in HEAD_INITIALIZERS:
+            fail("head_init", f"one of {list(HEAD_INITIALIZERS)}")
+        if self.batch_norm not in BATCH_NORM_MODES:
+            fail("batch_norm", f"one of {list(BATCH_NORM_MODES)}")
         if not (is_num(self.pretrain_dropout) and 0 <= self.pretrain_dropout < 1):
             fail("pretrain_dropout", "a number in [0, 1)")
-        for key in ("pretrain_augment", "first_order", "hard_tasks"):
+        for key in ("pretrain_augment", "first_order", "hard_tasks", "train_batch_norm"):
             if not isinstance(getattr(self, key), bool):
                 fail(key, "true or false")
         if self.precision not in PRECISIONS:
@@ -306,8 +329,23 @@ def _paper_config(benchmark: str, image_size: int, shots: tuple[int, ...]) -> Ex
       with SGD (lr 0.1, momentum 0.9, weight decay 5e-4, x0.2 every 30 epochs), which
       `mtl_keras.experiment.pretrain` does not offer.
 
-    Not reproduced (no config field): the PyTorch code halves both meta learning rates
-    every 10 epochs (``--step_size 10 --gamma 0.5``); the hard-task meta-batch.
+    * ``meta_lr_decay_every=10``, ``meta_lr_decay_rate=0.5``: PyTorch ``--step_size 10
+      --gamma 0.5`` (``StepLR`` over both Adam groups, stepped once per epoch). Verified.
+    * ``adam_epsilon=1e-8``: ``torch.optim.Adam``'s default, which the official code keeps.
+      Keras adds ε to √v before v's bias correction, torch after it, so this ε is at most
+      torch's (it is torch's ε·√(1−β2^t)); Keras' own default 1e-7 is up to 3·10⁻⁶ in torch's
+      terms at the first step. Verified (the default; not set in the code).
+    * ``train_batch_norm=True``: the PyTorch meta phase's first Adam group is every encoder
+      parameter with ``requires_grad`` — Φ *and* batch norm's γ/β (its convolutions freeze
+      only their kernels and biases). Verified. It also meta-trains in ``model.train()``
+      mode (batch statistics, support and query embedded in separate calls) and tests in
+      ``eval()`` mode; the presets keep ``batch_norm="frozen"`` (pretrained statistics in
+      both), see `MetaTransferModel` for the transductive modes.
+    * ``head_init="kaiming"``: ``BaseLearner`` initialises its weight with
+      ``torch.nn.init.kaiming_normal_``. Verified.
+
+    Not reproduced: the hard-task meta-batch is not in the official code (mtl_keras has it,
+    ``hard_tasks``, off in these presets).
     Not verified: any per-benchmark difference. The repository has no FC100- or
     tieredImageNet-specific hyperparameters (``--dataset`` only picks the data
     folder), so the three benchmarks share every value but ``image_size``.
@@ -334,6 +372,11 @@ def _paper_config(benchmark: str, image_size: int, shots: tuple[int, ...]) -> Ex
         phi_lr=1e-4,
         head_lr=1e-3,
         first_order=False,
+        train_batch_norm=True,
+        head_init="kaiming",
+        adam_epsilon=1e-8,
+        meta_lr_decay_every=10,
+        meta_lr_decay_rate=0.5,
         val_episodes=600,
         test_episodes=600,
         test_queries=15,

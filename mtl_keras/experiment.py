@@ -141,6 +141,9 @@ def meta_transfer_model(config: ExperimentConfig, backbone: keras.Model, **kwarg
 
     ``kwargs`` go to `MetaTransferModel` (e.g. ``set_meta_phase=False`` for fine-tuning).
     """
+    kwargs.setdefault("train_batch_norm", config.train_batch_norm)
+    kwargs.setdefault("head_initializer", config.head_init)
+    kwargs.setdefault("batch_norm", config.batch_norm)
     return MetaTransferModel(
         backbone,
         ways=config.ways,
@@ -149,6 +152,39 @@ def meta_transfer_model(config: ExperimentConfig, backbone: keras.Model, **kwarg
         inner_lr=config.inner_lr,
         first_order=config.first_order,
         **kwargs,
+    )
+
+
+def outer_optimizers(
+    config: ExperimentConfig, backbone_lr: float | None = None, head_lr: float | None = None
+):
+    """The two outer-loop Adams of a config: ``(backbone's (Φ), head init's)``.
+
+    Rates ``backbone_lr`` / ``head_lr`` (default ``config.phi_lr`` / ``config.head_lr``), ε
+    ``config.adam_epsilon``; with ``config.meta_lr_decay_every`` = E > 0 both rates are
+    multiplied by ``config.meta_lr_decay_rate`` every E epochs of ``config.steps_per_epoch``
+    steps (a staircase `keras.optimizers.schedules.ExponentialDecay`: the official code's
+    ``StepLR(step_size=10, gamma=0.5)``).
+    """
+
+    def rate(value):
+        if not config.meta_lr_decay_every:
+            return value
+        return keras.optimizers.schedules.ExponentialDecay(
+            value,
+            decay_steps=config.meta_lr_decay_every * config.steps_per_epoch,
+            decay_rate=config.meta_lr_decay_rate,
+            staircase=True,
+        )
+
+    eps = config.adam_epsilon
+    return (
+        keras.optimizers.Adam(
+            rate(config.phi_lr if backbone_lr is None else backbone_lr), epsilon=eps, name="phi_adam"
+        ),
+        keras.optimizers.Adam(
+            rate(config.head_lr if head_lr is None else head_lr), epsilon=eps, name="head_adam"
+        ),
     )
 
 
@@ -176,7 +212,8 @@ def meta_model(
         if weights_path:
             load_backbone_weights(backbone, weights_path)  # names both architectures on a mismatch
         model = meta_transfer_model(config, backbone)
-    model.compile(phi_learning_rate=config.phi_lr, head_learning_rate=config.head_lr)
+    optimizer, head_optimizer = outer_optimizers(config)
+    model.compile(optimizer=optimizer, head_optimizer=head_optimizer)
     return model
 
 

@@ -72,6 +72,7 @@ from mtl_keras.experiment import (
     build_backbone,
     load_config_benchmark,
     meta_transfer_model,
+    outer_optimizers,
     pretrain,
     training_episodes,
 )
@@ -490,7 +491,8 @@ def build_row_model(
     else:
         raise ValueError(f"Unknown row '{kind}'. Known: {', '.join(ROWS)}.")
     model = meta_transfer_model(config, backbone, set_meta_phase=meta_phase)
-    model.compile(phi_learning_rate=backbone_lr, head_learning_rate=head_lr)
+    optimizer, head_optimizer = outer_optimizers(config, backbone_lr, head_lr)
+    model.compile(optimizer=optimizer, head_optimizer=head_optimizer)
     return model
 
 

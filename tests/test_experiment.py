@@ -37,3 +37,36 @@ def test_precision_is_validated_by_name():
 def test_strategy_checks_and_output_folders_without_a_strategy(tmp_path):
     check_strategy(TINY.replace(meta_batch_size=3), None)  # one replica: anything splits
     assert output_dir(str(tmp_path), None) == str(tmp_path)
+
+
+def test_paper_presets_carry_the_official_optimizer_and_meta_phase():
+    """The official PyTorch meta phase: Adam ε 1e-8 (torch's default), both rates halved every
+    10 epochs, batch norm's γ/β trained with Φ, a Kaiming-normal head."""
+    from mtl_keras.config import get_config
+
+    config = get_config("paper-mini_imagenet-1shot").replace(
+        image_size=16, widths=(4, 4, 4, 4), steps_per_epoch=3
+    )
+    model = meta_model(config, 1, None)
+    assert model.optimizer.epsilon == model.head_optimizer.epsilon == 1e-8
+
+    def schedule(optimizer):
+        return keras.optimizers.schedules.deserialize(optimizer.get_config()["learning_rate"])
+
+    phi, head = schedule(model.optimizer), schedule(model.head_optimizer)
+    assert float(phi(0)) == pytest.approx(1e-4) and float(phi(29)) == pytest.approx(1e-4)
+    assert float(phi(30)) == pytest.approx(5e-5) and float(phi(60)) == pytest.approx(2.5e-5)
+    assert float(head(30)) == pytest.approx(5e-4)
+    assert {w.name for w in model.backbone.trainable_weights} == {"scale", "shift", "gamma", "beta"}
+    assert model.head_initializer == "kaiming" and model.head.kernel.numpy().any()
+    # The defaults stay Φ only, zero head, constant rates, Keras' ε.
+    plain = meta_model(TINY, 1, None)
+    assert {w.name for w in plain.backbone.trainable_weights} == {"scale", "shift"}
+    assert plain.optimizer.epsilon == 1e-7 and not plain.head.kernel.numpy().any()
+    assert isinstance(plain.optimizer.get_config()["learning_rate"], float)
+
+
+def test_recipe_options_are_validated_by_name():
+    for key, value in (("head_init", "xavier"), ("batch_norm", "train"), ("meta_lr_decay_rate", 0.0)):
+        with pytest.raises(ValueError, match=key):
+            TINY.replace(**{key: value}).validate()
