@@ -16,6 +16,11 @@ from mtl_keras.data.split import ClassSplit
 # name -> (module under mtl_keras.data.sources, one-line description)
 _BENCHMARKS: dict[str, tuple[str, str]] = {
     "glyphs": ("glyphs", "Characters rendered from the fonts matplotlib ships (embedded, no download)"),
+    "glyph_scenes": (
+        "glyph_scenes",
+        "Characters in cluttered colour scenes, shaped like miniImageNet: 64/16/20 classes, 600 RGB "
+        "images each (embedded, no download)",
+    ),
     "mini_imagenet": (
         "mini_imagenet",
         "miniImageNet: split CSVs + images/, train/val/test class folders, or the MetaOptNet / "
