@@ -12,8 +12,10 @@ import numpy as np
 import tensorflow as tf
 
 from mtl_keras.callbacks import format_duration
-from mtl_keras.data.episodes import make_episodes
+from mtl_keras.data.episode_stream import EpisodeStream
+from mtl_keras.data.episodes import EpisodeSampler, _image_loader, make_episodes, pretrain_dataset
 from mtl_keras.data.split import ClassSplit
+from mtl_keras.models.base_learner import inner_loop
 
 
 @dataclasses.dataclass
@@ -68,6 +70,75 @@ def confidence_interval(accuracies: np.ndarray) -> tuple[float, float]:
     return float(accuracies.mean()), float(1.96 * accuracies.std() / math.sqrt(len(accuracies)))
 
 
+@dataclasses.dataclass
+class EpisodeSet:
+    """Fixed episodes as item indices of one split.
+
+    Attributes:
+        support_items: ``(E, N*K)`` int64, class-major (labels ``repeat(arange(N), K)``).
+        query_items: ``(E, N*Q)`` int64, class-major.
+        task_classes: ``(E, N)`` int32 global class ids.
+        ways, shots, queries, seed: how they were drawn.
+    """
+
+    support_items: np.ndarray
+    query_items: np.ndarray
+    task_classes: np.ndarray
+    ways: int
+    shots: int
+    queries: int
+    seed: int
+
+    @property
+    def episodes(self) -> int:
+        return len(self.support_items)
+
+
+def draw_episodes(
+    split, ways: int, shots: int, queries: int, episodes: int, seed: int, meta_batch_size: int = 10
+) -> EpisodeSet:
+    """The episodes `make_episodes` (``repeatable=True``, same ``seed``) yields, as item indices.
+
+    Draws the index stream of `make_episodes` itself — the same `EpisodeStream` its
+    generator reads — for ``ceil(episodes / B)`` meta-batches, and keeps the first
+    ``episodes`` tasks (task ``j`` depends only on ``(seed, j)``, not on ``B``).
+    """
+    sampler = EpisodeSampler(split, ways, shots, queries, seed=seed)
+    batch = max(1, min(meta_batch_size, episodes))
+    parts = list(EpisodeStream(sampler, batch).batches(math.ceil(episodes / batch), repeatable=True))
+
+    def cat(key):
+        return np.concatenate([p[key] for p in parts])[:episodes]
+
+    return EpisodeSet(
+        cat("support_items").astype(np.int64),
+        cat("query_items").astype(np.int64),
+        cat("task_classes"),
+        int(ways),
+        int(shots),
+        int(queries),
+        int(seed),
+    )
+
+
+def embed_split(model, split: ClassSplit, batch_size: int = 256) -> np.ndarray:
+    """Embeddings ``(num_images, D)`` float32 of every image of ``split``, in item order.
+
+    Args:
+        model: a `MetaTransferModel` (embedded with `MetaTransferModel.embed`: batch norm on
+            its stored statistics, through the BN-folded view) or a backbone ``keras.Model``
+            (called with ``training=False``).
+        split: the images (in memory or file-backed).
+        batch_size: images per call (speed and memory only).
+    """
+    images = pretrain_dataset(split, batch_size=batch_size, shuffle=False).map(lambda x, y: x)
+    if hasattr(model, "embed"):
+        embed = tf.function(lambda x: model.embed(x, training=False), reduce_retracing=True)
+    else:
+        embed = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
+    return np.concatenate([np.asarray(embed(x)) for x in images]).astype(np.float32)
+
+
 def evaluate_episodes(
     model,
     split: ClassSplit,
@@ -80,11 +151,19 @@ def evaluate_episodes(
     meta_batch_size: int = 10,
     verbose: bool = True,
     return_details: bool = False,
+    cached: bool | None = None,
 ):
     """Mean query accuracy and 95% CI of ``model`` over ``episodes`` test episodes.
 
     Episodes are drawn from ``split`` with ``seed``, so two models evaluated with
     the same seed see the same episodes.
+
+    With batch norm frozen (``model.batch_norm == "frozen"``, the default) an image's
+    embedding does not depend on the other images of its episode, so every image of the
+    split is embedded **once** (`embed_split`) and each episode's inner loop runs on
+    gathered embeddings — the same episodes, the same numbers (tested) and, at 600
+    episodes of 80 images on a 12,000-image split, a quarter of the backbone work. The
+    transductive modes embed every episode on its own (``cached=False`` forces that path).
 
     Args:
         model: a `MetaTransferModel` (its ``ways`` must equal ``ways``).
@@ -98,6 +177,7 @@ def evaluate_episodes(
             also print the whole evaluation's time as estimated from batches 2-6 (the first
             one traces the graph) of ``meta_batch_size`` episodes.
         return_details: also return per-class statistics from the same pass.
+        cached: embed each image once (default: when batch norm is frozen).
 
     Returns:
         An `EvaluationResult`; with ``return_details``, ``(result, details)`` where
@@ -112,37 +192,26 @@ def evaluate_episodes(
         * ``sample``: the first episode — ``support_images (N*K, H, W, C) uint8``,
           ``support_labels (N*K,)``, ``query_images (N*Q, H, W, C) uint8``,
           ``query_labels``, ``query_predictions (N*Q,)``, ``class_names (N,)``.
+
+    Raises:
+        ValueError: a model of other ``ways``; ``cached=True`` with transductive batch norm.
     """
     if model.ways != ways:
         raise ValueError(f"The model has a {model.ways}-way head; cannot evaluate {ways}-way episodes.")
+    frozen = getattr(model, "batch_norm", "frozen") == "frozen"
+    if cached and not frozen:
+        raise ValueError(
+            f"cached=True needs batch_norm='frozen': with batch_norm={model.batch_norm!r} an image's "
+            "embedding depends on its episode."
+        )
+    cached = frozen if cached is None else bool(cached)
     steps = model.eval_inner_steps if inner_steps is None else int(inner_steps)
     batch = max(1, min(meta_batch_size, episodes))
     num_batches = math.ceil(episodes / batch)
-    ds = make_episodes(
-        split,
-        ways,
-        shots,
-        queries,
-        meta_batch_size=batch,
-        num_batches=num_batches,
-        seed=seed,
-        repeatable=True,
-    )
-
-    @tf.function(reduce_retracing=True)
-    def run(inputs, labels):
-        _, history = model.adapt(
-            inputs["support_images"],
-            inputs["support_labels"],
-            inputs["query_images"],
-            steps=steps,
-            return_history=True,
-        )
-        logits = history["query_logits"]  # (T+1, B, N*Q, N)
-        preds = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        correct = tf.reduce_mean(tf.cast(tf.equal(preds, labels[None]), tf.float32), axis=-1)  # (T+1, B)
-        class_acc = model.per_class_accuracy(logits[-1], labels, ways)  # (B, N)
-        return correct, history["support_loss"], class_acc, preds[-1]
+    if cached:
+        batches = _cached_batches(model, split, ways, shots, queries, episodes, seed, batch, steps)
+    else:
+        batches = _episode_batches(model, split, ways, shots, queries, num_batches, seed, batch, steps)
 
     correct_all, loss_all, class_acc_all, classes_all = [], [], [], []
     sample = None
@@ -156,9 +225,8 @@ def evaluate_episodes(
     # Without a live bar nothing shows until the end: say how long it will take.
     announce_at = min(5, num_batches - 2) if verbose and not sys.stdout.isatty() else 0
     start = first_done = time.perf_counter()
-    for index, (inputs, labels) in enumerate(ds):
-        correct, loss, class_acc, preds = run(inputs, labels)
-        correct_all.append(correct.numpy())
+    for index, out in enumerate(batches):
+        correct_all.append(out["correct"])
         if announce_at > 0 and index in (0, announce_at):
             now = time.perf_counter()
             if index == 0:
@@ -172,13 +240,13 @@ def evaluate_episodes(
                     f"episode{'s' * (batch != 1)})",
                     flush=True,
                 )
-        loss_all.append(loss.numpy())
+        loss_all.append(out["loss"])
         if return_details:
-            class_acc_all.append(class_acc.numpy())
-            classes_all.append(inputs["task_classes"].numpy())
+            class_acc_all.append(out["class_acc"])
+            classes_all.append(out["task_classes"])
             if sample is None:
-                sample = _sample_episode(inputs, labels, preds)
-        seen += correct.shape[1]
+                sample = out["sample"]()
+        seen += out["correct"].shape[1]
         if bar is not None:
             bar.update(min(seen, episodes))
     correct = np.concatenate(correct_all, axis=1)[:, :episodes]  # (T+1, E)
@@ -201,6 +269,108 @@ def evaluate_episodes(
     class_acc = np.concatenate(class_acc_all, axis=0)[:episodes]  # (E, N)
     task_classes = np.concatenate(classes_all, axis=0)[:episodes]  # (E, N) global ids
     return result, _class_details(split, class_acc, task_classes, sample)
+
+
+def _scores(model, logits, losses, labels, ways):
+    """Per-step accuracy ``(T+1, B)``, support loss, final per-class accuracy and predictions."""
+    preds = tf.argmax(logits, axis=-1, output_type=tf.int32)  # (T+1, B, N*Q)
+    correct = tf.reduce_mean(tf.cast(tf.equal(preds, labels[None]), tf.float32), axis=-1)
+    class_acc = model.per_class_accuracy(logits[-1], labels, ways)  # (B, N)
+    return correct, losses, class_acc, preds[-1]
+
+
+def _episode_batches(model, split, ways, shots, queries, num_batches, seed, batch, steps):
+    """Each meta-batch of episodes through the whole model (images → adapted logits)."""
+    ds = make_episodes(
+        split,
+        ways,
+        shots,
+        queries,
+        meta_batch_size=batch,
+        num_batches=num_batches,
+        seed=seed,
+        repeatable=True,
+    )
+
+    @tf.function(reduce_retracing=True)
+    def run(inputs, labels):
+        _, history = model.adapt(
+            inputs["support_images"],
+            inputs["support_labels"],
+            inputs["query_images"],
+            steps=steps,
+            return_history=True,
+        )
+        return _scores(model, history["query_logits"], history["support_loss"], labels, ways)
+
+    for inputs, labels in ds:
+        correct, loss, class_acc, preds = run(inputs, labels)
+        yield {
+            "correct": correct.numpy(),
+            "loss": loss.numpy(),
+            "class_acc": class_acc.numpy(),
+            "preds": preds.numpy(),
+            "task_classes": inputs["task_classes"].numpy(),
+            "sample": lambda inputs=inputs, labels=labels, preds=preds: _sample_episode(
+                inputs, labels, preds
+            ),
+        }
+
+
+def _cached_batches(model, split, ways, shots, queries, episodes, seed, batch, steps):
+    """The same episodes' inner loops on embeddings computed once per image of ``split``."""
+    features = embed_split(model, split)
+    drawn = draw_episodes(split, ways, shots, queries, episodes, seed, meta_batch_size=batch)
+    support_labels = np.tile(np.repeat(np.arange(ways, dtype=np.int32), shots), (batch, 1))
+    query_labels = np.tile(np.repeat(np.arange(ways, dtype=np.int32), queries), (batch, 1))
+
+    @tf.function(reduce_retracing=True)
+    def run(support, support_labels, query, labels):
+        _, _, history = inner_loop(
+            support,
+            support_labels,
+            model.head.kernel,
+            model.head.bias,
+            steps=steps,
+            learning_rate=model.inner_lr,
+            query_features=query,
+        )
+        return _scores(model, history["query_logits"], history["support_loss"], labels, ways)
+
+    for start in range(0, drawn.episodes, batch):
+        s_items = drawn.support_items[start : start + batch]
+        q_items = drawn.query_items[start : start + batch]
+        b = len(s_items)
+        correct, loss, class_acc, preds = run(
+            features[s_items], support_labels[:b], features[q_items], query_labels[:b]
+        )
+
+        def sample(s_items=s_items, q_items=q_items, preds=preds, task_classes=drawn.task_classes[start]):
+            return {
+                "support_images": _split_images(split, s_items[0]),
+                "support_labels": support_labels[0],
+                "query_images": _split_images(split, q_items[0]),
+                "query_labels": query_labels[0],
+                "query_predictions": preds[0].numpy(),
+                "task_classes": np.asarray(task_classes),
+            }
+
+        yield {
+            "correct": correct.numpy(),
+            "loss": loss.numpy(),
+            "class_acc": class_acc.numpy(),
+            "preds": preds.numpy(),
+            "task_classes": drawn.task_classes[start : start + b],
+            "sample": sample,
+        }
+
+
+def _split_images(split: ClassSplit, items: np.ndarray) -> np.ndarray:
+    """``(n, H, W, C) uint8`` images ``items`` of ``split`` (decoded as the episodes decode them)."""
+    if not split.is_file_backed:
+        return split.images[items]
+    pixels = _image_loader(split)(tf.constant(items, tf.int64))
+    return np.round(pixels.numpy() * 255).astype(np.uint8)
 
 
 def _sample_episode(inputs, labels, preds) -> dict:

@@ -50,7 +50,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import math
 import os
 import platform
 import shlex
@@ -65,9 +64,7 @@ import tensorflow as tf
 from mtl_keras.backbones import get_backbone
 from mtl_keras.callbacks import HardTaskLogger
 from mtl_keras.config import ExperimentConfig, get_config
-from mtl_keras.data.episode_stream import EpisodeStream
-from mtl_keras.data.episodes import EpisodeSampler, pretrain_dataset
-from mtl_keras.evaluation import EvaluationResult, confidence_interval
+from mtl_keras.evaluation import EpisodeSet, EvaluationResult, confidence_interval, draw_episodes, embed_split
 from mtl_keras.experiment import (
     build_backbone,
     load_config_benchmark,
@@ -229,67 +226,6 @@ class ReproduceSettings:
 
 
 # --------------------------------------------------------------------------- episodes on embeddings
-@dataclasses.dataclass
-class EpisodeSet:
-    """Fixed episodes as item indices of one split.
-
-    Attributes:
-        support_items: ``(E, N*K)`` int64, class-major (labels ``repeat(arange(N), K)``).
-        query_items: ``(E, N*Q)`` int64, class-major.
-        task_classes: ``(E, N)`` int32 global class ids.
-        ways, shots, queries, seed: how they were drawn.
-    """
-
-    support_items: np.ndarray
-    query_items: np.ndarray
-    task_classes: np.ndarray
-    ways: int
-    shots: int
-    queries: int
-    seed: int
-
-    @property
-    def episodes(self) -> int:
-        return len(self.support_items)
-
-
-def draw_episodes(
-    split, ways: int, shots: int, queries: int, episodes: int, seed: int, meta_batch_size: int = 10
-) -> EpisodeSet:
-    """The episodes `evaluate_episodes` (same ``seed`` and ``meta_batch_size``) adapts on.
-
-    Draws the index stream of `make_episodes` (``repeatable=True``) itself — the same
-    `EpisodeStream` its generator reads — for ``ceil(episodes / B)`` meta-batches, and
-    keeps the first ``episodes`` tasks.
-    """
-    sampler = EpisodeSampler(split, ways, shots, queries, seed=seed)
-    batch = max(1, min(meta_batch_size, episodes))
-    parts = list(EpisodeStream(sampler, batch).batches(math.ceil(episodes / batch), repeatable=True))
-
-    def cat(key):
-        return np.concatenate([p[key] for p in parts])[:episodes]
-
-    return EpisodeSet(
-        cat("support_items").astype(np.int64),
-        cat("query_items").astype(np.int64),
-        cat("task_classes"),
-        int(ways),
-        int(shots),
-        int(queries),
-        int(seed),
-    )
-
-
-def embed_split(backbone: keras.Model, split, batch_size: int = 256) -> np.ndarray:
-    """Embeddings ``(num_images, D)`` float32 of every image of ``split``, in item order.
-
-    The backbone runs in inference mode (batch norm with its moving statistics), as in
-    `MetaTransferModel` with ``batch_norm="frozen"``.
-    """
-    images = pretrain_dataset(split, batch_size=batch_size, shuffle=False).map(lambda x, y: x)
-    return np.asarray(backbone.predict(images, verbose=0), dtype=np.float32)
-
-
 @tf.function  # static shapes: the inner loop needs the number of ways
 def _adapt_on_features(
     support, support_labels, query, query_labels, init_weights, init_bias, steps, learning_rate

@@ -65,3 +65,29 @@ def test_a_few_fit_steps_on_glyphs_beat_chance(glyph_cache):
     assert np.isfinite(history.history["loss"]).all()
     result = evaluate_episodes(model, val, 5, 1, 5, episodes=100, verbose=False)
     assert result.mean - result.ci95 > 0.2 + 0.05, result
+
+
+def test_cached_embeddings_give_the_numbers_of_embedding_every_episode(proto_split):
+    """The one evaluation path: with frozen BN each image is embedded once; same episodes, same
+    per-episode accuracies, per-step curve and per-class details as embedding every episode."""
+    model = _model()
+    kwargs = dict(ways=4, shots=2, queries=3, episodes=13, meta_batch_size=5, seed=4, verbose=False)
+    cached, cached_details = evaluate_episodes(model, proto_split, return_details=True, **kwargs)
+    full, full_details = evaluate_episodes(model, proto_split, return_details=True, cached=False, **kwargs)
+    np.testing.assert_allclose(cached.episode_accuracies, full.episode_accuracies, atol=1e-6)
+    np.testing.assert_allclose(cached.per_step_accuracy, full.per_step_accuracy, atol=1e-6)
+    np.testing.assert_allclose(cached.per_step_support_loss, full.per_step_support_loss, rtol=1e-4)
+    for key in ("class_ids", "accuracy", "episodes", "worst"):
+        np.testing.assert_allclose(cached_details[key], full_details[key], atol=1e-6, err_msg=key)
+    for key, value in full_details["sample"].items():
+        np.testing.assert_array_equal(cached_details["sample"][key], value, err_msg=key)
+
+
+def test_transductive_models_are_evaluated_episode_by_episode(proto_split):
+    model = MetaTransferModel(
+        resnet12((16, 16, 1), widths=(4, 8, 8, 8)), ways=4, eval_inner_steps=3, batch_norm="transductive"
+    )
+    result = evaluate_episodes(model, proto_split, 4, 2, 3, episodes=4, verbose=False)
+    assert result.episodes == 4
+    with pytest.raises(ValueError, match="cached=True needs batch_norm='frozen'"):
+        evaluate_episodes(model, proto_split, 4, 2, 3, episodes=4, verbose=False, cached=True)
