@@ -2,7 +2,7 @@
 
 Examples::
 
-    mtl-keras demo                                   # glyphs, cpu-glyphs preset
+    mtl-keras demo                                   # glyph_scenes, cpu-glyph_scenes preset
     mtl-keras run --config cpu-glyphs --set meta_epochs=2 --run-dir runs/a
     mtl-keras pretrain --config paper-mini_imagenet --root data/mini --run-dir runs/mini
     mtl-keras meta-train --run-dir runs/mini         # reads runs/mini/config.json
@@ -175,9 +175,9 @@ def _add_config_options(parser: argparse.ArgumentParser, run_dir_required: bool 
         "--config",
         default=None,
         metavar="NAME|FILE.json",
-        help="preset name (cpu-glyphs, paper-mini_imagenet, paper-fc100-1shot, ...; a wrong name lists them "
+        help="preset name (cpu, cpu-glyph_scenes, cpu-glyphs, paper-mini_imagenet, paper-fc100-1shot, ...; a wrong name lists them "
         'all) or JSON file of config fields, optionally with "preset": NAME to start from '
-        "(default: RUN_DIR/config.json if present, else cpu-glyphs)",
+        "(default: RUN_DIR/config.json if present, else cpu)",
     )
     group.add_argument(
         "--set",
@@ -268,10 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
         "demo",
-        help="pretrain, meta-train and evaluate on the embedded glyph dataset",
-        description="Pretrain → MTL → evaluate 5-way 1/5-shot on glyphs; writes a run folder.",
+        help="pretrain, meta-train and evaluate on the embedded glyph_scenes benchmark",
+        description="Pretrain → MTL → evaluate 5-way 1/5-shot on glyph_scenes; writes a run folder.",
     )
-    demo.add_argument("--config", default="cpu-glyphs", help="preset name or JSON file (default: cpu-glyphs)")
+    demo.add_argument(
+        "--config", default="cpu-glyph_scenes", help="preset name or JSON file (default: cpu-glyph_scenes)"
+    )
     demo.add_argument("--run-dir", default=None, help="output folder (default: runs/demo-<time>)")
     demo.add_argument("--test-episodes", type=int, default=None, help="override the number of test episodes")
     demo.set_defaults(func=_demo)
@@ -432,6 +434,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument(
         "--weights", default=None, help="pretrained backbone weights to use instead of pretraining"
+    )
+    rep.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="run once per training seed (pretraining and meta-training reseeded) into OUT/seed-S, all on the "
+        "same test episodes, and write OUT/SEEDS.md (per seed, pooled, paired differences); finished seeds "
+        "are read back",
+    )
+    rep.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        choices=("scratch", "ft", "ss", "ss_ht"),
+        help="the meta-trained rows to run (default: all four; the pretrained row always runs)",
     )
     rep.add_argument(
         "--set",

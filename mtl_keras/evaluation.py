@@ -29,6 +29,7 @@ class EvaluationResult:
         per_step_accuracy: ``(T+1,)`` mean query accuracy after 0..T inner steps.
         per_step_support_loss: ``(T+1,)`` mean support loss after 0..T inner steps.
         ways, shots, queries, inner_steps: the setting.
+        query_loss: mean query cross-entropy after the last inner step (nan when unknown).
     """
 
     mean: float
@@ -40,6 +41,7 @@ class EvaluationResult:
     shots: int
     queries: int
     inner_steps: int
+    query_loss: float = float("nan")
 
     @property
     def episodes(self) -> int:
@@ -61,6 +63,8 @@ class EvaluationResult:
             "queries": self.queries,
             "inner_steps": self.inner_steps,
             "per_step_accuracy": self.per_step_accuracy.tolist(),
+            "query_loss": self.query_loss,
+            "episode_accuracies": np.asarray(self.episode_accuracies).tolist(),
         }
 
 
@@ -139,6 +143,58 @@ def embed_split(model, split: ClassSplit, batch_size: int = 256) -> np.ndarray:
     return np.concatenate([np.asarray(embed(x)) for x in images]).astype(np.float32)
 
 
+def paired_difference(a: EvaluationResult, b: EvaluationResult) -> tuple[float, float]:
+    """``(mean, 95% CI half-width)`` of the per-episode accuracy difference ``a - b``.
+
+    Both results must come from the same episodes (same seed and setting): the CI of the
+    paired differences is much tighter than two overlapping per-method CIs suggest.
+    """
+    if a.episodes != b.episodes:
+        raise ValueError(f"paired_difference: {a.episodes} vs {b.episodes} episodes; need the same episodes.")
+    return confidence_interval(np.asarray(a.episode_accuracies) - np.asarray(b.episode_accuracies))
+
+
+class EpisodeAccuracy(keras.callbacks.Callback):
+    """Mean query accuracy on fixed episodes after every epoch, as ``logs["val_accuracy"]``.
+
+    The validation of meta-training: `evaluate_episodes` on the same ``episodes`` episodes of
+    ``split`` (seed ``seed``) at every epoch end — embedded once per image when batch norm is
+    frozen, so 600 validation episodes cost about as much as embedding the split. Put it
+    before callbacks that read ``val_accuracy`` (`mtl_keras.callbacks.BestCheckpoint`).
+
+    Args:
+        split: the validation classes.
+        ways, shots, queries: the episode setting.
+        episodes: episodes per evaluation.
+        seed: episode seed.
+    """
+
+    def __init__(self, split: ClassSplit, ways: int, shots: int, queries: int, episodes: int, seed: int):
+        super().__init__()
+        self.split, self.ways, self.shots, self.queries = split, ways, shots, queries
+        self.episodes, self.seed = episodes, seed
+
+    def evaluate(self, model=None) -> EvaluationResult:
+        """`evaluate_episodes` of ``model`` (default: the model being trained) on the episodes."""
+        return evaluate_episodes(
+            model or self.model,
+            self.split,
+            self.ways,
+            self.shots,
+            self.queries,
+            episodes=self.episodes,
+            seed=self.seed,
+            verbose=False,
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        result = self.evaluate()
+        if logs is not None:
+            logs["val_accuracy"] = result.mean
+            logs["val_loss"] = result.query_loss
+            logs["val_accuracy_ci95"] = result.ci95
+
+
 def evaluate_episodes(
     model,
     split: ClassSplit,
@@ -213,7 +269,7 @@ def evaluate_episodes(
     else:
         batches = _episode_batches(model, split, ways, shots, queries, num_batches, seed, batch, steps)
 
-    correct_all, loss_all, class_acc_all, classes_all = [], [], [], []
+    correct_all, loss_all, class_acc_all, classes_all, query_loss_all = [], [], [], [], []
     sample = None
     # On a terminal a live bar; in a log file one line at the end.
     bar = (
@@ -241,6 +297,7 @@ def evaluate_episodes(
                     flush=True,
                 )
         loss_all.append(out["loss"])
+        query_loss_all.append(out["query_loss"])
         if return_details:
             class_acc_all.append(out["class_acc"])
             classes_all.append(out["task_classes"])
@@ -263,6 +320,7 @@ def evaluate_episodes(
         shots=shots,
         queries=queries,
         inner_steps=steps,
+        query_loss=float(np.concatenate(query_loss_all)[:episodes].mean()),
     )
     if not return_details:
         return result
@@ -272,11 +330,14 @@ def evaluate_episodes(
 
 
 def _scores(model, logits, losses, labels, ways):
-    """Per-step accuracy ``(T+1, B)``, support loss, final per-class accuracy and predictions."""
+    """Per-step accuracy ``(T+1, B)``, support loss, final per-class accuracy, predictions, query loss."""
     preds = tf.argmax(logits, axis=-1, output_type=tf.int32)  # (T+1, B, N*Q)
     correct = tf.reduce_mean(tf.cast(tf.equal(preds, labels[None]), tf.float32), axis=-1)
     class_acc = model.per_class_accuracy(logits[-1], labels, ways)  # (B, N)
-    return correct, losses, class_acc, preds[-1]
+    query_loss = tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits[-1]), axis=-1
+    )  # (B,)
+    return correct, losses, class_acc, preds[-1], query_loss
 
 
 def _episode_batches(model, split, ways, shots, queries, num_batches, seed, batch, steps):
@@ -304,8 +365,9 @@ def _episode_batches(model, split, ways, shots, queries, num_batches, seed, batc
         return _scores(model, history["query_logits"], history["support_loss"], labels, ways)
 
     for inputs, labels in ds:
-        correct, loss, class_acc, preds = run(inputs, labels)
+        correct, loss, class_acc, preds, query_loss = run(inputs, labels)
         yield {
+            "query_loss": query_loss.numpy(),
             "correct": correct.numpy(),
             "loss": loss.numpy(),
             "class_acc": class_acc.numpy(),
@@ -341,7 +403,7 @@ def _cached_batches(model, split, ways, shots, queries, episodes, seed, batch, s
         s_items = drawn.support_items[start : start + batch]
         q_items = drawn.query_items[start : start + batch]
         b = len(s_items)
-        correct, loss, class_acc, preds = run(
+        correct, loss, class_acc, preds, query_loss = run(
             features[s_items], support_labels[:b], features[q_items], query_labels[:b]
         )
 
@@ -356,6 +418,7 @@ def _cached_batches(model, split, ways, shots, queries, episodes, seed, batch, s
             }
 
         yield {
+            "query_loss": query_loss.numpy(),
             "correct": correct.numpy(),
             "loss": loss.numpy(),
             "class_acc": class_acc.numpy(),

@@ -36,7 +36,7 @@ from mtl_keras.data.episodes import make_episodes, pretrain_dataset
 from mtl_keras.data.hard_tasks import HardTaskPool
 from mtl_keras.data.registry import load_benchmark
 from mtl_keras.distribute import worker_index
-from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
+from mtl_keras.evaluation import EpisodeAccuracy, EvaluationResult, evaluate_episodes, paired_difference
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.models.pretrain import PretrainModel
 from mtl_keras.plots import plot_accuracy_vs_inner_steps, plot_episode_grid, plot_learning_curves, plot_run
@@ -94,7 +94,9 @@ def pretrain(
         train_ds, held_ds = pretrain_dataset(
             train_split, batch_size=config.pretrain_batch_size, seed=config.seed, holdout=0.1
         )
-        steps = sum(1 for _ in train_ds) * max(1, config.pretrain_epochs)
+        per_epoch = int(train_ds.cardinality())
+        per_epoch = per_epoch if per_epoch > 0 else sum(1 for _ in train_ds)
+        steps = per_epoch * max(1, config.pretrain_epochs)
         schedule = keras.optimizers.schedules.CosineDecay(config.pretrain_lr, decay_steps=steps)
         model.compile(
             optimizer=keras.optimizers.Adam(schedule),
@@ -102,19 +104,67 @@ def pretrain(
             metrics=["accuracy"],
         )
     backup = ResumableCheckpoint(backup_dir, verbose=int(verbose), chief_only=False) if backup_dir else None
+    # No held-out images when classes are tiny (10% of 2 rounds to 0): then no validation.
+    held = held_ds if int(held_ds.cardinality()) != 0 else None
+    stop = []
+    if config.pretrain_patience and held is not None:
+        stop = [
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy",
+                mode="max",
+                patience=config.pretrain_patience,
+                restore_best_weights=True,
+                verbose=int(verbose),
+            )
+        ]
+        if verbose:
+            print(
+                f"Pretraining: at most {config.pretrain_epochs} epochs, stopping when the held-out accuracy "
+                f"has not improved for {config.pretrain_patience} (the estimate below is for all of them)",
+                flush=True,
+            )
     history = model.fit(
         train_ds,
-        # No held-out images when classes are tiny (10% of 2 rounds to 0): then no validation.
-        validation_data=held_ds if int(held_ds.cardinality()) != 0 else None,
+        validation_data=held,
         epochs=config.pretrain_epochs,
         verbose=_verbose_mode(verbose),
         callbacks=[
             *([TimeEstimate("pretraining")] if verbose else []),
+            *stop,
             *([backup] if backup else []),
             *(callbacks or []),
         ],
     )
     return model, _full_history(history.history, backup)
+
+
+#: Below this accuracy on the base classes a pretrained backbone is reported as weak.
+WEAK_PRETRAINING_ACCURACY = 0.5
+
+
+def weak_pretraining(history: dict, num_classes: int) -> str | None:
+    """A warning when pretraining ended with a backbone that barely separates the base classes.
+
+    Judged on the best held-out accuracy (``val_accuracy``) when there is one, else the
+    training accuracy of the last epoch, against `WEAK_PRETRAINING_ACCURACY`.
+
+    Returns:
+        The warning (what was reached, chance, what to do), or None for a usable backbone.
+    """
+    held = [v for v in history.get("val_accuracy", []) if v == v]
+    accuracy, what = (
+        (max(held), "held-out") if held else (history.get("accuracy", [float("nan")])[-1], "training")
+    )
+    if not accuracy < WEAK_PRETRAINING_ACCURACY:
+        return None
+    epochs = len(history.get("loss", []))
+    return (
+        f"Warning: pretraining ended after {epochs} epoch(s) with {100 * accuracy:.1f}% {what} accuracy over "
+        f"{num_classes} base classes (chance {100 / num_classes:.1f}%): the backbone barely separates them, "
+        "and meta-training and the few-shot results start from weak features. Pretrain longer "
+        "(--set pretrain_epochs=N with --set pretrain_patience=5 stops when the held-out accuracy stops "
+        "improving), or use a smaller backbone (--set widths=...) for few images."
+    )
 
 
 def _full_history(history: dict, backup: ResumableCheckpoint | None) -> dict:
@@ -292,16 +342,8 @@ def meta_train(
     train_eps, pool = training_episodes(
         config, train_split, shots, replicas=model.distribute_strategy.num_replicas_in_sync
     )
-    val_batch = 10
-    val_eps = make_episodes(
-        val_split,
-        config.ways,
-        shots,
-        config.queries,
-        meta_batch_size=val_batch,
-        num_batches=max(1, config.val_episodes // val_batch),
-        seed=config.seed + 1,
-        repeatable=True,
+    validation = EpisodeAccuracy(
+        val_split, config.ways, shots, config.queries, config.val_episodes, config.seed + 1
     )
     # Every worker of a multi-worker strategy writes its own backup (see `output_dir`).
     backup = (
@@ -311,7 +353,7 @@ def meta_train(
     )
     state = backup.read_state() if backup is not None else None
     # Epoch 0: the pretrained model before any meta-training competes too.
-    initial = model.evaluate(val_eps, verbose=0, return_dict=True)["accuracy"]
+    initial = validation.evaluate(model).mean
     best = BestCheckpoint(checkpoint_path, monitor="val_accuracy", mode="max", best=initial)
     if state is not None and os.path.exists(checkpoint_path):
         # Resuming: the best of the epochs already trained is on disk (saved before the backup).
@@ -328,8 +370,8 @@ def meta_train(
             train_eps,
             steps_per_epoch=config.steps_per_epoch,
             epochs=config.meta_epochs,
-            validation_data=val_eps,
             callbacks=[
+                validation,  # first: the callbacks after it read its val_accuracy
                 *([TimeEstimate(f"meta-training {shots}-shot")] if verbose else []),
                 best,
                 *logger,
@@ -351,16 +393,36 @@ def meta_train(
     return hist
 
 
-def format_table(rows: dict[str, dict[int, EvaluationResult]], ways: int) -> str:
-    """A Markdown table: one row per method, one column per shot setting."""
+def format_table(
+    rows: dict[str, dict[int, EvaluationResult]], ways: int, baseline: str | None = BASELINE_ROW
+) -> str:
+    """A Markdown table: one row per method; per shot setting the accuracy (mean ± 95% CI) and,
+    when a ``baseline`` row is given, the paired difference against it.
+
+    The paired column is the mean ± 95% CI of the per-episode accuracy differences (every row
+    is evaluated on the same episodes): a CI that excludes 0 is a difference the episodes
+    support, however much the two rows' own CIs overlap.
+    """
     shots = sorted({s for r in rows.values() for s in r})
-    header = "| method | " + " | ".join(f"{ways}-way {s}-shot" for s in shots) + " |"
-    lines = [header, "|---|" + "---|" * len(shots)]
+    paired = baseline is not None and baseline in rows
+    header = ["method"]
+    for s in shots:
+        header.append(f"{ways}-way {s}-shot")
+        if paired:
+            header.append(f"{s}-shot − pretrained (paired)")
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
     for name, by_shot in rows.items():
-        cells = [
-            f"{100 * by_shot[s].mean:.2f} ± {100 * by_shot[s].ci95:.2f}" if s in by_shot else "–"
-            for s in shots
-        ]
+        cells = []
+        for s in shots:
+            result = by_shot.get(s)
+            cells.append(f"{100 * result.mean:.2f} ± {100 * result.ci95:.2f}" if result else "–")
+            if paired:
+                base = rows[baseline].get(s)
+                if name == baseline or result is None or base is None:
+                    cells.append("–")
+                else:
+                    mean, ci = paired_difference(result, base)
+                    cells.append(f"{100 * mean:+.2f} ± {100 * ci:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -555,6 +617,9 @@ def run_experiment(
             save_weights_atomic(pre_model.backbone, weights_path)
         progress.complete("pretrain", pre_hist)
     histories = {"pretrain": pre_hist}
+    weak = weak_pretraining(pre_hist, train.num_classes)
+    if weak:
+        print(weak, flush=True)  # before meta-training, even with verbose=False
 
     def evaluate_test(model, shots, **kwargs):  # the same test episodes for every row
         return evaluate_episodes(
@@ -635,9 +700,14 @@ def run_experiment(
             "splits": _split_summary((train, val, test)),
             "channels": train.channels,
             "results": {name: {f"{k}-shot": r.to_dict() for k, r in by.items()} for name, by in rows.items()},
+            "paired_difference": {
+                f"{k}-shot": dict(zip(("mean", "ci95"), paired_difference(r, rows[BASELINE_ROW][k])))
+                for k, r in rows[MTL_ROW].items()
+            },
             "histories": histories,
             "seconds": round(time.time() - start, 1),
             "stage_seconds": stage_seconds,
+            "warnings": [weak] if weak else [],
         },
     )
     with open(os.path.join(run_dir, "results.md"), "w") as f:
@@ -645,7 +715,8 @@ def run_experiment(
     say("")
     say(
         f"Test accuracy (%) on {test.num_classes} unseen {config.benchmark} classes, "
-        f"{config.test_episodes} episodes, mean ± 95% CI:"
+        f"{config.test_episodes} episodes (the same for both rows), mean ± 95% CI; the paired columns: "
+        "mean ± 95% CI of the per-episode difference against the pretrained row:"
     )
     say(table)
     say("\n" + format_stage_times(stage_seconds, metrics["seconds"]))
@@ -676,11 +747,83 @@ def checkpoint_path(run_dir: str, shots: int) -> str:
     return os.path.join(run_dir, f"mtl_{shots}shot.weights.h5")
 
 
-def load_config_benchmark(config: ExperimentConfig):
-    """`load_benchmark` with the config's benchmark, root, image size and ``allow_pickle``."""
-    return load_benchmark(
+def load_config_benchmark(config: ExperimentConfig, verbose: bool = True):
+    """`load_benchmark` with the config's benchmark, root, image size and ``allow_pickle``, checked
+    against every episode the config will draw (`check_episode_settings`) before any training."""
+    splits = load_benchmark(
         config.benchmark, root=config.root, image_size=config.image_size, allow_pickle=config.allow_pickle
     )
+    return check_episode_settings(config, splits, verbose=verbose)
+
+
+def check_episode_settings(config: ExperimentConfig, splits, verbose: bool = True):
+    """Check every shot setting of ``config`` against every split, before the first training step.
+
+    Train and validation episodes take ``shots + queries`` images of a class, test episodes
+    ``shots + test_queries``, for each K in ``config.shots``. Every class too small for one of
+    them is named at once (a run used to stop with the first one, after finishing the
+    smaller shot settings). With ``config.drop_small_classes`` those classes are dropped
+    (and named) instead.
+
+    Args:
+        config: the settings (``ways``, ``shots``, ``queries``, ``test_queries``).
+        splits: ``(train, val, test)``.
+        verbose: print the dropped classes.
+
+    Returns:
+        ``Benchmark(train, val, test)``, without the dropped classes.
+
+    Raises:
+        ValueError: a class too small (without ``drop_small_classes``), naming every such class
+            and the fix; a split with fewer than ``ways`` classes (left).
+    """
+    from mtl_keras.data.registry import Benchmark
+
+    need_of = {
+        "train": max(config.shots) + config.queries,
+        "val": max(config.shots) + config.queries,
+        "test": max(config.shots) + config.test_queries,
+    }
+    checked, small_classes, few_classes = [], [], []
+    for split in splits:
+        need = need_of.get(split.name, max(config.shots) + config.queries)
+        counts = split.class_counts()
+        small = np.flatnonzero(counts < need)
+        keep = np.flatnonzero(counts >= need)
+        if len(small) and config.drop_small_classes and len(keep):
+            if verbose:
+                names = ", ".join(f"'{split.class_names[c]}' ({counts[c]})" for c in small)
+                print(
+                    f"Dropping {len(small)} of {split.num_classes} '{split.name}' classes with fewer than {need} "
+                    f"images (drop_small_classes): {names}",
+                    flush=True,
+                )
+            split, small = split.subset(keep), small[:0]
+        if len(small):
+            listed = ", ".join(f"'{split.class_names[c]}' has {counts[c]}" for c in small[:10])
+            more = f" and {len(small) - 10} more" if len(small) > 10 else ""
+            small_classes.append(f"split '{split.name}': {listed}{more} (of {split.num_classes} classes)")
+        elif split.num_classes < config.ways:
+            few_classes.append(f"split '{split.name}' has {split.num_classes}")
+        checked.append(split)
+    if small_classes:
+        shots = max(config.shots)
+        raise ValueError(
+            f"Some classes are too small for the configured episodes: {config.ways}-way {shots}-shot needs "
+            f"{need_of['train']} images per class in train and val ({shots} support + {config.queries} queries) "
+            f"and {need_of['test']} in test ({config.test_queries} test queries): "
+            + "; ".join(small_classes)
+            + ". Checked before any training. Drop them with --set drop_small_classes=true (they are named), "
+            "or lower shots / queries / test_queries."
+        )
+    if few_classes:
+        raise ValueError(
+            f"{config.ways}-way episodes need {config.ways} classes per split, but "
+            + ", ".join(few_classes)
+            + (" (after dropping the small ones)" if config.drop_small_classes else "")
+            + ". Lower ways (--set ways=N) or add classes."
+        )
+    return Benchmark(*checked)
 
 
 class TrainingScalarsLogger(keras.callbacks.Callback):
@@ -830,6 +973,9 @@ def pretrain_stage(
     )
     path = save_weights_atomic(model.backbone, os.path.join(run_dir, PRETRAINED_WEIGHTS))
     progress.complete("pretrain", history)
+    weak = weak_pretraining(history, splits.train.num_classes)
+    if weak:
+        print(weak, flush=True)
     update_metrics(run_dir, {**_run_info(config, splits), "histories": {"pretrain": history}})
     plot_run(run_dir)
     if verbose:

@@ -64,7 +64,14 @@ import tensorflow as tf
 from mtl_keras.backbones import get_backbone
 from mtl_keras.callbacks import HardTaskLogger
 from mtl_keras.config import ExperimentConfig, get_config
-from mtl_keras.evaluation import EpisodeSet, EvaluationResult, confidence_interval, draw_episodes, embed_split
+from mtl_keras.evaluation import (
+    EpisodeSet,
+    EvaluationResult,
+    confidence_interval,
+    draw_episodes,
+    embed_split,
+    paired_difference,
+)
 from mtl_keras.experiment import (
     build_backbone,
     load_config_benchmark,
@@ -149,6 +156,11 @@ class ReproduceSettings:
         hard_ways: ways of the harder extra setting (0: none); evaluated with the
             models meta-trained at ``config.ways``.
         eval_chunk: episodes adapted per call on cached embeddings (speed only).
+        rows: the meta-trained rows to run, of ``scratch``, ``ft``, ``ss``, ``ss_ht``
+            (``pretrained`` always runs: it is every comparison's baseline).
+        episode_seed: seed of the validation (``episode_seed + 1``) and test
+            (``episode_seed + 100``) episodes; -1: the config's ``seed``. `reproduce_seeds`
+            fixes it, so that every training seed is tested on the same episodes.
     """
 
     config: ExperimentConfig = dataclasses.field(default_factory=default_config)
@@ -160,6 +172,8 @@ class ReproduceSettings:
     ft_probe_steps: int = 30
     hard_ways: int = 20
     eval_chunk: int = 50
+    rows: tuple[str, ...] = ("scratch", "ft", "ss", "ss_ht")
+    episode_seed: int = -1
 
     def replace(self, **changes) -> ReproduceSettings:
         """A copy with ``changes``: settings fields, or `ExperimentConfig` fields (go to ``config``)."""
@@ -185,7 +199,9 @@ class ReproduceSettings:
                 config_assignments.append(item)
                 continue
             try:
-                if own[key].startswith("tuple"):
+                if key == "rows":
+                    changes[key] = tuple(v for v in text.replace(",", " ").split() if v)
+                elif own[key].startswith("tuple"):
                     changes[key] = tuple(float(v) for v in text.strip("()[] ").replace(",", " ").split())
                 elif own[key] == "int":
                     changes[key] = int(text)
@@ -207,6 +223,13 @@ class ReproduceSettings:
         ):
             if getattr(self, key) < 1:
                 raise ValueError(f"Setting '{key}' must be an int >= 1, got {getattr(self, key)!r}.")
+        trained = [r for r in ROWS if r != "pretrained"]
+        unknown = [r for r in self.rows if r not in trained]
+        if unknown or not self.rows:
+            raise ValueError(
+                f"Setting 'rows' takes one or more of {', '.join(trained)} (pretrained always runs), "
+                f"got {list(self.rows)!r}."
+            )
         if self.ft_probe_steps < 0:
             raise ValueError(f"Setting 'ft_probe_steps' must be >= 0, got {self.ft_probe_steps}.")
         if not self.ft_lrs or any(not (lr > 0) for lr in self.ft_lrs):
@@ -324,16 +347,6 @@ def evaluate_model(
     """A model's accuracy on ``episodes`` from its cached embeddings ``features``."""
     weights, bias = head_init(model, episodes.ways)
     return evaluate_features(features, episodes, weights, bias, model.eval_inner_steps, model.inner_lr, chunk)
-
-
-def paired_difference(a: EvaluationResult, b: EvaluationResult) -> tuple[float, float]:
-    """``(mean, 95% CI half-width)`` of the per-episode accuracy difference ``a - b``.
-
-    Both results must come from the same episodes (same seed and setting).
-    """
-    if a.episodes != b.episodes:
-        raise ValueError(f"paired_difference: {a.episodes} vs {b.episodes} episodes; need the same episodes.")
-    return confidence_interval(np.asarray(a.episode_accuracies) - np.asarray(b.episode_accuracies))
 
 
 class EpisodeValidation(keras.callbacks.Callback):
@@ -570,12 +583,13 @@ def reproduce(
                 say(f"    (skipping {setting_name(settings.hard_ways, shots)}: {err})")
                 continue
             settings_of[setting_name(settings.hard_ways, shots)] = (settings.hard_ways, shots)
+    episode_seed = config.seed if settings.episode_seed < 0 else settings.episode_seed
     test_episodes = {
-        name: draw_episodes(test, n, k, config.test_queries, config.test_episodes, config.seed + 100)
+        name: draw_episodes(test, n, k, config.test_queries, config.test_episodes, episode_seed + 100)
         for name, (n, k) in settings_of.items()
     }
     val_episodes = {
-        k: draw_episodes(val, ways, k, config.queries, config.val_episodes, config.seed + 1)
+        k: draw_episodes(val, ways, k, config.queries, config.val_episodes, episode_seed + 1)
         for k in shots_list
     }
     results: dict[str, dict[str, EvaluationResult]] = {name: {} for name in settings_of}
@@ -607,7 +621,7 @@ def reproduce(
     t = time.time()
     probe_shots = shots_list[0]
     ft_probe = {}
-    if len(settings.ft_lrs) > 1 and settings.ft_probe_steps > 0:
+    if "ft" in settings.rows and len(settings.ft_lrs) > 1 and settings.ft_probe_steps > 0:
         say(
             f"[FT lr] probing {list(settings.ft_lrs)} with {settings.ft_probe_steps} steps of {probe_shots}-shot "
             "meta-training each, on validation episodes",
@@ -639,7 +653,7 @@ def reproduce(
     lap("FT lr probe", t)
 
     for shots in shots_list:
-        for row in ("scratch", "ft", "ss", "ss_ht"):
+        for row in (r for r in ROWS if r in settings.rows):
             t = time.time()
             scratch = row == "scratch"
             epochs = settings.scratch_epochs if scratch else config.meta_epochs
@@ -703,6 +717,221 @@ def reproduce(
     say(tables["main"])
     say(f"\n{os.path.join(out_dir, 'RESULTS.md')} ({seconds['total']:.0f} s)")
     return {**summary, "tables": tables}
+
+
+# --------------------------------------------------------------------------- several training seeds
+#: The targets of issue 14 at N-way 1-shot, checked by `write_seeds_md`: (better, worse, minimum
+#: paired difference in points, what it says).
+SEED_TARGETS = (
+    ("ss", "pretrained", 2.0, "SS − pretrained ≥ +2 points, paired CI above 0 in every seed"),
+    ("ss_ht", "ss", 0.0, "SS + HT ≥ SS"),
+    ("ss", "ft", 0.0, "SS > FT"),
+)
+
+
+@locks_run_folder("out_dir")
+def reproduce_seeds(
+    settings: ReproduceSettings,
+    out_dir: str,
+    seeds: Sequence[int],
+    verbose: bool = True,
+    command: str | None = None,
+) -> dict:
+    """`reproduce` once per training seed, every seed tested on the same episodes; then ``SEEDS.md``.
+
+    Seed ``s`` reseeds everything that trains — pretraining (initialisation, batch order),
+    every row's initialisation and training episode stream — and writes its own run into
+    ``out_dir/seed-<s>/`` (``RESULTS.md``, ``results.json``, plots). The validation and test
+    episodes are fixed by ``settings.episode_seed`` (-1: the first seed), so the rows of
+    all seeds are compared on the very same 600 (``test_episodes``) test episodes. A seed whose
+    ``results.json`` already holds these settings is read back instead of run again (an
+    interrupted run resumes at the first unfinished seed).
+
+    Args:
+        settings: what each seed runs (`ReproduceSettings`; its ``seed`` is replaced).
+        out_dir: output folder: ``SEEDS.md`` (per seed and pooled tables, paired differences
+            against the pretrained row, the targets), ``seeds.json``, ``seed-<s>/``.
+        seeds: the training seeds, e.g. ``(0, 1, 2)``.
+        verbose: progress output.
+        command: the command line recorded in ``SEEDS.md``.
+
+    Returns:
+        The content of ``seeds.json`` plus ``"table"`` (``SEEDS.md``'s text).
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"reproduce_seeds: give distinct seeds, got {seeds!r}.")
+    settings = settings.validate()
+    episode_seed = settings.episode_seed if settings.episode_seed >= 0 else seeds[0]
+    command = command or " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0]), *sys.argv[1:]])
+    say = print if verbose else (lambda *a, **k: None)
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.time()
+    runs = {}
+    for seed in seeds:
+        run_settings = settings.replace(seed=seed, episode_seed=episode_seed)
+        sub = os.path.join(out_dir, f"seed-{seed}")
+        path = os.path.join(sub, "results.json")
+        summary = None
+        if os.path.exists(path):
+            with open(path) as f:
+                summary = json.load(f)
+            if summary.get("settings") != json.loads(json.dumps(run_settings.to_dict(), default=float)):
+                say(f"[seed {seed}] {path} holds other settings: running again")
+                summary = None
+            else:
+                say(f"[seed {seed}] already done: {path}")
+        if summary is None:
+            say(f"\n========== seed {seed} ({seeds.index(seed) + 1} of {len(seeds)}) ==========", flush=True)
+            summary = reproduce(run_settings, sub, verbose=verbose, command=f"{command}  # seed {seed}")
+            summary.pop("tables", None)
+        runs[seed] = summary
+    combined = {
+        "command": command,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "seeds": seeds,
+        "episode_seed": episode_seed,
+        "seconds": round(time.time() - start, 1),
+        "seconds_per_seed": {str(s): r["seconds"]["total"] for s, r in runs.items()},
+        "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "settings": settings.to_dict(),
+    }
+    text, numbers = seeds_report(runs, combined)
+    combined["summary"] = numbers
+    with open(os.path.join(out_dir, "seeds.json"), "w") as f:
+        json.dump(combined, f, indent=1, default=float)
+    with open(os.path.join(out_dir, "SEEDS.md"), "w") as f:
+        f.write(text)
+    say("\n" + text)
+    say(f"\n{os.path.join(out_dir, 'SEEDS.md')}")
+    return {**combined, "table": text}
+
+
+def _results_of(summary: dict) -> dict[str, dict[str, np.ndarray]]:
+    """``{setting: {row: per-episode accuracies}}`` of one seed's ``results.json``."""
+    return {
+        name: {row: np.asarray(r["episode_accuracies"], dtype=float) for row, r in by_row.items()}
+        for name, by_row in summary["results"].items()
+    }
+
+
+def seeds_report(runs: dict[int, dict], combined: dict) -> tuple[str, dict]:
+    """``SEEDS.md``'s text and its numbers from the per-seed ``results.json`` contents ``runs``.
+
+    Pooled accuracy: the mean over seeds of each row's mean, ± the 95% CI over test episodes
+    of the seed-averaged per-episode accuracy (the episodes are the same for every seed). Pooled
+    paired difference: the same for the per-episode difference ``row − pretrained``. The spread
+    over seeds (min … max of the per-seed means) is printed beside it: the CIs cover episode
+    sampling, the spread training randomness.
+    """
+    seeds = list(runs)
+    first = runs[seeds[0]]
+    config = ExperimentConfig.from_dict(first["settings"]["config"])
+    per_seed = {s: _results_of(r) for s, r in runs.items()}
+    names = list(per_seed[seeds[0]])
+    for s in seeds:
+        if list(per_seed[s]) != names:
+            raise ValueError(f"seed {s} has settings {list(per_seed[s])}, seed {seeds[0]} {names}.")
+    rows = [r for r in ROWS if all(r in per_seed[s][names[0]] for s in seeds)]
+    numbers: dict = {}
+    out = [f"# `{config.benchmark}`: {len(seeds)} training seeds, the same test episodes\n"]
+    add = out.append
+    add(
+        f"Date: {combined['date']}; {combined['seconds'] / 60:.0f} min for the seeds run now "
+        f"(per seed, when it ran: {', '.join(f'{k}: {v / 60:.0f} min' for k, v in combined['seconds_per_seed'].items())}) "
+        f"on {os.cpu_count()} CPU cores. Command (seeds already in the folder are read back, not rerun):\n"
+    )
+    add(f"```\n{combined['command']}\n```\n")
+    add(
+        f"Each seed reseeds pretraining and every row's meta-training; all seeds and rows are tested on the same "
+        f"{config.test_episodes} {config.ways}-way test episodes (episode seed {combined['episode_seed']} + 100) "
+        f"of {config.test_queries} queries per class, on classes never seen in training. Settings: "
+        f"`seed-{seeds[0]}/RESULTS.md` (identical for every seed but the seed). Everything chosen — the kept "
+        "epoch of each row, the FT rate — was chosen on validation episodes.\n"
+    )
+    for name in names:
+        numbers[name] = {}
+        add(f"## {name}: test accuracy (%), mean ± 95% CI over episodes\n")
+        header = "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | pooled | spread over seeds |"
+        lines = [header, "|---|" + "---|" * (len(seeds) + 2)]
+        for row in rows:
+            accs = [per_seed[s][name][row] for s in seeds]
+            means = [float(a.mean()) for a in accs]
+            pooled_mean, pooled_ci = confidence_interval(np.mean(accs, axis=0))
+            numbers[name][row] = {"per_seed": means, "pooled": [pooled_mean, pooled_ci]}
+            cells = [f"{100 * m:.2f} ± {100 * confidence_interval(a)[1]:.2f}" for m, a in zip(means, accs)]
+            lines.append(
+                f"| {SHORT[row]} | "
+                + " | ".join(cells)
+                + f" | {100 * pooled_mean:.2f} ± {100 * pooled_ci:.2f} | "
+                f"{100 * min(means):.2f} … {100 * max(means):.2f} |"
+            )
+        add("\n".join(lines) + "\n")
+        add(f"### {name}: paired difference (points), mean ± 95% CI of the per-episode difference\n")
+        pairs = [(r, "pretrained") for r in rows if r != "pretrained"]
+        pairs += [(a, b) for a, b, *_ in CLAIMS if a in rows and b in rows and b != "pretrained" and a != b]
+        lines = [
+            "| difference | " + " | ".join(f"seed {s}" for s in seeds) + " | pooled | seeds with CI > 0 |",
+            "|---|" + "---|" * (len(seeds) + 2),
+        ]
+        numbers[name]["paired"] = {}
+        for a, b in pairs:
+            diffs = [per_seed[s][name][a] - per_seed[s][name][b] for s in seeds]
+            stats = [confidence_interval(d) for d in diffs]
+            pooled = confidence_interval(np.mean(diffs, axis=0))
+            above = sum(m - c > 0 for m, c in stats)
+            key = f"{SHORT[a]} − {SHORT[b]}"
+            numbers[name]["paired"][key] = {"per_seed": stats, "pooled": pooled, "seeds_above_0": above}
+            lines.append(
+                f"| {key} | "
+                + " | ".join(f"{100 * m:+.2f} ± {100 * c:.2f}" for m, c in stats)
+                + f" | {100 * pooled[0]:+.2f} ± {100 * pooled[1]:.2f} | {above} of {len(seeds)} |"
+            )
+        add("\n".join(lines) + "\n")
+    one_shot = f"{config.ways}-way 1-shot"
+    if one_shot in numbers:
+        add(f"## The targets (issue 14), at {one_shot}\n")
+        paired = numbers[one_shot]["paired"]
+        lines = []
+        for better, worse, minimum, what in SEED_TARGETS:
+            key = f"{SHORT[better]} − {SHORT[worse]}"
+            if key not in paired:
+                lines.append(f"- {what}: not run (row missing).")
+                continue
+            p = paired[key]
+            means = [m for m, _ in p["per_seed"]]
+            if minimum > 0:  # in every seed: at least `minimum` points, CI above 0
+                met = all(m >= minimum / 100 and m - c > 0 for m, c in p["per_seed"])
+            elif better == "ss_ht":  # "≥": pooled not below
+                met = p["pooled"][0] >= 0
+            else:  # ">": pooled above
+                met = p["pooled"][0] > 0
+            lines.append(
+                f"- {what}: **{'met' if met else 'not met'}** — per seed "
+                + ", ".join(f"{100 * m:+.2f}" for m in means)
+                + f"; pooled {100 * p['pooled'][0]:+.2f} ± {100 * p['pooled'][1]:.2f}."
+            )
+        add("\n".join(lines) + "\n")
+    add("## Validation (what chose each row's kept epoch) and pretraining, per seed\n")
+    lines = [
+        "| seed | pretraining: held-out accuracy (last epoch) | run | validation per epoch (%), 0 = before | kept |"
+    ]
+    lines.append("|---|---|---|---|---|")
+    for s in seeds:
+        pre = runs[s].get("pretrain_history") or {}
+        held = pre.get("val_accuracy") or [float("nan")]
+        for run, h in runs[s]["histories"].items():
+            lines.append(
+                f"| {s} | {100 * held[-1]:.1f}% | {run} | {' '.join(f'{100 * a:.1f}' for a in h['val_accuracy'])} | "
+                f"{h['best_epoch']} |"
+            )
+    add("\n".join(lines) + "\n")
+    add(
+        "Per-seed details (validation curves, accuracy after each inner step, the FT rate probe, time per stage): "
+        + ", ".join(f"`seed-{s}/RESULTS.md`" for s in seeds)
+        + ".\n"
+    )
+    return "\n".join(out), numbers
 
 
 # --------------------------------------------------------------------------- report
@@ -992,6 +1221,8 @@ def _summary_sentences(verdicts: dict, names: Sequence[str]) -> str:
 
 
 def _settings_text(summary: dict, config: ExperimentConfig, settings: dict) -> str:
+    episode_seed = settings.get("episode_seed", -1)
+    episode_seed = config.seed if episode_seed is None or episode_seed < 0 else episode_seed
     splits = summary["splits"]
     probe = summary["ft_probe"]
     initial = summary["initial_val_accuracy"]
@@ -1009,14 +1240,26 @@ def _settings_text(summary: dict, config: ExperimentConfig, settings: dict) -> s
         f"{'first' if config.first_order else 'second'}-order meta-gradients.",
         f"- Meta-training, rows 3-5: {config.meta_epochs} epochs × {config.steps_per_epoch} steps, meta-batch "
         f"{config.meta_batch_size} tasks of {config.ways}-way K-shot with {config.queries} queries per class; "
-        f"SS: Adam {config.phi_lr:g} on Φ, {config.head_lr:g} on the head init; FT: Adam {summary['ft_lr']:g} on all "
+        f"SS: Adam {config.phi_lr:g} (ε {config.adam_epsilon:g}) on Φ"
+        f"{' and batch norm γ/β (train_batch_norm, as the official meta phase)' if config.train_batch_norm else ''}, "
+        f"{config.head_lr:g} on the head init ({config.head_init}); "
+        + (
+            f"both rates ×{config.meta_lr_decay_rate:g} every {config.meta_lr_decay_every} epochs; "
+            if config.meta_lr_decay_every
+            else ""
+        )
+        + f"FT: Adam {summary['ft_lr']:g} on all "
         f"backbone weights, {config.head_lr:g} on the head init; HT: periodic schedule, "
         f"{config.ht_hard_batches} hard meta-batches after every {config.ht_every} normal ones "
         "(`HardTaskPool`).",
-        f"- Row 1 (scratch): Conv-4 with {settings['scratch_filters']} filters, random init, "
-        f"{settings['scratch_epochs']} epochs × {settings['scratch_steps_per_epoch']} steps, Adam "
-        f"{settings['scratch_lr']:g} (MAML's meta rate) on every weight and the head init. It has no pretraining, "
-        "so it gets more meta-training steps; Conv-4 steps are cheap.",
+        (
+            f"- Row 1 (scratch): Conv-4 with {settings['scratch_filters']} filters, random init, "
+            f"{settings['scratch_epochs']} epochs × {settings['scratch_steps_per_epoch']} steps, Adam "
+            f"{settings['scratch_lr']:g} (MAML's meta rate) on every weight and the head init. It has no pretraining, "
+            "so it gets more meta-training steps; Conv-4 steps are cheap."
+            if "scratch" in settings.get("rows", ROWS)
+            else "- Rows run: pretrained, " + ", ".join(SHORT[r] for r in settings["rows"]) + "."
+        ),
         '- Batch norm: every row calls the backbone with `training=False` (`batch_norm="frozen"`), so batch norm '
         "uses moving statistics that never change during meta-training. For FT these are the pretrained "
         "statistics while γ/β (and all convolution weights) train; with `set_phase('pretrain')` the BN layers are "
@@ -1025,7 +1268,7 @@ def _settings_text(summary: dict, config: ExperimentConfig, settings: dict) -> s
         "batch norms are learned per-channel affine maps — unlike MAML, which normalises with each batch's "
         "statistics.",
         f"- Seeds: seed {config.seed} for every initialiser and for the training episode stream of every row; "
-        f"validation episodes seed {config.seed + 1}, test episodes seed {config.seed + 100} (identical for all "
+        f"validation episodes seed {episode_seed + 1}, test episodes seed {episode_seed + 100} (identical for all "
         "rows). Evaluation adapts on cached embeddings (exactly the episodes of `evaluate_episodes`).",
         "",
         "Chosen on the validation split (never on test):",
@@ -1069,6 +1312,8 @@ def settings_from_args(args: argparse.Namespace) -> ReproduceSettings:
         "allow_pickle": True if getattr(args, "allow_pickle", False) else None,
     }
     settings = settings.replace(**{k: v for k, v in fields.items() if v is not None})
+    if getattr(args, "rows", None):
+        settings = settings.replace(rows=tuple(args.rows))
     return settings.with_overrides(args.set or ()).validate()
 
 
@@ -1083,6 +1328,10 @@ def command_from_args(args: argparse.Namespace, prog: str = "mtl-keras reproduce
             parts += [f"--{flag}", str(value)]
     if args.shots:
         parts += ["--shots", *map(str, args.shots)]
+    if getattr(args, "seeds", None):
+        parts += ["--seeds", *map(str, args.seeds)]
+    if getattr(args, "rows", None):
+        parts += ["--rows", *args.rows]
     if getattr(args, "allow_pickle", False):
         parts.append("--allow-pickle")
     for item in args.set or ():
@@ -1098,9 +1347,15 @@ def run_from_args(args: argparse.Namespace, prog: str = "mtl-keras reproduce") -
     out = args.out or os.path.join(
         "runs", f"reproduce-{settings.config.benchmark}{'-quick' if args.quick else ''}"
     )
-    return reproduce(
-        settings, out, weights=args.weights, verbose=not args.quiet, command=command_from_args(args, prog)
-    )
+    command = command_from_args(args, prog)
+    if getattr(args, "seeds", None):
+        if args.weights:
+            raise ValueError(
+                "--weights with --seeds: each seed pretrains its own backbone; drop --weights, or run one "
+                "seed with --seed S --weights FILE."
+            )
+        return reproduce_seeds(settings, out, args.seeds, verbose=not args.quiet, command=command)
+    return reproduce(settings, out, weights=args.weights, verbose=not args.quiet, command=command)
 
 
 __all__ = [
@@ -1114,6 +1369,7 @@ __all__ = [
     "evaluate_features",
     "paired_difference",
     "reproduce",
+    "reproduce_seeds",
     "rewrite_report",
     "run_from_args",
     "settings_from_args",

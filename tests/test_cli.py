@@ -262,7 +262,7 @@ def test_benchmarks_lists_the_registry(capsys):
 
 def test_demo_keeps_its_defaults():
     args = cli.build_parser().parse_args(["demo"])
-    assert (args.config, args.run_dir, args.test_episodes) == ("cpu-glyphs", None, None)
+    assert (args.config, args.run_dir, args.test_episodes) == ("cpu-glyph_scenes", None, None)
     assert args.func is cli._demo
 
 
@@ -313,7 +313,7 @@ def test_resolve_config_order_and_run_dir_default(tmp_path):
     get_config("cpu-glyphs").replace(meta_epochs=7).to_json(str(tmp_path / "config.json"))
     config = resolve_config(None, run_dir=str(tmp_path), assignments=["seed=3"], seed=1, root=None)
     assert config.meta_epochs == 7 and config.seed == 3
-    assert resolve_config(None, run_dir=str(tmp_path / "new")) == PRESETS["cpu-glyphs"]
+    assert resolve_config(None, run_dir=str(tmp_path / "new")) == PRESETS["cpu"]
 
 
 def test_validate_rejects_wrong_types():
@@ -338,6 +338,7 @@ def test_pickle_benchmarks_are_read_only_with_allow_pickle(tmp_path, capsys):
         "--no-tensorboard",
     ]
     command += ["--set", "widths=4,4,4,4", "--set", "pretrain_epochs=1", "--set", "pretrain_batch_size=32"]
+    command += ["--set", "queries=1", "--set", "test_queries=1"]  # the fixture's 2 images per class
     assert cli.main([*command, "--run-dir", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err
     assert "are Python pickles" in err and "--allow-pickle" in err

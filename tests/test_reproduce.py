@@ -168,3 +168,91 @@ def test_script_is_a_thin_main(monkeypatch):
     monkeypatch.setattr(script.cli, "main", lambda argv: seen.setdefault("argv", argv) and 0)
     script.main(["--quick"], seed=3)
     assert seen["argv"] == ["reproduce", "--quick", "--seed", "3"]
+
+
+def _fake_run(seed, accuracies, rows=("pretrained", "ft", "ss", "ss_ht")):
+    """A seed's results.json as `reproduce` writes it, with given per-episode accuracies."""
+    from mtl_keras.config import get_config
+
+    config = get_config("cpu-glyph_scenes").replace(seed=seed, shots=(1,))
+    results = {
+        "5-way 1-shot": {
+            row: {"episode_accuracies": list(accuracies[row]), "episodes": len(accuracies[row])}
+            for row in rows
+        }
+    }
+    history = {"val_accuracy": [0.5, 0.55], "best_epoch": 1, "loss": [1.0], "seconds": 1.0}
+    return {
+        "settings": {"config": config.to_dict()},
+        "results": results,
+        "histories": {"SS 1-shot": history},
+        "pretrain_history": {"val_accuracy": [0.7]},
+        "seconds": {"total": 60.0},
+    }
+
+
+def test_seeds_report_pools_paired_differences_and_checks_the_targets():
+    from mtl_keras.reproduce import seeds_report
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.9, size=200)
+    runs = {}
+    for seed, gain in ((0, 0.03), (1, 0.05), (2, 0.04)):
+        runs[seed] = _fake_run(
+            seed,
+            {"pretrained": base, "ft": base + 0.01, "ss": base + gain, "ss_ht": base + gain - 0.01},
+        )
+    combined = {
+        "date": "today",
+        "seconds": 1.0,
+        "seconds_per_seed": {"0": 1},
+        "command": "x",
+        "episode_seed": 0,
+    }
+    text, numbers = seeds_report(runs, combined)
+    paired = numbers["5-way 1-shot"]["paired"]
+    ss = paired["SS − pretrained"]
+    np.testing.assert_allclose([m for m, _ in ss["per_seed"]], [0.03, 0.05, 0.04], atol=1e-12)
+    assert ss["pooled"][0] == pytest.approx(0.04) and ss["seeds_above_0"] == 3
+    assert paired["SS+HT − SS"]["pooled"][0] == pytest.approx(-0.01)
+    pooled = numbers["5-way 1-shot"]["ss"]["pooled"][0]
+    assert pooled == pytest.approx(np.mean(base) + 0.04)
+    assert "SS − pretrained ≥ +2 points, paired CI above 0 in every seed: **met**" in text
+    assert "SS + HT ≥ SS: **not met**" in text and "SS > FT: **met**" in text
+    # One seed below +2 points: the first target fails.
+    runs[1] = _fake_run(1, {"pretrained": base, "ft": base, "ss": base + 0.01, "ss_ht": base + 0.02})
+    text, _ = seeds_report(runs, combined)
+    assert "every seed: **not met**" in text
+
+
+def test_reproduce_seeds_tests_every_seed_on_the_same_episodes_and_resumes(
+    tmp_path, glyph_cache, monkeypatch
+):
+    monkeypatch.setenv("MTL_KERAS_CACHE", glyph_cache)
+    out = tmp_path / "seeds"
+    argv = ["reproduce", "--quick", "--out", str(out), "--quiet", "--seeds", "3", "4", "--rows", "ss"]
+    for item in TINY_SETS + ["hard_ways=0", "test_episodes=30"]:
+        argv += ["--set", item]
+    assert cli.main(argv) == 0
+    runs = {}
+    for seed in (3, 4):
+        with open(out / f"seed-{seed}" / "results.json") as f:
+            runs[seed] = json.load(f)
+        assert set(runs[seed]["results"]["5-way 1-shot"]) == {"pretrained", "ss"}
+        assert runs[seed]["settings"]["config"]["seed"] == seed
+        assert runs[seed]["settings"]["episode_seed"] == 3  # the first seed's episodes for both
+    # Reseeded training: the two pretrained backbones differ, so do their per-episode results.
+    a, b = (
+        np.asarray(runs[s]["results"]["5-way 1-shot"]["pretrained"]["episode_accuracies"]) for s in (3, 4)
+    )
+    assert not np.array_equal(a, b)
+    text = (out / "SEEDS.md").read_text()
+    assert "| SS − pretrained |" in text and "seed 3" in text and "seed 4" in text
+    # A second call reads both seeds back instead of training again.
+    stamp = os.path.getmtime(out / "seed-3" / "results.json")
+    start = time.time()
+    assert cli.main(argv) == 0
+    assert os.path.getmtime(out / "seed-3" / "results.json") == stamp
+    assert time.time() - start < 30
+    # Each seed pretrains its own backbone: one given backbone for all is refused.
+    assert cli.main([*argv, "--weights", str(out / "seed-3" / "pretrained_backbone.weights.h5")]) == 2
