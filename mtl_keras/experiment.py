@@ -747,13 +747,26 @@ def checkpoint_path(run_dir: str, shots: int) -> str:
     return os.path.join(run_dir, f"mtl_{shots}shot.weights.h5")
 
 
-def load_config_benchmark(config: ExperimentConfig, verbose: bool = True):
+def load_config_benchmark(config: ExperimentConfig, verbose: bool = True, small_classes: str = "raise"):
     """`load_benchmark` with the config's benchmark, root, image size and ``allow_pickle``, checked
-    against every episode the config will draw (`check_episode_settings`) before any training."""
+    against every episode the config will draw (`check_episode_settings`) before any training.
+
+    ``small_classes``: ``"raise"`` (stages that draw episodes), ``"warn"`` (pretraining alone:
+    it draws no episode, so it runs and prints what the meta-training stage will refuse) or
+    ``"skip"``.
+    """
     splits = load_benchmark(
         config.benchmark, root=config.root, image_size=config.image_size, allow_pickle=config.allow_pickle
     )
-    return check_episode_settings(config, splits, verbose=verbose)
+    if small_classes == "skip":
+        return splits
+    try:
+        return check_episode_settings(config, splits, verbose=verbose)
+    except ValueError as err:
+        if small_classes != "warn":
+            raise
+        print(f"Note (pretraining goes on; meta-training will stop here): {err}", flush=True)
+        return splits
 
 
 def check_episode_settings(config: ExperimentConfig, splits, verbose: bool = True):
@@ -961,7 +974,7 @@ def pretrain_stage(
     """
     check_strategy(config, strategy)
     run_dir, progress = _open_run(config, run_dir, strategy, restart)
-    splits = load_config_benchmark(config)
+    splits = load_config_benchmark(config, small_classes="warn")
     callbacks = tensorboard_callbacks(os.path.join(run_dir, "logs", "pretrain")) if tensorboard else None
     model, history = pretrain(
         config,
@@ -1150,7 +1163,10 @@ def export_stage(
     Returns:
         ``{K: SavedModel folder}``.
     """
-    channels = read_metrics(run_dir).get("channels") or load_config_benchmark(config).train.channels
+    channels = (
+        read_metrics(run_dir).get("channels")
+        or load_config_benchmark(config, small_classes="skip").train.channels
+    )
     written = {}
     for shots in config.shots:
         path = checkpoint_path(run_dir, shots)

@@ -55,6 +55,21 @@ def test_a_class_too_small_for_any_shot_setting_is_refused_before_training(tmp_p
     assert not (run_dir / "pretrained_backbone.weights.h5").exists()
 
 
+def test_pretraining_alone_runs_and_says_what_meta_training_will_refuse(tmp_path, capsys):
+    # Pretraining draws no episode: the stage runs, and names the classes meta-training refuses.
+    _folder_set(tmp_path / "data", COUNTS)
+    run_dir = tmp_path / "run"
+    argv = [
+        "pretrain", "--benchmark", "folders", "--root", str(tmp_path / "data"), "--run-dir", str(run_dir),
+        "--set", "image_size=16", "--set", "widths=4,4,4,4", "--set", "queries=5", "--set", "test_queries=5",
+        "--set", "pretrain_epochs=1", "--set", "pretrain_patience=0", "--shots", "1", "5", "--quiet",
+        "--no-tensorboard",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "meta-training will stop here" in out and "'tiny_class' has 7" in out
+    assert (run_dir / "pretrained_backbone.weights.h5").exists()
+
 def test_drop_small_classes_names_them_and_keeps_the_rest():
     rng = np.random.default_rng(0)
     counts = [12, 12, 12, 12, 12, 7, 3]

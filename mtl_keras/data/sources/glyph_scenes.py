@@ -18,16 +18,17 @@ Classes:
 Instances (an image ``(H, W, 3) uint8``), each drawn independently:
     * **background**: a colour gradient, stripes, a low-frequency colour field or a checker
       board, in two random colours;
-    * **clutter**: 1–3 *distractor* characters (symbols and punctuation that are no class)
+    * **clutter**: 0–2 *distractor* characters (symbols and punctuation that are no class)
       in random colours, sizes, positions and rotations;
-    * **the class character**: in one of its fonts (up to 20 typefaces: DejaVu Sans / Serif /
-      Mono, bold and oblique variants, STIX, Computer Modern), rotated ±35°, sheared,
-      scaled to 45–85% of the image, moved off centre, in a random colour of random
+    * **the class character**: in one of its fonts (up to 21 typefaces: DejaVu Sans / Serif /
+      Mono, bold and oblique variants, STIX, Computer Modern), rotated ±20°, sheared ±0.2,
+      scaled to 55–90% of the image, moved off centre, in a random colour of random
       contrast to the background;
-    * **occlusion**: with probability 0.4, a rectangle or ellipse in a random colour over
+    * **occlusion**: with probability 0.3, a rectangle or ellipse in a random colour over
       part of the character;
-    * **camera**: pixel noise of random strength.
-    Everything is drawn on a canvas twice the image size and area-downscaled.
+    * **camera**: pixel noise of random strength (standard deviation 0–10 levels).
+    These are the defaults of `SceneStyle`, which holds the knobs. Everything is drawn on a
+    canvas twice the image size and area-downscaled.
 
 The parameters of every image come from a generator seeded by ``(seed, class index)``, so a
 build is deterministic and classes can be rendered independently.

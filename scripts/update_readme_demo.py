@@ -1,0 +1,103 @@
+"""Rewrite the README's demo table from what `make demo` printed (issue 18 item 2).
+
+The README holds the demo's table between two markers::
+
+    <!-- demo-table:start -->
+    ...
+    <!-- demo-table:end -->
+
+This script puts there the table of a demo run folder (``results.md``, written by
+`mtl_keras.experiment.run_experiment`), with the date, commit, kept epochs and time from its
+``metrics.json``, so the README shows what the command printed. Run it whenever code that
+changes the numbers lands::
+
+    make demo                                              # prints the run folder
+    python scripts/update_readme_demo.py runs/demo-XXXX    # rewrites README.md
+    python scripts/update_readme_demo.py --run             # both (runs `mtl-keras demo`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START, END = "<!-- demo-table:start -->", "<!-- demo-table:end -->"
+
+
+def demo_section(run_dir: str, commit: str | None = None) -> str:
+    """The Markdown that goes between the markers, from a demo run folder."""
+    with open(os.path.join(run_dir, "results.md")) as f:
+        table = f.read().strip()
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    lines = [table, ""]
+    kept = []
+    for name, history in metrics.get("histories", {}).items():
+        if not name.startswith("MTL") or "kept_epoch" not in history:
+            continue
+        val = [*history["initial_val_accuracy"], *history.get("val_accuracy", [])]
+        best = history["kept_epoch"][0]
+        kept.append(
+            f"{name}: {100 * val[0]:.2f}% before meta-training, kept epoch {best} of {len(val) - 1} "
+            f"({100 * val[best]:.2f}%)"
+        )
+    seconds = metrics.get("seconds")
+    facts = [
+        f"run folder `{os.path.basename(os.path.normpath(run_dir))}`",
+        f"commit {commit}" if commit else None,
+        f"{seconds / 60:.1f} min from the start of the run to the table" if seconds else None,
+    ]
+    lines.append("Printed by `make demo` (" + "; ".join(f for f in facts if f) + ").")
+    if kept:
+        lines.append(
+            "Validation accuracy (it chooses the kept epoch; epoch 0 = the pretrained model): "
+            + "; ".join(kept)
+            + "."
+        )
+    return "\n".join(lines)
+
+
+def rewrite(readme: str, section: str) -> str:
+    """``readme`` with the text between the markers replaced by ``section``."""
+    if START not in readme or END not in readme:
+        raise ValueError(f"README has no {START} … {END} markers around the demo table.")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{section}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", nargs="?", help="a demo run folder (default: the newest runs/demo-*)")
+    parser.add_argument("--run", action="store_true", help="run `mtl-keras demo` first")
+    parser.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
+    args = parser.parse_args(argv)
+    if args.run:
+        subprocess.run([os.path.join(os.path.dirname(sys.executable), "mtl-keras"), "demo"], check=True)
+    run_dir = args.run_dir
+    if run_dir is None:
+        runs = sorted(glob.glob(os.path.join(ROOT, "runs", "demo-*")), key=os.path.getmtime)
+        if not runs:
+            parser.error("no runs/demo-* folder: run `make demo` first, or pass a run folder")
+        run_dir = runs[-1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    with open(args.readme) as f:
+        text = f.read()
+    with open(args.readme, "w") as f:
+        f.write(rewrite(text, demo_section(run_dir, commit)))
+    print(f"{args.readme}: demo table from {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
