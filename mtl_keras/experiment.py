@@ -250,14 +250,17 @@ def meta_model(
     both optimizers are created in its scope, so ``fit`` splits every meta-batch
     across its replicas (see ``docs/distributed.md``). The backbone is built under
     the dtype policy ``config.precision`` (``"mixed_bfloat16"``: 16-bit backbone,
-    float32 variables, inner loop and updates), whatever the global Keras policy is.
+    float32 variables, inner loop and updates), whatever the global Keras policy is —
+    float32 on a CPU-only machine without native bfloat16 (`mtl_keras.hardware.resolve_precision`).
     """
     if strategy is not None:
         with strategy.scope():
             return meta_model(config, channels, weights_path)
+    from mtl_keras.hardware import resolve_precision
     from mtl_keras.models.weights import load_backbone_weights
 
-    with dtype_policy(config.precision):
+    # float32 where the CPU would emulate bfloat16 (one line says so).
+    with dtype_policy(resolve_precision(config.precision)):
         backbone = build_backbone(config, channels)
         if weights_path:
             load_backbone_weights(backbone, weights_path)  # names both architectures on a mismatch

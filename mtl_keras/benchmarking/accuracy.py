@@ -37,6 +37,10 @@ def precision_accuracy(
     from mtl_keras.evaluation import evaluate_episodes
     from mtl_keras.experiment import load_config_benchmark, meta_model, meta_train, pretrain
 
+    from mtl_keras.hardware import ALLOW_EMULATED_BF16
+
+    # This compares the two precisions' accuracy: bfloat16 even where the CPU emulates it.
+    os.environ[ALLOW_EMULATED_BF16] = "1"
     config = get_config(preset, **{"shots": (1,), "test_episodes": episodes, "seed": seed, **overrides})
     splits = load_config_benchmark(config)
     results = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()}}

@@ -1,0 +1,66 @@
+"""`mtl_keras.hardware`: mixed_bfloat16 falls back to float32 where the CPU would emulate it."""
+
+import pytest
+
+from mtl_keras import hardware
+from mtl_keras.config import ExperimentConfig
+from mtl_keras.experiment import meta_model
+
+AVX2_ONLY = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx fma avx2\n\n"
+AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16\n\n"
+
+
+@pytest.fixture
+def fake_cpu(tmp_path, monkeypatch):
+    """Point `hardware.cpu_flags` at a fake /proc/cpuinfo; the fallback is on (no override)."""
+    monkeypatch.delenv(hardware.ALLOW_EMULATED_BF16, raising=False)
+    monkeypatch.setattr(hardware, "_said", set())
+
+    def use(text):
+        path = tmp_path / "cpuinfo"
+        path.write_text(text)
+        monkeypatch.setattr(hardware, "CPUINFO", str(path))
+
+    return use
+
+
+def test_flags_are_read_from_the_cpu_description(fake_cpu):
+    fake_cpu(AVX512_BF16)
+    assert hardware.native_bfloat16(hardware.cpu_flags())
+    fake_cpu(AVX2_ONLY)
+    assert "avx2" in hardware.cpu_flags() and not hardware.native_bfloat16(hardware.cpu_flags())
+    assert hardware.cpu_flags("/no/such/file") is None
+
+
+def test_bf16_on_a_cpu_without_it_becomes_float32_with_one_line(fake_cpu, capsys, monkeypatch):
+    fake_cpu(AVX2_ONLY)
+    assert hardware.resolve_precision("mixed_bfloat16", has_gpu=False) == "float32"
+    assert hardware.resolve_precision("mixed_bfloat16", has_gpu=False) == "float32"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no native bfloat16" in err and "8x slower" in err
+    assert hardware.ALLOW_EMULATED_BF16 in err
+    # Kept: float32 asked for, a GPU, a CPU with bf16, an unknown CPU, or the user insists.
+    assert hardware.resolve_precision("float32", has_gpu=False) == "float32"
+    assert hardware.resolve_precision("mixed_bfloat16", has_gpu=True) == "mixed_bfloat16"
+    assert hardware.resolve_precision("mixed_bfloat16", flags=set(), has_gpu=False) == "float32"
+    assert hardware.resolve_precision("mixed_bfloat16", flags={"amx_bf16"}, has_gpu=False) == "mixed_bfloat16"
+    fake_cpu(AVX512_BF16)
+    assert hardware.resolve_precision("mixed_bfloat16", has_gpu=False) == "mixed_bfloat16"
+    monkeypatch.setattr(hardware, "CPUINFO", "/no/such/file")
+    assert hardware.resolve_precision("mixed_bfloat16", has_gpu=False) == "mixed_bfloat16"
+    fake_cpu(AVX2_ONLY)
+    monkeypatch.setenv(hardware.ALLOW_EMULATED_BF16, "1")
+    assert hardware.resolve_precision("mixed_bfloat16", has_gpu=False) == "mixed_bfloat16"
+
+
+def test_the_models_of_a_run_follow_the_cpu(fake_cpu):
+    # The one place every stage (CLI, tuning, under a strategy too) builds its model.
+    config = ExperimentConfig(image_size=16, widths=(4, 4, 4, 4), shots=(1,), precision="mixed_bfloat16")
+    fake_cpu(AVX2_ONLY)
+    assert _compute_dtypes(meta_model(config, 1, None)) == {"float32"}
+    fake_cpu(AVX512_BF16)
+    assert _compute_dtypes(meta_model(config, 1, None)) == {"bfloat16"}
+
+
+def _compute_dtypes(model):
+    return {layer.compute_dtype for layer in model.backbone.layers if layer.weights}
