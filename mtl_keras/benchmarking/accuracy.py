@@ -36,7 +36,6 @@ def precision_accuracy(
     from mtl_keras.config import get_config
     from mtl_keras.evaluation import evaluate_episodes
     from mtl_keras.experiment import load_config_benchmark, meta_model, meta_train, pretrain
-
     from mtl_keras.hardware import ALLOW_EMULATED_BF16
 
     # This compares the two precisions' accuracy: bfloat16 even where the CPU emulates it.
