@@ -70,6 +70,7 @@ def test_pretraining_alone_runs_and_says_what_meta_training_will_refuse(tmp_path
     assert "meta-training will stop here" in out and "'tiny_class' has 7" in out
     assert (run_dir / "pretrained_backbone.weights.h5").exists()
 
+
 def test_drop_small_classes_names_them_and_keeps_the_rest():
     rng = np.random.default_rng(0)
     counts = [12, 12, 12, 12, 12, 7, 3]
