@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = runs[-1]
     try:
         commit = subprocess.run(
-            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            # the checkout the demo ran in (its run folder lies inside it); none outside a checkout
+            ["git", "-C", run_dir, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
