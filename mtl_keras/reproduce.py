@@ -521,6 +521,7 @@ def reproduce(
     weights: str | None = None,
     verbose: bool = True,
     command: str | None = None,
+    earlier: dict | None = None,
 ) -> dict:
     """Run the five rows and write ``RESULTS.md``, ``results.json`` and plots into ``out_dir``.
 
@@ -531,12 +532,23 @@ def reproduce(
             instead of pretraining (e.g. ``pretrained_backbone.weights.h5`` of an earlier run).
         verbose: progress output.
         command: the command line recorded in ``RESULTS.md`` (default: ``sys.argv``).
+        earlier: the content of an earlier ``results.json`` whose settings equal ``settings``
+            but for ``rows`` (e.g. to add the FT row to a run of SS): the rows it holds are read
+            back instead of trained again — but only if this run's pretrained row reproduces
+            the earlier one's per-episode test accuracies and validation accuracy exactly (same
+            seed, same machine: pretraining is deterministic); otherwise every row runs. Its
+            pretrained weights are used when ``out_dir`` still holds them.
 
     Returns:
         The content of ``results.json`` plus ``"tables"`` (the Markdown tables).
     """
     settings = settings.validate()
     config = settings.config
+    reused: tuple[str, ...] = ()
+    if earlier is not None:
+        if not same_settings_but_rows(earlier["settings"], settings.to_dict()):
+            raise ValueError("reproduce: `earlier` holds other settings than `settings` (beyond `rows`).")
+        reused = tuple(r for r in settings.rows if r in earlier["settings"]["rows"])
     start = time.time()
     os.makedirs(out_dir, exist_ok=True)
     say = print if verbose else (lambda *a, **k: None)
@@ -559,6 +571,9 @@ def reproduce(
     if weights:
         weights_path = weights
         say(f"[pretrain] Using the pretrained backbone {weights}")
+    elif reused and os.path.exists(weights_path):
+        pretrain_history = earlier.get("pretrain_history")
+        say(f"[pretrain] Using the earlier run's pretrained backbone {weights_path}")
     else:
         say(
             f"[pretrain] {config.backbone} {tuple(config.widths)} on {train.num_classes} base classes, "
@@ -616,12 +631,34 @@ def reproduce(
     test_row("pretrained", base, shots_list)
     del base
     lap("pretrained row", t)
+    earlier_results = results_from_summary(earlier) if reused else {}
+    if reused:
+        same = earlier.get("initial_val_accuracy") == {
+            f"{k}-shot": a for k, a in initial_val.items()
+        } and all(
+            name in earlier_results
+            and np.array_equal(
+                earlier_results[name]["pretrained"].episode_accuracies,
+                results[name]["pretrained"].episode_accuracies,
+            )
+            for name in settings_of
+        )
+        if same:
+            say(
+                f"    the pretrained row reproduces the earlier run ({earlier.get('date')}) exactly: reading back "
+                + ", ".join(SHORT[r] for r in reused)
+            )
+        else:
+            say("    the pretrained row differs from the earlier run's: every row runs again")
+            reused, earlier_results = (), {}
 
     # FT learning rate: short probes on the first shot setting, scored on validation.
     t = time.time()
     probe_shots = shots_list[0]
     ft_probe = {}
-    if "ft" in settings.rows and len(settings.ft_lrs) > 1 and settings.ft_probe_steps > 0:
+    if "ft" in reused:
+        ft_lr, ft_probe = earlier["ft_lr"], {float(lr): a for lr, a in earlier.get("ft_probe", {}).items()}
+    elif "ft" in settings.rows and len(settings.ft_lrs) > 1 and settings.ft_probe_steps > 0:
         say(
             f"[FT lr] probing {list(settings.ft_lrs)} with {settings.ft_probe_steps} steps of {probe_shots}-shot "
             "meta-training each, on validation episodes",
@@ -654,6 +691,16 @@ def reproduce(
 
     for shots in shots_list:
         for row in (r for r in ROWS if r in settings.rows):
+            key = f"{SHORT[row]} {shots}-shot"
+            if row in reused:
+                histories[key] = earlier["histories"][key]
+                for name, (_, k) in settings_of.items():
+                    if k == shots:
+                        results[name][row] = earlier_results[name][row]
+                if key in earlier.get("seconds", {}):
+                    seconds[key] = earlier["seconds"][key]
+                say(f"[{key}] read back from the earlier run: {results[setting_name(ways, shots)][row]}")
+                continue
             t = time.time()
             scratch = row == "scratch"
             epochs = settings.scratch_epochs if scratch else config.meta_epochs
@@ -673,14 +720,14 @@ def reproduce(
                 initial_val=None if scratch else initial_val[shots],
                 verbose=verbose,
             )
-            histories[f"{SHORT[row]} {shots}-shot"] = record
+            histories[key] = record
             say(
                 f"    validation per epoch (0 = before): {' '.join(f'{100 * a:.2f}' for a in record['val_accuracy'])}"
                 f"; kept epoch {record['best_epoch']}"
             )
             test_row(row, model, (shots,))
             del model
-            lap(f"{SHORT[row]} {shots}-shot", t)
+            lap(key, t)
 
     seconds["total"] = round(time.time() - start, 1)
     summary = {
@@ -708,6 +755,7 @@ def reproduce(
             for name, by_row in results.items()
         },
         "seconds": seconds,
+        "rows_read_back": {"rows": list(reused), "from_run_of": earlier["date"]} if reused else None,
     }
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(summary, f, indent=1, default=float)
@@ -717,6 +765,17 @@ def reproduce(
     say(tables["main"])
     say(f"\n{os.path.join(out_dir, 'RESULTS.md')} ({seconds['total']:.0f} s)")
     return {**summary, "tables": tables}
+
+
+def same_settings_but_rows(a: dict, b: dict) -> bool:
+    """Whether two ``ReproduceSettings.to_dict()`` contents (or their JSON) differ at most in ``rows``."""
+
+    def strip(d):
+        d = json.loads(json.dumps(d, default=float))
+        d.pop("rows", None)
+        return d
+
+    return strip(a) == strip(b)
 
 
 # --------------------------------------------------------------------------- several training seeds
@@ -772,18 +831,25 @@ def reproduce_seeds(
         run_settings = settings.replace(seed=seed, episode_seed=episode_seed)
         sub = os.path.join(out_dir, f"seed-{seed}")
         path = os.path.join(sub, "results.json")
-        summary = None
+        summary = earlier = None
         if os.path.exists(path):
             with open(path) as f:
                 summary = json.load(f)
             if summary.get("settings") != json.loads(json.dumps(run_settings.to_dict(), default=float)):
-                say(f"[seed {seed}] {path} holds other settings: running again")
+                have = [r for r in summary.get("settings", {}).get("rows", ()) if r in run_settings.rows]
+                if have and same_settings_but_rows(summary["settings"], run_settings.to_dict()):
+                    earlier = summary
+                    say(f"[seed {seed}] {path} holds rows {have} of these settings: running the others")
+                else:
+                    say(f"[seed {seed}] {path} holds other settings: running again")
                 summary = None
             else:
                 say(f"[seed {seed}] already done: {path}")
         if summary is None:
             say(f"\n========== seed {seed} ({seeds.index(seed) + 1} of {len(seeds)}) ==========", flush=True)
-            summary = reproduce(run_settings, sub, verbose=verbose, command=f"{command}  # seed {seed}")
+            summary = reproduce(
+                run_settings, sub, verbose=verbose, command=f"{command}  # seed {seed}", earlier=earlier
+            )
             summary.pop("tables", None)
         runs[seed] = summary
     combined = {
@@ -935,14 +1001,8 @@ def seeds_report(runs: dict[int, dict], combined: dict) -> tuple[str, dict]:
 
 
 # --------------------------------------------------------------------------- report
-def rewrite_report(out_dir: str) -> dict[str, str]:
-    """Write ``RESULTS.md`` and the plots again from ``out_dir/results.json`` (no training).
-
-    Returns:
-        The Markdown tables (``main``, ``hard``, ``claims``).
-    """
-    with open(os.path.join(out_dir, "results.json")) as f:
-        summary = json.load(f)
+def results_from_summary(summary: dict) -> dict[str, dict[str, EvaluationResult]]:
+    """``{setting: {row: EvaluationResult}}`` from a ``results.json``'s content."""
     results = {}
     for name, by_row in summary["results"].items():
         results[name] = {}
@@ -958,7 +1018,20 @@ def rewrite_report(out_dir: str) -> dict[str, str]:
                 shots=r["shots"],
                 queries=r["queries"],
                 inner_steps=r["inner_steps"],
+                query_loss=float(r.get("query_loss", float("nan"))),
             )
+    return results
+
+
+def rewrite_report(out_dir: str) -> dict[str, str]:
+    """Write ``RESULTS.md`` and the plots again from ``out_dir/results.json`` (no training).
+
+    Returns:
+        The Markdown tables (``main``, ``hard``, ``claims``).
+    """
+    with open(os.path.join(out_dir, "results.json")) as f:
+        summary = json.load(f)
+    results = results_from_summary(summary)
     plots = write_plots(results, summary["histories"], out_dir, summary["benchmark"])
     return write_results_md(summary, results, os.path.join(out_dir, "RESULTS.md"), plots)
 
@@ -1201,6 +1274,14 @@ def write_results_md(summary: dict, results, path: str, plots: Sequence[str] = (
         + ", ".join(f"{k} {v:.0f}" for k, v in secs.items())
         + ".\n"
     )
+    back = summary.get("rows_read_back")
+    if back:
+        add(
+            f"Rows read back from the run of {back['from_run_of']} (same settings but the rows; this run's "
+            f"pretrained row reproduced that run's per-episode test accuracies exactly): "
+            + ", ".join(SHORT[r] for r in back["rows"])
+            + " (their times above are that run's).\n"
+        )
     text = "\n".join(out)
     with open(path, "w") as f:
         f.write(text)

@@ -256,3 +256,24 @@ def test_reproduce_seeds_tests_every_seed_on_the_same_episodes_and_resumes(
     assert time.time() - start < 30
     # Each seed pretrains its own backbone: one given backbone for all is refused.
     assert cli.main([*argv, "--weights", str(out / "seed-3" / "pretrained_backbone.weights.h5")]) == 2
+    # Adding a row reruns only that row: the SS row is read back where the pretrained row
+    # reproduces the stored one exactly, and everything runs again where it does not.
+    with open(out / "seed-4" / "results.json") as f:
+        tampered = json.load(f)
+    tampered["results"]["5-way 1-shot"]["pretrained"]["episode_accuracies"][0] += 0.01
+    with open(out / "seed-4" / "results.json", "w") as f:
+        json.dump(tampered, f)
+    argv_ft = [*argv[: argv.index("--rows") + 1], "ft", *argv[argv.index("--rows") + 1 :]]
+    assert cli.main(argv_ft) == 0
+    again = {}
+    for seed in (3, 4):
+        with open(out / f"seed-{seed}" / "results.json") as f:
+            again[seed] = json.load(f)
+        assert set(again[seed]["results"]["5-way 1-shot"]) == {"pretrained", "ft", "ss"}
+        assert again[seed]["settings"]["rows"] == ["ft", "ss"]
+    assert again[3]["rows_read_back"] == {"rows": ["ss"], "from_run_of": runs[3]["date"]}
+    assert again[3]["results"]["5-way 1-shot"]["ss"] == runs[3]["results"]["5-way 1-shot"]["ss"]
+    assert again[3]["histories"]["SS 1-shot"] == runs[3]["histories"]["SS 1-shot"]
+    assert again[4]["rows_read_back"] is None
+    assert "Rows read back from the run of" in (out / "seed-3" / "RESULTS.md").read_text()
+    assert "| FT − pretrained |" in (out / "SEEDS.md").read_text()
