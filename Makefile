@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 ## make test: lint, then the whole test suite (slow tests excluded)
 test: $(STAMP)
-	$(VENV)/bin/ruff check mtl_keras tests scripts
+	$(VENV)/bin/ruff check mtl_keras tests scripts benchmarks
 	$(VENV)/bin/python -m pytest -q
 
 ## make test-slow: only the tests marked slow
@@ -28,12 +28,12 @@ test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mtl_keras tests scripts
-	$(VENV)/bin/ruff format --check mtl_keras tests scripts
+	$(VENV)/bin/ruff check mtl_keras tests scripts benchmarks
+	$(VENV)/bin/ruff format --check mtl_keras tests scripts benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format mtl_keras tests scripts
-	$(VENV)/bin/ruff check --fix mtl_keras tests scripts
+	$(VENV)/bin/ruff format mtl_keras tests scripts benchmarks
+	$(VENV)/bin/ruff check --fix mtl_keras tests scripts benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

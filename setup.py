@@ -12,8 +12,8 @@ setup(
     packages=find_packages(include=["mtl_keras", "mtl_keras.*"]),
     package_data={"mtl_keras": ["data/sources/*.json", "data/sources/*.txt"]},
     install_requires=[
-        "tensorflow>=2.16,<2.23",
-        "keras>=3.3,<4",
+        "tensorflow>=2.21,<2.23",  # tested with 2.21 (keras_private relies on its hooks)
+        "keras>=3.15,<4",  # tested with 3.15; the overridden _maybe_symbolic_build is newer than 3.3
         "keras-tuner[bayesian]>=1.4,<2",
         "tensorboard>=2.16",
         "numpy>=1.26",

@@ -1,6 +1,7 @@
 """Keras callbacks for meta-transfer learning.
 
-* `HardTaskLogger`: per-epoch hard-task counts and the classes the model fails on.
+* `HardTaskMining`: hard tasks attached to a ``fit`` in one place (the model's failure
+  reports, the stream's position, the per-epoch log); `HardTaskLogger`: the log alone.
 * `ResumableCheckpoint`: atomic per-epoch backups of weights, both optimizers,
   the episode stream and the hard-task pool; exact resume after a crash.
 * `StopOnNonFiniteLoss`: stop at the first NaN/inf loss, naming epoch, batch and fix.
@@ -24,12 +25,16 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
+from mtl_keras import keras_private
+
 if TYPE_CHECKING:
     from mtl_keras.data.hard_tasks import HardTaskPool
 
 
 class HardTaskLogger(keras.callbacks.Callback):
-    """Logs a `HardTaskPool`'s activity at every epoch end.
+    """Logs a `HardTaskPool`'s activity at every epoch end (`HardTaskMining` includes it).
+
+    Use `HardTaskMining` instead unless you wire ``model.task_feedback`` yourself.
 
     Adds ``logs["hard_tasks"]``: the number of hard tasks *trained* during the
     epoch (counted from the model's reports, so prefetched meta-batches of the
@@ -77,6 +82,73 @@ class HardTaskLogger(keras.callbacks.Callback):
                 f"Epoch {epoch + 1}: {info['hard_tasks']} hard tasks; "
                 f"top-{self.top_k} failure classes: {classes}"
             )
+
+
+class HardTaskMining(keras.callbacks.Callback):
+    """Hard-task meta-batches (paper §4.3) attached to a ``fit`` in one place.
+
+    Give `mtl_keras.data.make_episodes` a `HardTaskPool` (``hard_tasks=pool``) and this
+    callback the dataset it returned: during ``fit`` the model reports every task's per-class
+    query accuracy to the pool (``model.task_feedback``, reset at the end), the episode stream
+    keeps count of the meta-batches trained (so a second ``fit``, or Keras throwing a
+    prefetching iterator away, never matches a report to a meta-batch that was not trained),
+    and each epoch end logs ``logs["hard_tasks"]`` (hard tasks trained in the epoch) and,
+    with ``verbose``, the ``top_k`` failure classes — what `HardTaskLogger` does.
+
+    Args:
+        episodes: the training dataset `make_episodes(..., hard_tasks=pool)` returned (or its
+            ``episode_stream``).
+        top_k: how many failure classes to print per epoch.
+        verbose: 1 to print at each epoch end, 0 to log silently.
+
+    Raises:
+        ValueError: ``episodes`` has no episode stream, or its stream no hard-task pool.
+
+    Example:
+        >>> pool = HardTaskPool(seed=0)
+        >>> episodes = make_episodes(train, 5, 1, 15, meta_batch_size=4, hard_tasks=pool)
+        >>> history = model.fit(episodes, steps_per_epoch=100, epochs=5,
+        ...                     callbacks=[HardTaskMining(episodes)])
+        >>> history.history["hard_tasks"]
+    """
+
+    def __init__(self, episodes, top_k: int = 5, verbose: int = 1):
+        super().__init__()
+        self.stream = getattr(episodes, "episode_stream", episodes)
+        pool = getattr(self.stream, "hard_tasks", None)
+        if not hasattr(self.stream, "tracker") or pool is None:
+            raise ValueError(
+                "HardTaskMining: give it the dataset make_episodes(..., hard_tasks=pool) returned "
+                "(transformations such as .take() drop its episode stream); got "
+                f"{type(episodes).__name__}"
+                + (" without a hard-task pool." if hasattr(self.stream, "tracker") else ".")
+            )
+        self.pool = pool
+        self._log = HardTaskLogger(pool, top_k=top_k, verbose=verbose)
+        self._tracker = self.stream.tracker()
+        self._previous = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self._log.set_model(model)
+        self._tracker.set_model(model)
+
+    def on_train_begin(self, logs=None):
+        self._previous = getattr(self.model, "task_feedback", None)
+        self.model.task_feedback = self.pool
+        self._tracker.on_train_begin(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._tracker.on_epoch_begin(epoch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._tracker.on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._log.on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self.model.task_feedback = self._previous
 
 
 # --------------------------------------------------------------------------- progress
@@ -343,6 +415,12 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.resumed_from = None  # epoch restored at the last fit start, if any
         self._batches = 0
         self._epoch_batches = 0
+        self._tracker = self.stream.tracker() if self.stream is not None else None
+
+    def set_model(self, model):
+        super().set_model(model)
+        if self._tracker is not None:
+            self._tracker.set_model(model)
 
     # ----------------------------------------------------------------- restore
     def read_state(self) -> dict | None:
@@ -362,6 +440,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         if state is None:
             self._batches = 0 if self.stream is None else int(self.stream.trained)
             self.history = []
+            if self._tracker is not None:
+                self._tracker.on_train_begin(logs)  # the stream counts the meta-batches trained
             return
         model_info = _model_signature(self.model)
         if state["model"] != model_info:
@@ -375,11 +455,12 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.model.load_weights(os.path.join(self.directory, state["weights"]))
         if self.stream is not None:
             self.stream.set_state(state["stream"])
+            self._tracker.on_train_begin(logs)
         elif self.hard_tasks is not None and state.get("hard_tasks") is not None:
             self.hard_tasks.set_state(state["hard_tasks"])
         self._batches = int(state["batches"])
         self.history = list(state["history"])
-        self.model._initial_epoch = int(state["epoch"])  # what BackupAndRestore sets too
+        keras_private.set_initial_epoch(self.model, state["epoch"])  # what BackupAndRestore sets too
         self.resumed_from = int(state["epoch"])
         steps = self.params.get("steps") if self.params else None
         if steps and state.get("steps") and steps != state["steps"]:
@@ -396,14 +477,18 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         # Keras keeps `_initial_epoch` on the model; a later fit must not inherit it.
-        self.model._initial_epoch = None
+        keras_private.set_initial_epoch(self.model, None)
 
     # ----------------------------------------------------------------- save
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_batches = 0
+        if self._tracker is not None:
+            self._tracker.on_epoch_begin(epoch, logs)
 
     def on_train_batch_end(self, batch, logs=None):
         self._epoch_batches = int(batch) + 1
+        if self._tracker is not None:
+            self._tracker.on_train_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         steps = self.params.get("steps") if self.params else None

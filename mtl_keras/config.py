@@ -271,7 +271,7 @@ def parse_value(key: str, text: str):
 
 PRESETS: dict[str, ExperimentConfig] = {
     # Fast enough for a 2-core CPU: `make demo` runs this (≤ 15 min with install).
-    # Meta-training rates chosen on the validation split with scripts/select_cpu_glyphs.py:
+    # Meta-training rates chosen on the validation split with benchmarks/probes/select_cpu_glyphs.py:
     # inner lr 0.1 or head lr 1e-3 lowered validation accuracy; 0.05 / 3e-4 / 1e-4 kept it.
     "cpu-glyphs": ExperimentConfig(
         benchmark="glyphs",

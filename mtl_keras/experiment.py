@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ import tensorflow as tf
 from mtl_keras.backbones import get_backbone
 from mtl_keras.callbacks import (
     BestCheckpoint,
-    HardTaskLogger,
+    HardTaskMining,
     ResumableCheckpoint,
     StopOnNonFiniteLoss,
     TimeEstimate,
@@ -125,6 +126,7 @@ def pretrain(
             )
     history = model.fit(
         train_ds,
+        shuffle=False,  # a tf.data pipeline: it shuffles itself (Keras warns otherwise)
         validation_data=held,
         epochs=config.pretrain_epochs,
         verbose=_verbose_mode(verbose),
@@ -274,8 +276,8 @@ def training_episodes(config: ExperimentConfig, train_split, shots: int, replica
     """The meta-training episode stream of a config, with its `HardTaskPool` when ``config.hard_tasks``.
 
     The pool (periodic schedule: ``ht_hard_batches`` hard meta-batches after every
-    ``ht_every`` normal ones, as the paper) must be the model's ``task_feedback``
-    during ``fit``. Under a strategy (``replicas`` > 1) the pipeline runs further
+    ``ht_every`` normal ones, as the paper) receives the model's failure reports through
+    ``HardTaskMining(episodes)`` in ``fit``'s callbacks. Under a strategy (``replicas`` > 1) the pipeline runs further
     ahead of training, so the pool waits longer for reports (``delay=10``, see
     ``docs/distributed.md``).
 
@@ -365,12 +367,11 @@ def meta_train(
         save_weights_atomic(model, checkpoint_path)
     # `best` before `backup`: a backed-up epoch's best weights are always on disk already; the
     # hard-task logger too: it closes the pool's epoch, which the backup then saves.
-    logger = [HardTaskLogger(pool, top_k=3, verbose=int(verbose))] if pool is not None else []
-    if pool is not None:
-        model.task_feedback = pool
+    logger = [HardTaskMining(train_eps, top_k=3, verbose=int(verbose))] if pool is not None else []
     try:
         history = model.fit(
             train_eps,
+            shuffle=False,  # a tf.data pipeline: it shuffles itself (Keras warns otherwise)
             steps_per_epoch=config.steps_per_epoch,
             epochs=config.meta_epochs,
             callbacks=[
@@ -699,6 +700,7 @@ def run_experiment(
     metrics = update_metrics(
         run_dir,
         {
+            "source_commit": source_commit(),
             "benchmark": config.benchmark,
             "splits": _split_summary((train, val, test)),
             "channels": train.channels,
@@ -952,7 +954,26 @@ def _run_info(config: ExperimentConfig, splits) -> dict:
         "benchmark": config.benchmark,
         "splits": _split_summary(splits),
         "channels": splits.train.channels,
+        "source_commit": source_commit(),
     }
+
+
+def source_commit() -> str | None:
+    """The git commit of the mtl_keras source that runs (``"3dec970"``; ``"3dec970+changes"``
+    when tracked files differ from it), or None outside a git checkout (an installed wheel)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", here, *args], capture_output=True, text=True, timeout=30, check=True
+        )
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").stdout.strip()
+        changed = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+changes" if changed else commit
 
 
 @_writes_run_folder

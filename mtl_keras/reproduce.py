@@ -25,7 +25,7 @@ What is chosen, and where (never on the test split):
   first shot setting) per candidate in ``ft_lrs``, scored on the same validation
   episodes;
 * the rest comes from the config preset (``cpu-glyphs``: its inner-loop and head rates
-  were chosen on the validation split, see ``scripts/select_cpu_glyphs.py``), and the
+  were chosen on the validation split, see ``benchmarks/probes/select_cpu_glyphs.py``), and the
   scratch row uses MAML's meta learning rate (Adam 1e-3) for all weights.
 
 Evaluation runs on *cached embeddings*: with batch norm frozen (inference statistics,
@@ -62,7 +62,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtl_keras.backbones import get_backbone
-from mtl_keras.callbacks import HardTaskLogger
+from mtl_keras.callbacks import HardTaskMining
 from mtl_keras.config import ExperimentConfig, get_config
 from mtl_keras.evaluation import (
     EpisodeSet,
@@ -470,21 +470,22 @@ def meta_train_row(
     validation = EpisodeValidation(model, val, val_episodes, initial=initial_val, chunk=settings.eval_chunk)
     callbacks = [validation]
     if pool is not None:
-        model.task_feedback = pool
-        callbacks.append(HardTaskLogger(pool, top_k=3, verbose=1 if verbose else 0))
+        callbacks.append(HardTaskMining(episodes, top_k=3, verbose=1 if verbose else 0))
     start = time.time()
     history = model.fit(
         episodes,
+        shuffle=False,  # a tf.data pipeline: it shuffles itself (Keras warns otherwise)
         steps_per_epoch=steps_per_epoch,
         epochs=epochs,
         callbacks=callbacks,
         verbose=(1 if sys.stdout.isatty() else 2) if verbose else 0,
     )
     validation.restore_best()
-    model.task_feedback = None
     record = {
         "loss": [float(v) for v in history.history.get("loss", [])],
         "accuracy": [float(v) for v in history.history.get("accuracy", [])],
+        "phi_grad_norm": [float(v) for v in history.history.get("phi_grad_norm", [])],
+        "head_grad_norm": [float(v) for v in history.history.get("head_grad_norm", [])],
         "val_accuracy": validation.history,
         "best_epoch": validation.best_epoch,
         "seconds": round(time.time() - start, 1),
@@ -1367,9 +1368,15 @@ def _settings_text(summary: dict, config: ExperimentConfig, settings: dict) -> s
         )
     else:
         lines.append(f"- The FT learning rate was not probed (one candidate): {summary['ft_lr']:g}.")
+    source = (
+        "the `cpu-glyph_scenes` recipe (chosen on its validation split, `benchmarks/glyph_scenes.md`): inner "
+        "rate and steps, Φ and head rates and their decay"
+        if summary.get("benchmark") == "glyph_scenes"
+        else "the `cpu-glyphs` preset (chosen earlier on validation, `benchmarks/probes/select_cpu_glyphs.py`): "
+        "inner rate, Φ and head rates"
+    )
     lines.append(
-        "- From the `cpu-glyphs` preset (chosen earlier on validation, `scripts/select_cpu_glyphs.py`): inner rate, "
-        "Φ and head rates. Pretraining settings and the scratch rate were fixed in advance, not tuned."
+        f"- From {source}. Pretraining settings and the scratch rate were fixed in advance, not tuned."
     )
     return "\n".join(lines)
 

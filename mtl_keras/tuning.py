@@ -43,8 +43,10 @@ class MTLHyperModel(keras_tuner.HyperModel):
     ``build(hp)`` returns a compiled `MetaTransferModel` over a backbone holding the
     weights of ``weights_path`` (a pretrained ``.weights.h5`` of ``config``'s backbone),
     or a freshly initialised backbone when it is None (seeded with ``config.seed``, so
-    every trial starts from the same weights). ``fit(hp, model, ...)`` builds the
-    episodic datasets, meta-trains with the tuner's callbacks and returns the objective.
+    every trial starts from the same weights). ``fit(hp, model, x, validation_data=...)``
+    meta-trains on the episodes ``tuner.search(x, validation_data=...)`` passes — as Keras
+    Tuner's `HyperModel.fit` does — or, when ``search()`` gets none, on episodes it builds
+    from ``train_split`` / ``val_split``; it returns the objective.
 
     Hyperparameters:
         ``inner_lr`` (log-uniform in ``inner_lr_range``), ``phi_lr`` (log, ``phi_lr_range``),
@@ -54,11 +56,12 @@ class MTLHyperModel(keras_tuner.HyperModel):
     Args:
         config: everything else (ways, queries, meta-batch size, epochs,
             steps_per_epoch, val_episodes, eval_inner_steps, seed, backbone).
-        train_split: meta-training classes.
-        val_split: validation classes (the objective's episodes).
+        train_split: meta-training classes (None: ``search`` must pass the training episodes).
+        val_split: validation classes, the objective's episodes (None: ``search`` must pass
+            ``validation_data``).
         shots: ``K`` of the episodes (default ``config.shots[0]``).
         weights_path: pretrained backbone weights, or None for a fresh backbone.
-        channels: image channels (default ``train_split.channels``).
+        channels: image channels (default ``train_split.channels``; needed without it).
         inner_lr_range, phi_lr_range, head_lr_range: ``(min, max)`` of each learning rate.
         inner_steps_choices: the inner step counts to try.
 
@@ -66,15 +69,17 @@ class MTLHyperModel(keras_tuner.HyperModel):
         >>> hypermodel = MTLHyperModel(config, train, val, weights_path="runs/a/pretrained_backbone.weights.h5")
         >>> tuner = keras_tuner.RandomSearch(hypermodel, objective=keras_tuner.Objective("val_accuracy", "max"),
         ...                                  max_trials=20, directory="runs/tune")
-        >>> tuner.search()
+        >>> tuner.search()  # episodes from the splits; or your own:
+        >>> tuner.search(make_episodes(train, 5, 1, 15, meta_batch_size=4),
+        ...              validation_data=make_episodes(val, 5, 1, 15, 10, num_batches=30, repeatable=True))
         >>> tuner.get_best_hyperparameters()[0].values
     """
 
     def __init__(
         self,
         config: ExperimentConfig,
-        train_split: ClassSplit,
-        val_split: ClassSplit,
+        train_split: ClassSplit | None,
+        val_split: ClassSplit | None,
         shots: int | None = None,
         weights_path: str | None = None,
         channels: int | None = None,
@@ -90,6 +95,8 @@ class MTLHyperModel(keras_tuner.HyperModel):
         self.val_split = val_split
         self.shots = int(shots if shots is not None else config.shots[0])
         self.weights_path = weights_path
+        if channels is None and train_split is None:
+            raise ValueError("MTLHyperModel: give `channels` when there is no train_split.")
         self.channels = int(channels or train_split.channels)
         self.inner_lr_range = tuple(inner_lr_range)
         self.phi_lr_range = tuple(phi_lr_range)
@@ -129,46 +136,76 @@ class MTLHyperModel(keras_tuner.HyperModel):
         keras.utils.set_random_seed(config.seed)
         return meta_model(config, self.channels, self.weights_path)
 
-    def fit(self, hp, model, *args, **kwargs) -> float:
+    def fit(self, hp, model, x=None, *args, validation_data=None, **kwargs) -> float:
         """Meta-train ``model`` on episodes; return the best epoch's mean validation accuracy.
 
-        Keyword arguments of `keras.Model.fit` pass through: ``callbacks`` (the
-        tuner's: checkpointing, TensorBoard, ...), ``epochs`` and ``initial_epoch``
-        (Hyperband sets them; default ``config.meta_epochs`` and 0),
-        ``steps_per_epoch`` (default ``config.steps_per_epoch``), ``verbose`` (default 0).
-        Positional ``args`` are not used (the episodes come from the splits).
+        Args:
+            hp: the trial's hyperparameters (used by `build`).
+            model: the model `build` returned.
+            x: training episodes (`make_episodes`), as ``tuner.search(x, ...)`` passes them;
+                None: built from ``train_split`` (seed ``config.seed`` + ``initial_epoch``, so a
+                Hyperband trial resumed at ``initial_epoch`` continues with new episodes).
+            *args: further positional arguments of `keras.Model.fit` (``y`` must be None:
+                the labels are part of the episodes).
+            validation_data: the objective's episodes (``repeatable=True`` so every trial
+                and epoch scores the same ones); None: ``config.val_episodes`` fixed episodes
+                of ``val_split``.
+            **kwargs: `keras.Model.fit` keywords: ``callbacks`` (the tuner's: checkpointing,
+                TensorBoard, ...), ``epochs`` and ``initial_epoch`` (Hyperband sets them;
+                default ``config.meta_epochs`` and 0), ``steps_per_epoch`` (default
+                ``config.steps_per_epoch``), ``verbose`` (default 0).
 
         Returns:
-            max over epochs of ``val_accuracy``: mean query accuracy over
-            ``config.val_episodes`` fixed validation episodes (the same in every trial).
+            max over epochs of ``val_accuracy``: mean query accuracy over the validation
+            episodes.
+
+        Raises:
+            ValueError: no episodes given and no split to build them from.
         """
-        del args
+        if args and args[0] is not None:
+            raise ValueError("MTLHyperModel.fit: `y` is part of the episodes; pass the episodes as `x` only.")
         config = self.config
         keras.utils.set_random_seed(config.seed)
-        # A Hyperband trial resumed at `initial_epoch` continues with new training episodes.
-        train_eps = make_episodes(
-            self.train_split,
-            config.ways,
-            self.shots,
-            config.queries,
-            meta_batch_size=config.meta_batch_size,
-            seed=config.seed + int(kwargs.get("initial_epoch", 0)),
+        for given, split, what in (
+            (x, self.train_split, "training"),
+            (validation_data, self.val_split, "validation"),
+        ):
+            if given is None and split is None:
+                raise ValueError(
+                    f"MTLHyperModel.fit: no {what} episodes: pass them to tuner.search("
+                    + ("episodes" if what == "training" else "..., validation_data=episodes")
+                    + f") or give the hypermodel a {what} split."
+                )
+        train_eps = (
+            x
+            if x is not None
+            else make_episodes(
+                self.train_split,
+                config.ways,
+                self.shots,
+                config.queries,
+                meta_batch_size=config.meta_batch_size,
+                seed=config.seed + int(kwargs.get("initial_epoch", 0)),
+            )
         )
         val_batch = min(10, config.val_episodes)
-        val_eps = make_episodes(
-            self.val_split,
-            config.ways,
-            self.shots,
-            config.queries,
-            meta_batch_size=val_batch,
-            num_batches=max(1, config.val_episodes // val_batch),
-            seed=config.seed + 1,
-            repeatable=True,
-        )
+        val_eps = validation_data
+        if val_eps is None:
+            val_eps = make_episodes(
+                self.val_split,
+                config.ways,
+                self.shots,
+                config.queries,
+                meta_batch_size=val_batch,
+                num_batches=max(1, config.val_episodes // val_batch),
+                seed=config.seed + 1,
+                repeatable=True,
+            )
         kwargs.setdefault("epochs", config.meta_epochs)
         kwargs.setdefault("steps_per_epoch", config.steps_per_epoch)
         kwargs.setdefault("verbose", 0)
-        history = model.fit(train_eps, validation_data=val_eps, **kwargs)
+        kwargs.setdefault("shuffle", False)  # episodes are already random (Keras warns otherwise)
+        history = model.fit(train_eps, *args, validation_data=val_eps, **kwargs)
         return float(max(history.history[OBJECTIVE]))
 
 

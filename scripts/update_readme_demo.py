@@ -85,14 +85,19 @@ def main(argv: list[str] | None = None) -> int:
         if not runs:
             parser.error("no runs/demo-* folder: run `make demo` first, or pass a run folder")
         run_dir = runs[-1]
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        commit = json.load(f).get("source_commit")  # recorded by the run (runs before 2026-12-02: none)
     try:
-        commit = subprocess.run(
-            # the checkout the demo ran in (its run folder lies inside it); none outside a checkout
-            ["git", "-C", run_dir, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = (
+            commit
+            or subprocess.run(
+                # the checkout the demo ran in (its run folder lies inside it); none outside a checkout
+                ["git", "-C", run_dir, "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         commit = None
     with open(args.readme) as f:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from benchmarks.harness import BenchConfig, check_targets, resnet12_convs, step_flops
+from benchmarks.harness.flops import forward_flops
+from benchmarks.harness.report import BEGIN, END, write_results
 from mtl_keras import MetaTransferModel, resnet12
-from mtl_keras.benchmarking import BenchConfig, check_targets, resnet12_convs, step_flops
-from mtl_keras.benchmarking.flops import forward_flops
-from mtl_keras.benchmarking.report import BEGIN, END, write_results
 from tests.helpers import patient, randomise_backbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def test_torch_baseline_computes_the_same_first_order_step_as_mtl_keras():
     torch = pytest.importorskip("torch")
     import torch.nn.functional as F
 
-    from mtl_keras.benchmarking.torch_baseline import MtlBaseline, build_encoder, load_keras_weights
+    from benchmarks.harness.torch_baseline import MtlBaseline, build_encoder, load_keras_weights
 
     rng = np.random.default_rng(0)
     widths, ways, shots, queries, steps = (4, 8, 8, 8), 5, 2, 3, 3
@@ -122,7 +122,7 @@ def test_targets_compare_configurations_differing_in_one_factor():
 
 
 def test_interleaved_pairs_decide_the_pair_targets():
-    from mtl_keras.benchmarking.suite import _paired_row, paired_configs
+    from benchmarks.harness.suite import _paired_row, paired_configs
 
     base = BenchConfig(image_size=32, shots=1, meta_batch=2, inner_steps=20, precision="float32")
     configs = [
@@ -155,7 +155,7 @@ def test_results_markdown_keeps_text_outside_the_markers(tmp_path):
     path = tmp_path / "RESULTS.md"
     path.write_text("# Performance\n\nHand-written header.\n")
     report = {"machine": {}, "results": [], "targets": [], "scaling": []}
-    import mtl_keras.benchmarking.report as report_module
+    import benchmarks.harness.report as report_module
 
     original = report_module.format_report
     try:
@@ -172,10 +172,10 @@ def test_results_markdown_keeps_text_outside_the_markers(tmp_path):
 
 
 def test_quick_benchmark_writes_json_and_table(tmp_path):
-    """``scripts/benchmark.py --quick`` runs end to end (nothing is asserted about speed)."""
+    """``benchmarks/benchmark.py --quick`` runs end to end (nothing is asserted about speed)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--quick", "--out", str(tmp_path)],
+        [sys.executable, os.path.join(ROOT, "benchmarks", "benchmark.py"), "--quick", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=patient(600),
@@ -199,8 +199,44 @@ def test_quick_benchmark_writes_json_and_table(tmp_path):
     assert "| mode | image |" in proc.stdout
 
 
+def test_quick_smoke_run_never_writes_the_published_results(tmp_path):
+    """``--quick`` writes into runs/benchmark-quick/ by default; full runs into benchmarks/; --out wins."""
+    from benchmarks import benchmark
+
+    def out(*argv):
+        return os.path.realpath(benchmark.default_out(benchmark.parse_args(list(argv))))
+
+    published = os.path.realpath(os.path.join(ROOT, "benchmarks"))
+    assert out("--quick") != published
+    assert out("--quick") == os.path.realpath(os.path.join(ROOT, "runs", "benchmark-quick"))
+    assert out() == out("--full") == out("--accuracy") == published
+    assert out("--quick", "--out", str(tmp_path)) == out("--out", str(tmp_path)) == os.path.realpath(tmp_path)
+    with open(os.path.join(ROOT, ".gitignore")) as f:
+        assert "runs/" in f.read().split()
+
+
+def test_installed_package_ships_no_benchmark_harness():
+    """The packages setup.py installs (its own find_packages call, run here) hold no benchmark code."""
+    import ast
+
+    from setuptools import find_packages
+
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        tree = ast.parse(f.read())
+    (call,) = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "find_packages"
+    ]
+    kwargs = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+    packages = find_packages(ROOT, **kwargs)
+    assert "mtl_keras" in packages and "mtl_keras.models" in packages
+    assert [p for p in packages if "benchmark" in p] == []
+    assert [p for p in find_packages(ROOT) if p.startswith("mtl_keras") and "benchmark" in p] == []
+
+
 def test_suite_skips_the_baseline_with_a_message_without_torch(monkeypatch):
-    import mtl_keras.benchmarking.suite as suite
+    import benchmarks.harness.suite as suite
 
     monkeypatch.setattr(suite, "torch_available", lambda: False)
     messages = []
@@ -213,7 +249,7 @@ def test_step_ab_times_each_variant():
     result = subprocess.run(
         [
             sys.executable,
-            os.path.join(ROOT, "scripts", "step_ab.py"),
+            os.path.join(ROOT, "benchmarks", "probes", "step_ab.py"),
             "--precision=float32",
             "--image-size=16",
             "--widths=4,4,4,4",
@@ -234,7 +270,7 @@ def test_step_ab_times_each_variant():
 
 @pytest.mark.parametrize("precision, target", [("float32", 1.0), ("mixed_bfloat16", 2.0)])
 def test_needed_utilisation_is_where_the_ratio_meets_the_target(precision, target):
-    from mtl_keras.benchmarking.suite import needed_utilisation
+    from benchmarks.harness.suite import needed_utilisation
 
     row = {
         "config": {"precision": precision, "meta_batch": 8, "mode": "train"},

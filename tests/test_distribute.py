@@ -78,6 +78,15 @@ MIRRORED = (
         make_episodes(split, 3, 1, 2, meta_batch_size=4, num_batches=1))))[0]["support_images"]
     one, one_history, one_pool = run(None, 6, 2)
     two, two_history, two_pool = run(strategy, 6, 2)
+    with strategy.scope():
+        uneven = MetaTransferModel(resnet12((16, 16, 1), widths=(4, 8, 8, 8)), ways=3, inner_steps=2)
+        uneven.compile()
+    before = [np.asarray(w).copy() for w in uneven.trainable_weights]
+    try:  # 3 tasks over 2 replicas
+        uneven.fit(make_episodes(split, 3, 1, 2, meta_batch_size=3, seed=0), steps_per_epoch=1, verbose=0)
+        uneven_error = None
+    except Exception as err:
+        uneven_error = f"{type(err).__name__}: {err}"
     np.savez(sys.argv[1] + "/one.npz", *[np.asarray(w) for w in one.weights])
     np.savez(sys.argv[1] + "/two.npz", *[np.asarray(w) for w in two.weights])
     json.dump({
@@ -86,6 +95,8 @@ MIRRORED = (
         "one": one_history, "two": two_history,
         "one_failures": one_pool.failure_counts(), "two_failures": two_pool.failure_counts(),
         "one_stats": one_pool.stats(), "two_stats": two_pool.stats(),
+        "uneven_error": uneven_error,
+        "uneven_changed": any(not np.array_equal(a, np.asarray(w)) for a, w in zip(before, uneven.trainable_weights)),
     }, open(sys.argv[1] + "/result.json", "w"))
     """
     )
@@ -162,6 +173,11 @@ def test_mirrored_strategy_on_two_cpus_equals_one_device(tmp_path):
     assert two["hard_tasks_reported"] == one["hard_tasks_reported"] > 0
     assert two["late_reports"] == 0 and two["unmatched_reports"] == 0
     assert result["two_failures"] == result["one_failures"]
+    # A meta-batch that does not split over the replicas is refused before it trains.
+    assert "does not split evenly over the 2 replicas" in (result["uneven_error"] or ""), result[
+        "uneven_error"
+    ]
+    assert result["uneven_changed"] is False  # no weight moved
 
 
 MIRRORED_PRETRAIN = COMMON + textwrap.dedent(
@@ -234,7 +250,7 @@ def test_pretraining_under_mirrored_strategy_keeps_the_replicas_identical(tmp_pa
     # Synchronized batch norm: a training step equals one device's, moving statistics included.
     # One step, not the whole fit: this tiny training is chaotic at float rounding (a 1e-6
     # perturbation of the initial weights moves the weights after its 8 steps by 1e-2,
-    # scripts/training_sensitivity.py: 8.5e-2), so after 8 steps the two agreed to 3e-6 on AVX-512
+    # benchmarks/probes/training_sensitivity.py: 8.5e-2), so after 8 steps the two agreed to 3e-6 on AVX-512
     # only by luck of the rounding and differed by 0.06 on AVX2 (ONEDNN_MAX_CPU_ISA=AVX2).
     for name, a, b in zip(names, runs["one_step"], runs["two_sync_step"]):
         np.testing.assert_allclose(b, a, rtol=0, atol=2e-5, err_msg=name)

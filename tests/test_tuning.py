@@ -11,6 +11,7 @@ import keras_tuner
 import pytest
 
 from mtl_keras.config import get_config
+from mtl_keras.data.episodes import make_episodes
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.tuning import MTLHyperModel, distributed_role, make_tuner, run_tuning
 from tests.conftest import TINY_CONFIG, make_prototype_split
@@ -199,3 +200,24 @@ def test_run_tuning_writes_a_summary(tiny_config_file, tmp_path, monkeypatch):
     )
     assert len(summary["trials"]) == 1 and (tmp_path / "config.json").exists()
     assert os.listdir(tmp_path / "logs" / "tuning")
+
+
+def test_search_passes_its_episodes_to_the_hypermodel(splits, tmp_path):
+    """As Keras Tuner's `HyperModel.fit(hp, model, *args, **kwargs)`: `tuner.search(x,
+    validation_data=...)` hands its datasets on — a hypermodel without splits trains on them."""
+    train, val = splits
+    channels = train.channels
+    hypermodel = MTLHyperModel(CONFIG, None, None, channels=channels, **SPACE)
+    tuner = make_tuner(hypermodel, "random", directory=str(tmp_path), max_trials=1, overwrite=True)
+    shots = CONFIG.shots[0]
+    episodes = make_episodes(train, CONFIG.ways, shots, CONFIG.queries, meta_batch_size=2, seed=0)
+    validation = make_episodes(val, CONFIG.ways, shots, CONFIG.queries, 5, num_batches=2, repeatable=True)
+    tuner.search(episodes, validation_data=validation, epochs=1, steps_per_epoch=2, verbose=0)
+    (trial,) = tuner.oracle.trials.values()
+    assert trial.status == "COMPLETED" and 0.0 <= trial.score <= 1.0
+    with pytest.raises(ValueError, match="no validation episodes"):
+        hypermodel.fit(
+            keras_tuner.HyperParameters(), hypermodel.build(keras_tuner.HyperParameters()), episodes
+        )
+    with pytest.raises(ValueError, match="give `channels`"):
+        MTLHyperModel(CONFIG, None, None)

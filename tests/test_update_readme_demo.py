@@ -38,3 +38,21 @@ def test_the_table_between_the_markers_is_replaced_by_the_runs(tmp_path):
 def test_a_readme_without_markers_is_refused():
     with pytest.raises(ValueError, match="markers"):
         _script().rewrite("no markers here", "table")
+
+
+def test_the_commit_the_run_recorded_wins_over_the_checkout_now(tmp_path):
+    """A demo run records the source commit it ran (`experiment.source_commit`); the README
+    names that one, not where the checkout stands when the table is written."""
+    from mtl_keras.experiment import source_commit
+
+    recorded = source_commit()
+    assert recorded is None or len(recorded.split("+")[0]) >= 7  # a checkout here, None from a wheel
+    script = _script()
+    run = tmp_path / "demo-y"
+    run.mkdir()
+    (run / "results.md").write_text("| method | 5-way 1-shot |\n|---|---|\n| MTL | 73.10 ± 1.00 |\n")
+    (run / "metrics.json").write_text(json.dumps({"source_commit": "abc1234", "histories": {}}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{script.START}\n{script.END}\n")
+    assert script.main([str(run), "--readme", str(readme)]) == 0
+    assert "commit abc1234" in readme.read_text()

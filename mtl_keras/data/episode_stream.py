@@ -11,9 +11,12 @@ Why a position at all: `tf.data` prefetches, so the generator runs a few
 meta-batches ahead of training, and an iterator that is thrown away (Keras'
 symbolic build under a `tf.distribute` strategy peeks one element; a second
 `fit` call makes a new iterator) loses what it prefetched. The stream therefore
-counts *trained* meta-batches (``trained``, kept by `tracker`, which
-`MetaTransferModel.fit` attaches) and every new `fit` starts the generator at
-``trained``, not at the number drawn.
+counts *trained* meta-batches (``trained``, kept by the callback `tracker`, which
+`mtl_keras.callbacks.ResumableCheckpoint` and `mtl_keras.callbacks.HardTaskMining` run
+for you) and every ``fit`` with such a callback starts the generator at ``trained``, not
+at the number drawn. Without one, a second ``fit`` on the same dataset continues after the
+meta-batches the first one *drew* (prefetched ones included): add
+``episodes.episode_stream.tracker()`` to its callbacks to continue exactly.
 """
 
 from __future__ import annotations

@@ -153,7 +153,9 @@ def make_episodes(
             index dicts`` replacing plain random sampling (the hard-task schedule
             plugs in here).
         hard_tasks: a `HardTaskPool`; shorthand for
-            ``batch_source=hard_tasks.batch_source`` (give one or the other).
+            ``batch_source=hard_tasks.batch_source`` (give one or the other). Then pass
+            ``mtl_keras.callbacks.HardTaskMining(dataset)`` to ``fit``: it connects the model's
+            failure reports to the pool.
         augment: optional function ``images (M, H, W, C) float32 → same`` applied to
             support and query images.
         num_parallel_calls: decode parallelism (default AUTOTUNE). Output order is
@@ -162,8 +164,8 @@ def make_episodes(
 
     Returns:
         A `tf.data.Dataset` as above, with an ``episode_stream`` attribute (an
-        `EpisodeStream`: the position `fit` and `ResumableCheckpoint` track so a
-        resumed run continues the same stream).
+        `EpisodeStream`: the position `ResumableCheckpoint` and `HardTaskMining` track so
+        a resumed run continues the same stream).
     """
     if hard_tasks is not None:
         if batch_source is not None:
@@ -221,8 +223,8 @@ def make_episodes(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     ds = ds.with_options(options)
-    # Resume/rewind handle (see `EpisodeStream`); `MetaTransferModel.fit` and
-    # `ResumableCheckpoint` look for it. Lost if the dataset is transformed further.
+    # Resume/rewind handle (see `EpisodeStream`); `ResumableCheckpoint` and `HardTaskMining`
+    # take the dataset and use it. Lost if the dataset is transformed further.
     ds.episode_stream = stream
     return ds
 

@@ -8,13 +8,13 @@ episode pipeline then draws *hard tasks*: ``N`` classes taken from the pool,
 with fresh support and query images (the failing task's images excluded).
 
 The pool is the only link between data and model (`data` never imports
-`models`)::
+`models`); the callback `mtl_keras.callbacks.HardTaskMining` attaches it to a ``fit``
+(the model reports to the pool, the stream counts trained meta-batches, each epoch logs)::
 
     pool = HardTaskPool(schedule="periodic", every=10, hard_batches=5, seed=0)
     episodes = make_episodes(train, ways=5, shots=1, queries=15, meta_batch_size=4,
                              hard_tasks=pool)          # the pipeline draws from it
-    model.task_feedback = pool                         # the model reports to it
-    model.fit(episodes, steps_per_epoch=100, epochs=10, callbacks=[HardTaskLogger(pool)])
+    model.fit(episodes, steps_per_epoch=100, epochs=10, callbacks=[HardTaskMining(episodes)])
 
 Schedules:
 
@@ -157,8 +157,7 @@ class HardTaskPool:
     Example:
         >>> pool = HardTaskPool(schedule="periodic", every=10, hard_batches=5, seed=0)
         >>> episodes = make_episodes(split, 5, 1, 15, meta_batch_size=4, hard_tasks=pool)
-        >>> model.task_feedback = pool
-        >>> model.fit(episodes, steps_per_epoch=100, callbacks=[HardTaskLogger(pool)])
+        >>> model.fit(episodes, steps_per_epoch=100, callbacks=[HardTaskMining(episodes)])
 
     Reference:
         Sun et al., "Meta-Transfer Learning through Hard Tasks", TPAMI 2020, §4.3.

@@ -12,9 +12,9 @@ channel axes swapped:
 
 (Xᵀ zero-padded like the forward pass), which oneDNN's forward kernel runs faster on small
 maps: in bfloat16 up to 10×10 (1.3–2.5× at 8×8 and 4×4; large batches in slices), in float32 at
-4×4 only (1.2×); slower on larger maps (`scripts/conv_kernel_benchmark.py`). Whole steps:
+4×4 only (1.2×); slower on larger maps (`benchmarks/probes/conv_kernel_benchmark.py`). Whole steps:
 −10% (32×32, bf16, 1-shot), −7 to −11% (5-shot), −19% (meta-batch 8), −5% (84×84), −1 to −2%
-(float32), measured with `scripts/step_ab.py` (benchmarks/RESULTS.md). `conv2d` uses it exactly
+(float32), measured with `benchmarks/probes/step_ab.py` (benchmarks/RESULTS.md). `conv2d` uses it exactly
 there and is ``keras.ops.conv(...) + bias`` everywhere else.
 """
 
@@ -72,7 +72,7 @@ def conv2d(inputs, kernel, bias, strides=(1, 1), padding: str = "same", dilation
         return _conv_swapped_filter_grad(inputs, kernel, bias)
     # A broadcast add, not tf.nn.bias_add: TF 2.21's CPU graph optimizer fuses
     # leaky_relu(bias_add(conv2d(x, k), b) + r) — a residual block's last convolution — into
-    # one oneDNN op that computes wrong values (scripts/tf_fusion_bug.py); with AddV2 it does not.
+    # one oneDNN op that computes wrong values (benchmarks/probes/tf_fusion_bug.py); with AddV2 it does not.
     return ops.conv(inputs, kernel, strides=strides, padding=padding, dilation_rate=dilation_rate) + bias
 
 

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import keras
 
+from mtl_keras import keras_private
 from mtl_keras.layers.scale_shift_layer import PHASES, ScaleShiftLayer
 
 
 def iter_layers(model: keras.layers.Layer):
     """All sub-layers of ``model`` (depth first, each once), ``model`` excluded."""
     seen = set()
-    stack = list(reversed(getattr(model, "layers", None) or model._layers))
+    stack = list(reversed(keras_private.child_layers(model)))
     while stack:
         layer = stack.pop()
         if id(layer) in seen:
             continue
         seen.add(id(layer))
         yield layer
-        stack.extend(reversed(getattr(layer, "_layers", [])))
+        stack.extend(reversed(keras_private.tracked_layers(layer)))
 
 
 def set_phase(model: keras.layers.Layer, phase: str, train_batch_norm: bool = False) -> keras.layers.Layer:
@@ -56,7 +57,7 @@ def set_phase(model: keras.layers.Layer, phase: str, train_batch_norm: bool = Fa
             layer.set_phase(phase)
         elif isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = phase == "pretrain" or bool(train_batch_norm)
-        elif not getattr(layer, "_layers", None):
+        elif not keras_private.tracked_layers(layer):
             layer.trainable = phase == "pretrain"
     return model
 
@@ -80,7 +81,7 @@ def named_scale_shift_layers(model: keras.layers.Layer, prefix: str = ""):
     models built alike, whatever their own names.
     """
     seen = set()
-    children = getattr(model, "layers", None) or getattr(model, "_layers", [])
+    children = keras_private.child_layers(model)
     for layer in children:
         if id(layer) in seen:
             continue

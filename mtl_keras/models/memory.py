@@ -170,8 +170,37 @@ def check_training_memory(model, dataset) -> None:
         return
     if support.rank != 5 or query.rank != 5 or None in (support[0], support[1], query[1]):
         return
+    _check(model, support, query, max(1, int(model.distribute_strategy.num_replicas_in_sync)))
+
+
+def check_step_memory(model, support, query, replicas: int) -> None:
+    """`check_training_memory` from one replica's input shapes, as ``train_step`` sees them.
+
+    `MetaTransferModel.train_step` calls it while ``fit`` traces the step, so a step that
+    cannot fit is refused before the first one runs.
+
+    Args:
+        model: the `MetaTransferModel`.
+        support, query: static shapes ``(B / replicas, N*K, H, W, C)``, ``(B / replicas, N*Q, H, W, C)``
+            of one replica's share (unknown sizes: no check).
+        replicas: replicas in sync (1 without a strategy).
+
+    Raises:
+        MemoryError: as `check_training_memory`.
+    """
+    support, query = tf.TensorShape(support), tf.TensorShape(query)
+    if os.environ.get(SKIP_ENV) == "1" or support.rank != 5 or query.rank != 5:
+        return
+    if None in (support[0], support[1], query[1]):
+        return
+    replicas = max(1, int(replicas))
+    whole = tf.TensorShape([int(support[0]) * replicas, *support[1:]])
+    _check(model, whole, query, replicas)
+
+
+def _check(model, support, query, replicas: int) -> None:
+    """The check on the whole meta-batch's shapes ``support``, ``query``."""
     strategy = model.distribute_strategy
-    replicas = max(1, int(strategy.num_replicas_in_sync))
     try:
         local = max(1, len(strategy.extended.worker_devices))
     except RuntimeError:  # the default strategy has no device list: one replica

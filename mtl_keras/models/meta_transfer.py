@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mtl_keras import keras_private
 from mtl_keras.layers.batch_statistics import batch_statistics_view
 from mtl_keras.layers.folding import fold_batch_norm
 from mtl_keras.layers.phase import set_phase
@@ -19,7 +20,7 @@ POOLING_MODES = ("avg", "max")
 
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
-class MetaTransferModel(keras.Model):
+class MetaTransferModel(keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
     """Meta-transfer learning (MTL) over a pretrained backbone.
 
     Each training step takes a meta-batch of ``B`` episodes (N-way, K-shot,
@@ -57,6 +58,11 @@ class MetaTransferModel(keras.Model):
     ``report(task_classes (B, N) int, class_accuracy (B, N) float)`` method as
     ``model.task_feedback`` (before `fit`) to receive it after every step — the
     hard-task pool uses this. `per_class_accuracy` computes the same on demand.
+
+    Training logs (per epoch in ``fit``'s History): ``loss`` and ``accuracy`` (query, after
+    adaptation) and the outer loop's gradient norms ``phi_grad_norm`` (all trainable backbone
+    weights: Φ, plus γ/β with ``train_batch_norm``) and ``head_grad_norm`` (the head
+    initialisation), means over the epoch's steps; evaluation logs ``loss`` and ``accuracy``.
 
     Args:
         backbone: a `keras.Model` ``images → (batch, D)`` features, or ``→ (batch, H, W, D)``
@@ -194,6 +200,9 @@ class MetaTransferModel(keras.Model):
         self.task_feedback = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+        # Training only: the outer loop's gradient norms (evidence of whether Φ gets a signal).
+        self.phi_grad_norm_tracker = keras.metrics.Mean(name="phi_grad_norm")
+        self.head_grad_norm_tracker = keras.metrics.Mean(name="head_grad_norm")
         # Every weight exists now (functional backbone + head built above).
         self.built = True
 
@@ -263,44 +272,10 @@ class MetaTransferModel(keras.Model):
             head_optimizer=keras.optimizers.deserialize(config["head_optimizer"]),
         )
 
-    def fit(self, x=None, y=None, *args, shuffle: bool = False, **kwargs):
-        """`keras.Model.fit` on an episodic dataset (see `make_episodes`).
-
-        ``shuffle`` defaults to False: episodes are already random.
-
-        On a `make_episodes` dataset, ``fit`` also keeps the dataset's
-        ``episode_stream`` at the number of meta-batches trained (so a second
-        ``fit`` or a resumed run continues the stream exactly, see
-        `mtl_keras.callbacks.ResumableCheckpoint`). On CPU it first checks that a
-        training step's activations fit in the available memory.
-
-        Raises:
-            MemoryError: when a training step clearly cannot fit in RAM (CPU only,
-                see `mtl_keras.models.memory.check_training_memory`).
-            ValueError: under a `tf.distribute` strategy, when the meta-batch size
-                is not a multiple of the number of replicas.
-        """
-        from mtl_keras.models.memory import check_training_memory
-
-        _check_meta_batch_split(self.distribute_strategy.num_replicas_in_sync, x)
-        check_training_memory(self, x)
-        stream = getattr(x, "episode_stream", None)
-        if stream is not None:
-            tracker = stream.tracker()
-            if len(args) >= 4:  # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
-                args = (*args[:3], _with_callback(args[3], tracker, self), *args[4:])
-            else:
-                kwargs["callbacks"] = _with_callback(kwargs.get("callbacks"), tracker, self)
-        return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras' TF trainer, under a tf.distribute strategy, peeks one batch to build
-        # the model symbolically. Everything here is built in __init__ and compile, and
-        # the peek both draws meta-batches that are never trained and, under
-        # MultiWorkerMirroredStrategy, fails to reduce a dict of inputs (Keras 3.15).
-        if self.built and self.head_optimizer is not None and self.optimizer.built:
-            return None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+    def _built_for_training(self) -> bool:
+        # `keras_private.SkipSymbolicBuildWhenBuilt`: everything is built in __init__ and
+        # compile, so `fit` need not peek a meta-batch (never trained) to build the model.
+        return bool(self.built and self.head_optimizer is not None and self.optimizer.built)
 
     def load_weights(self, filepath, *args, **kwargs):
         """`keras.Model.load_weights`, naming both architectures when they differ."""
@@ -310,7 +285,12 @@ class MetaTransferModel(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker]
+        return [
+            self.loss_tracker,
+            self.accuracy_tracker,
+            self.phi_grad_norm_tracker,
+            self.head_grad_norm_tracker,
+        ]
 
     # ----------------------------------------------------------------- forward
     def embed(self, images, training: bool = False):
@@ -516,7 +496,8 @@ class MetaTransferModel(keras.Model):
         # loss over the whole meta-batch.
         replica = tf.distribute.get_replica_context()
         replicas = replica.num_replicas_in_sync if replica is not None else 1
-        with tf.GradientTape() as tape:
+        checks = self._check_training_inputs(inputs, replica, replicas)
+        with tf.GradientTape() as tape, tf.control_dependencies(checks):
             logits = self(inputs, training=True)
             loss, accuracy = self._loss_and_accuracy(logits, query_labels)
             scaled_loss = loss / replicas if replicas > 1 else loss
@@ -526,6 +507,14 @@ class MetaTransferModel(keras.Model):
         self.head_optimizer.apply_gradients(zip(grads[len(backbone_vars) :], head_vars))
         self.loss_tracker.update_state(loss)
         self.accuracy_tracker.update_state(accuracy)
+        # Norms of this replica's gradient of its own tasks' mean loss (undoing the 1/R).
+        if backbone_vars:
+            self.phi_grad_norm_tracker.update_state(
+                tf.linalg.global_norm(grads[: len(backbone_vars)]) * replicas
+            )
+        self.head_grad_norm_tracker.update_state(
+            tf.linalg.global_norm(grads[len(backbone_vars) :]) * replicas
+        )
         if self.task_feedback is not None and "task_classes" in inputs:
             class_acc = self.per_class_accuracy(logits, query_labels, self.ways)
             task_classes = inputs["task_classes"]
@@ -536,11 +525,44 @@ class MetaTransferModel(keras.Model):
                 class_acc = _gather_replicas(replica, class_acc, replicas)
             if _reports_here(replica, replicas):
                 tf.numpy_function(self._report_feedback, [task_classes, class_acc], [], stateful=True)
-        return self._metric_logs()
+        return self._metric_logs(self.metrics)
 
-    def _metric_logs(self) -> dict:
-        logs = {m.name: m.result() for m in self.metrics}
-        if _multi_worker(tf.distribute.get_strategy()):
+    def _check_training_inputs(self, inputs, replica, replicas: int) -> list:
+        """Checks of a training step's inputs; returns the ops the step must run after.
+
+        While ``fit`` traces the step: the activations must fit in memory
+        (`mtl_keras.models.memory.check_step_memory`, raises `MemoryError` before any step
+        runs). Under a `tf.distribute` strategy whose replicas' shares have no static size (a
+        meta-batch split unevenly, or any multi-worker pipeline), every step asserts that all
+        replicas got the same number of tasks (``tf.errors.InvalidArgumentError`` naming
+        the fix; the loss is a mean of the replicas' means). One 2-float all-reduce per step.
+        """
+        from mtl_keras.models.memory import check_step_memory
+
+        support = inputs["support_images"].shape
+        check_step_memory(self, support, inputs["query_images"].shape, replicas)
+        if replicas <= 1 or support.rank is None or support[0] is not None:
+            return []  # a static per-replica size: the split is even
+        tasks = tf.cast(tf.shape(inputs["support_images"])[0], tf.float32)
+        total = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([tasks, tasks * tasks]))
+        # Σb² · R = (Σb)² exactly when every replica has the same b (Cauchy-Schwarz).
+        even = tf.equal(total[1] * float(replicas), total[0] * total[0])
+        return [
+            tf.debugging.Assert(
+                even,
+                [
+                    f"The meta-batch does not split evenly over the {replicas} replicas: use a "
+                    f"meta_batch_size that is a multiple of {replicas} (make_episodes(..., "
+                    "meta_batch_size=...)). Tasks in all replicas:",
+                    total[0],
+                ],
+            )
+        ]
+
+    def _metric_logs(self, metrics=None) -> dict:
+        """``{name: value}`` of ``metrics`` (default: loss and accuracy, what evaluation reports)."""
+        logs = {m.name: m.result() for m in (metrics or (self.loss_tracker, self.accuracy_tracker))}
+        if keras_private.in_multi_worker_mode(tf.distribute.get_strategy()):
             # Keras 3.15 reduces multi-worker step logs with strategy.reduce(MEAN, axis=0),
             # which needs an axis: give each scalar one (the reduced log is a scalar again).
             logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
@@ -626,13 +648,6 @@ def _gather_replicas(replica, x, replicas: int):
     return tf.cast(tf.reshape(total, tf.concat([[-1], tf.shape(x)[1:]], 0)), x.dtype)
 
 
-def _multi_worker(strategy) -> bool:
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return False
-    in_multi_worker = getattr(strategy.extended, "_in_multi_worker_mode", None)
-    return True if in_multi_worker is None else bool(in_multi_worker())
-
-
 def _reports_here(replica, replicas: int) -> bool:
     """True on the first local replica of each worker (always without a strategy)."""
     if replicas <= 1:
@@ -640,31 +655,6 @@ def _reports_here(replica, replicas: int) -> bool:
     replica_id = tf.get_static_value(replica.replica_id_in_sync_group)
     local = len(tf.distribute.get_strategy().extended.worker_devices)
     return replica_id is None or int(replica_id) % max(1, local) == 0
-
-
-def _check_meta_batch_split(replicas: int, dataset) -> None:
-    """Each replica must get the same number of tasks (the loss is a mean of replica means)."""
-    if replicas <= 1 or not isinstance(dataset, tf.data.Dataset):
-        return
-    try:
-        batch = dataset.element_spec[0]["support_images"].shape[0]
-    except (TypeError, KeyError, IndexError, AttributeError):
-        return
-    if batch is not None and batch % replicas:
-        raise ValueError(
-            f"meta_batch_size {batch} does not split evenly over {replicas} replicas: each replica "
-            f"trains meta_batch_size / {replicas} tasks. Use a multiple of {replicas}."
-        )
-
-
-def _with_callback(callbacks, callback, model):
-    if callbacks is None:
-        return [callback]
-    if isinstance(callbacks, keras.callbacks.CallbackList):
-        callbacks.callbacks.append(callback)
-        callback.set_model(model)
-        return callbacks
-    return [*callbacks, callback]
 
 
 class _Untracked:

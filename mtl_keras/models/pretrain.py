@@ -5,11 +5,12 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from mtl_keras import keras_private
 from mtl_keras.layers.phase import set_phase
 
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
-class PretrainModel(keras.Model):
+class PretrainModel(keras_private.SymbolicBuildFromZeros, keras.Model):
     """Backbone + optional augmentation + dropout + ``Dense(num_classes)``.
 
     Trained with ordinary ``compile``/``fit`` on ``(images, labels)`` batches
@@ -53,19 +54,13 @@ class PretrainModel(keras.Model):
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
         self.classifier.build((None, backbone.output_shape[-1]))
 
-    def fit(self, x=None, y=None, *args, shuffle: bool = False, **kwargs):
-        """`keras.Model.fit`; ``shuffle`` defaults to False (`pretrain_dataset` shuffles)."""
-        return super().fit(x, y, *args, shuffle=shuffle, **kwargs)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under a tf.distribute strategy Keras 3.15's TF trainer peeks one batch of the
-        # (distributed) dataset to build the model: the batch is never trained, and under
-        # MultiWorkerMirroredStrategy reducing it fails ("PerReplica ... to a Tensor").
-        # Build from a one-image zero batch of the right shapes instead.
-        if iterator is not None and getattr(self, "_distribute_strategy", None) is not None:
-            shape = tuple(self.backbone.input_shape[1:])
-            iterator, data_batch = None, (tf.zeros((1, *shape)), tf.zeros((1,), tf.int32))
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+    def _symbolic_build_batch(self):
+        # `keras_private.SymbolicBuildFromZeros`: under a tf.distribute strategy Keras 3.15's TF
+        # trainer peeks one batch of the (distributed) dataset to build the model: the batch is
+        # never trained, and under MultiWorkerMirroredStrategy reducing it fails ("PerReplica
+        # ... to a Tensor"). Build from a one-image zero batch of the right shapes instead.
+        shape = tuple(self.backbone.input_shape[1:])
+        return tf.zeros((1, *shape)), tf.zeros((1,), tf.int32)
 
     def train_step(self, data):
         logs = super().train_step(data)
@@ -79,7 +74,7 @@ class PretrainModel(keras.Model):
             return
         stats = [
             v
-            for layer in self.backbone._flatten_layers(include_self=True, recursive=True)
+            for layer in keras_private.all_layers(self.backbone)
             if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
             for v in (layer.moving_mean, layer.moving_variance)
         ]
@@ -131,12 +126,12 @@ def synchronize_batch_norm(model: keras.layers.Layer, synchronized: bool = True)
     `tf.distribute` strategy: training equals a one-device run on the same global batches.
     Keras does three all-reduces per layer in the forward pass and more in the backward
     pass: no measurable cost on two logical CPUs, 3.9× the pretraining step with two worker
-    processes over gRPC (`python scripts/sync_bn_cost.py [--multi-worker]`). Takes effect
+    processes over gRPC (`python benchmarks/probes/sync_bn_cost.py [--multi-worker]`). Takes effect
     for functions traced afterwards. Returns the number of layers set.
     """
     layers = [
         layer
-        for layer in model._flatten_layers(include_self=True, recursive=True)
+        for layer in keras_private.all_layers(model)
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
     for layer in layers:
@@ -147,9 +142,7 @@ def synchronize_batch_norm(model: keras.layers.Layer, synchronized: bool = True)
 def _with_batch_axis(logs):
     """Keras 3.15 reduces multi-worker step logs with ``strategy.reduce(MEAN, axis=0)``,
     which needs an axis: give each scalar log one (the reduced log is a scalar again)."""
-    from mtl_keras.models.meta_transfer import _multi_worker
-
-    if not _multi_worker(tf.distribute.get_strategy()):
+    if not keras_private.in_multi_worker_mode(tf.distribute.get_strategy()):
         return logs
     return {
         k: tf.reshape(v, [1]) if getattr(v, "shape", None) is not None and v.shape.rank == 0 else v

@@ -412,3 +412,42 @@ def test_fit_stream_does_not_depend_on_pipeline_parallelism():
     (a, hard_a), (b, hard_b) = trained_stream(1, None), trained_stream(2, 2)
     assert hard_a == hard_b > 0
     np.testing.assert_array_equal(a, b)
+
+
+def test_hard_task_mining_attaches_the_pool_and_keeps_two_fits_in_step(capsys):
+    """`HardTaskMining(episodes)` alone: the model reports to the pool during fit (not after),
+    the epochs log, and a second fit on the same dataset continues where training stopped —
+    every report matches the meta-batch it came from, although the first fit's iterator
+    prefetched meta-batches that were never trained."""
+    from mtl_keras.callbacks import HardTaskMining
+
+    prefetch, parallel = 2, 1
+    pool = HardTaskPool(schedule="periodic", every=3, hard_batches=2, delay=4, seed=0)
+    ds = _pipeline(pool, parallel, prefetch)
+    model = _model()
+    mining = HardTaskMining(ds, top_k=2)
+    first = model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0, callbacks=[mining])
+    assert model.task_feedback is None
+    second = model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0, callbacks=[mining])
+    stats = pool.stats()
+    assert ds.episode_stream.trained == 10
+    assert stats["tasks_reported"] == 10 * B
+    assert stats["late_reports"] == stats["orphans"] == stats["unmatched_reports"] == 0, stats
+    assert first.history["hard_tasks"] + second.history["hard_tasks"] == pool.hard_tasks_per_epoch
+    assert "hard tasks; top-2 failure classes:" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="hard_tasks=pool"):
+        HardTaskMining(make_episodes(_split(), WAYS, SHOTS, QUERIES, B))
+
+
+def test_without_stream_tracking_a_second_fit_mismatches_reports():
+    """What `HardTaskMining` prevents (so the test above can fail): wiring only
+    ``model.task_feedback``, the second fit's reports meet the first fit's prefetched,
+    never-trained meta-batches."""
+    pool = HardTaskPool(schedule="periodic", every=3, hard_batches=2, delay=4, seed=0)
+    ds = _pipeline(pool, 1, 2)
+    model = _model()
+    model.task_feedback = pool
+    for _ in range(2):
+        model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0)
+    stats = pool.stats()
+    assert stats["late_reports"] + stats["orphans"] + stats["unmatched_reports"] > 0, stats

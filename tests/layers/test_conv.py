@@ -117,7 +117,7 @@ def test_bad_mode_is_rejected():
 
 @pytest.mark.parametrize("mode", ["native", "swapped"])
 def test_residual_block_end_is_exact_in_a_graph(mode):
-    """leaky_relu(conv + bias + residual) in a tf.function equals eager (scripts/tf_fusion_bug.py:
+    """leaky_relu(conv + bias + residual) in a tf.function equals eager (benchmarks/probes/tf_fusion_bug.py:
     with tf.nn.bias_add, TF 2.21's CPU graph optimizer fuses this pattern into wrong values)."""
     rng = np.random.default_rng(4)
     x, residual = (tf.constant(rng.normal(size=(2, 6, 6, 4)), tf.float32) for _ in range(2))

@@ -2,7 +2,7 @@
 
 TF 2.21 computes the gradient of a ``tf.while_loop`` non-reproducibly: the same compiled
 step on the same inputs returned gradients that differed in the last bits on 10 and 8 of 10
-repeated calls in two runs of `python scripts/determinism_check.py` (probes saw it on one
+repeated calls in two runs of `python benchmarks/probes/determinism_check.py` (probes saw it on one
 thread and with oneDNN off too), so two runs with the same seed drifted apart. Meta-training
 therefore unrolls the inner loop
 (`MetaTransferModel(unroll_training=True)`, the default). The configuration below is the
@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 import mtl_keras as mk
-from mtl_keras.benchmarking.keras_worker import synthetic_episodes
+from benchmarks.harness.keras_worker import synthetic_episodes
 
 
 def _trained_weights(unroll_training: bool = True, steps: int = 4) -> list[np.ndarray]:

@@ -352,3 +352,29 @@ def test_meta_training_a_converted_keras_application_changes_only_phi_and_the_he
     moved = [not np.array_equal(b, v.numpy()) for b, v in zip(phi, phi_weights(backbone))]
     assert all(moved), f"only {sum(moved)} of {len(moved)} Φ variables moved"
     assert all(not np.array_equal(b, v.numpy()) for b, v in zip(head, model.head.weights))
+
+
+def test_fit_logs_the_outer_gradient_norms_and_evaluation_does_not(proto_split):
+    model = _model()
+    model.compile(phi_learning_rate=1e-2, head_learning_rate=1e-2)
+    episodes = _episodes(proto_split)
+    expected = {}
+
+    class Probe(keras.callbacks.Callback):  # the norms of the first step's gradients, by hand
+        def on_train_begin(self, logs=None):
+            inputs, labels = next(iter(_episodes(proto_split, batches=1)))
+            with tf.GradientTape() as tape:
+                loss, _ = model._loss_and_accuracy(model(inputs, training=True), labels)
+            phi, head = model.backbone.trainable_variables, model.head.trainable_variables
+            grads = tape.gradient(loss, phi + head)
+            expected["phi"] = float(tf.linalg.global_norm(grads[: len(phi)]))
+            expected["head"] = float(tf.linalg.global_norm(grads[len(phi) :]))
+
+    history = model.fit(episodes, steps_per_epoch=1, epochs=1, verbose=0, callbacks=[Probe()])
+    assert history.history["phi_grad_norm"][0] == pytest.approx(expected["phi"], rel=1e-4)
+    assert history.history["head_grad_norm"][0] == pytest.approx(expected["head"], rel=1e-4)
+    assert expected["phi"] > 0 and expected["head"] > 0
+    assert set(model.evaluate(_episodes(proto_split, batches=1), verbose=0, return_dict=True)) == {
+        "loss",
+        "accuracy",
+    }

@@ -7,8 +7,8 @@ calls whose gradients are not bit-identical to the first — once with the inner
 ``tf.while_loop`` (``unroll_training=False``, what mtl_keras did before commit 5008bb6) and once
 unrolled (the default). Each variant runs in its own process (TensorFlow's default threads).
 
-    python scripts/determinism_check.py            # prints one line per variant
-    python scripts/determinism_check.py --calls 20
+    python benchmarks/probes/determinism_check.py            # prints one line per variant
+    python benchmarks/probes/determinism_check.py --calls 20
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ import os
 import subprocess
 import sys
 
+# the repository root, on the workers' PYTHONPATH: `benchmarks.harness` (and mtl_keras) from any cwd
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 WORKER = """
 import os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np, tensorflow as tf, keras
-from mtl_keras.benchmarking.keras_worker import synthetic_episodes
+from benchmarks.harness.keras_worker import synthetic_episodes
 from mtl_keras.config import get_config
 from mtl_keras.experiment import meta_transfer_model, build_backbone
 unroll, calls = sys.argv[1] == "unrolled", int(sys.argv[2])
@@ -55,7 +58,11 @@ def main() -> None:
             [sys.executable, "-c", WORKER, variant, str(args.calls)],
             capture_output=True,
             text=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            env={
+                **os.environ,
+                "TF_CPP_MIN_LOG_LEVEL": "3",
+                "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
+            },
         )
         if result.returncode:
             sys.exit(result.stderr)

@@ -25,12 +25,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from mtl_keras.benchmarking import worker_protocol
-from mtl_keras.benchmarking.flops import step_flops
+from benchmarks.harness import worker_protocol
+from benchmarks.harness.flops import step_flops
 
 FULL_WIDTHS = (64, 128, 256, 512)
 PRECISIONS = ("float32", "mixed_bfloat16")
-_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+# the repository root (holds benchmarks/ and mtl_keras/): the workers' cwd and first PYTHONPATH
+# entry, so that ``python -m benchmarks.harness.keras_worker`` runs from any cwd
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +198,7 @@ class Worker:
             stderr=self.log,
             text=True,
             env=env,
-            cwd=str(_PACKAGE_ROOT),
+            cwd=str(_REPO_ROOT),
         )
         self._ready = None
         self.cpu_seconds = {}
@@ -251,13 +253,13 @@ def _env(threads: int) -> dict:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env["OMP_NUM_THREADS"] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
     return env
 
 
 def keras_worker(spec: dict, threads: int, inter_threads: int | None) -> Worker:
     spec = {**spec, "intra_threads": threads, "inter_threads": inter_threads}
-    return Worker([sys.executable, "-m", "mtl_keras.benchmarking.keras_worker"], spec, _env(threads))
+    return Worker([sys.executable, "-m", "benchmarks.harness.keras_worker"], spec, _env(threads))
 
 
 def torch_worker(spec: dict, threads: int) -> Worker:

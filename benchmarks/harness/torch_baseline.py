@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 if __package__:
-    from mtl_keras.benchmarking import worker_protocol
+    from benchmarks.harness import worker_protocol
 else:  # run by path: keep mtl_keras (and so TensorFlow) out of this process
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import worker_protocol

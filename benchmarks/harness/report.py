@@ -6,7 +6,7 @@ import json
 import os
 import statistics
 
-BEGIN = "<!-- benchmark:begin (written by scripts/benchmark.py; edit outside these markers) -->"
+BEGIN = "<!-- benchmark:begin (written by benchmarks/benchmark.py; edit outside these markers) -->"
 END = "<!-- benchmark:end -->"
 
 
@@ -129,7 +129,7 @@ def format_report(report: dict) -> str:
         "Columns: tasks/s (train) or episodes/s (eval) as medians of the timed rounds; *ratio* ="
         " mtl_keras / baseline from the medians, *ratio, best rounds* from each side's fastest round;"
         " GFLOP/step and GFLOP/s are mtl_keras' (analytic count of convolution and inner-loop FLOPs,"
-        " forward and backward: `mtl_keras/benchmarking/flops.py`); utilisation = its GFLOP/s over the"
+        " forward and backward: `benchmarks/harness/flops.py`); utilisation = its GFLOP/s over the"
         " ceiling of the precision's dtype (in parentheses, GFLOP/s): the fastest matmul or 3×3 conv"
         " round of this run; peak RSS = `ru_maxrss` of each worker process.",
         "### Ceilings measured in the same rounds",

@@ -1,12 +1,12 @@
-"""Speed benchmarks of mtl_keras against a faithful PyTorch baseline (``scripts/benchmark.py``).
+"""Speed benchmarks of mtl_keras against a faithful PyTorch baseline (``benchmarks/benchmark.py``).
 
 `run_suite` measures `BenchConfig`s in isolated worker processes (interleaved with the baseline
-and a machine ceiling); `format_report` renders the Markdown table. Nothing here is imported by
-the rest of the package.
+and a machine ceiling); `format_report` renders the Markdown table. Not part of the installed
+package (``pip install .`` ships ``mtl_keras`` only); nothing in ``mtl_keras`` imports it.
 """
 
-from mtl_keras.benchmarking.flops import resnet12_convs, step_flops
-from mtl_keras.benchmarking.suite import (
+from benchmarks.harness.flops import resnet12_convs, step_flops
+from benchmarks.harness.suite import (
     BenchConfig,
     check_targets,
     cost_scaling,

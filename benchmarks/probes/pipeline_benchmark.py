@@ -11,7 +11,7 @@ Writes a miniImageNet-like folder tree (``train/<wnid>/*.jpg``, 100 classes × 6
 
 It prints a Markdown table with the ratio pipeline / model (target ≥ 10×) and writes JSON.
 
-    python scripts/pipeline_benchmark.py --data /tmp/mini_like --out benchmarks/pipeline.json
+    python benchmarks/probes/pipeline_benchmark.py --data /tmp/mini_like --out benchmarks/pipeline.json
 """
 
 from __future__ import annotations

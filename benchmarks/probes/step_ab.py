@@ -3,12 +3,12 @@
 Every variant is built in this one process (same data, same threads) and the rounds alternate
 between them, so that machine load falls on all alike; prints medians and minima.
 
-    python scripts/step_ab.py --precision mixed_bfloat16 --meta-batch 2 --shots 1 \\
+    python benchmarks/probes/step_ab.py --precision mixed_bfloat16 --meta-batch 2 --shots 1 \\
         --variant filter_gradient=native --variant filter_gradient=auto
-    python scripts/step_ab.py --image-size 84 --variant swapped_max_pixels=64 --variant swapped_max_pixels=100
+    python benchmarks/probes/step_ab.py --image-size 84 --variant swapped_max_pixels=64 --variant swapped_max_pixels=100
 
 A variant is ``key=value[,key=value]`` over the benchmark worker's spec
-(`mtl_keras.benchmarking.keras_worker.build_steps`): ``filter_gradient`` (auto | native |
+(`benchmarks.harness.keras_worker.build_steps`): ``filter_gradient`` (auto | native |
 swapped, `mtl_keras.layers.conv.set_filter_gradient`), ``swapped_max_pixels`` (the largest map, H·W, whose filter gradient the ``auto``
 mode swaps, for every dtype; default `mtl_keras.layers.conv.SWAPPED_FILTER_GRAD_MAX_PIXELS`), ``jit_compile`` (true | false),
 ``unroll_training`` (true | false: the training inner loop unrolled or a ``tf.while_loop``).
@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+if ROOT not in sys.path:  # run by path: `benchmarks.harness` (and mtl_keras) from the repository
+    sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from mtl_keras.benchmarking.keras_worker import add_step_arguments, build_steps, train_spec  # noqa: E402
+from benchmarks.harness.keras_worker import add_step_arguments, build_steps, train_spec  # noqa: E402
 
 
 def _parse_variant(text: str) -> dict:

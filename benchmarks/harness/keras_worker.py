@@ -1,4 +1,4 @@
-"""A benchmark worker for mtl_keras: ``python -m mtl_keras.benchmarking.keras_worker SPEC_JSON``.
+"""A benchmark worker for mtl_keras: ``python -m benchmarks.harness.keras_worker SPEC_JSON``.
 
 Each worker is its own process, so that the dtype policy, the thread pools and the peak resident
 memory belong to one configuration. Kinds:
@@ -60,7 +60,7 @@ def ceiling_steps(conv_shape=(128, 16, 128, 128), matmul_size: int = 2048) -> di
 
 
 def add_step_arguments(parser) -> None:
-    """The options of one training step's configuration (scripts/step_ab.py, scripts/profile_step.py)."""
+    """The options of one training step's configuration (benchmarks/probes/step_ab.py, benchmarks/probes/profile_step.py)."""
     parser.add_argument("--precision", default="mixed_bfloat16", choices=("float32", "mixed_bfloat16"))
     parser.add_argument("--meta-batch", type=int, default=2)
     parser.add_argument("--shots", type=int, default=1)
@@ -107,7 +107,7 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
     from mtl_keras.models.meta_transfer import MetaTransferModel
 
     set_filter_gradient(spec.get("filter_gradient", "auto"))
-    if "swapped_max_pixels" in spec:  # an A/B knob (scripts/step_ab.py): every dtype's limit
+    if "swapped_max_pixels" in spec:  # an A/B knob (benchmarks/probes/step_ab.py): every dtype's limit
         for dtype in conv.SWAPPED_FILTER_GRAD_MAX_PIXELS:
             conv.SWAPPED_FILTER_GRAD_MAX_PIXELS[dtype] = int(spec["swapped_max_pixels"])
 
@@ -121,7 +121,7 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
         inner_steps=spec["inner_steps"],
         eval_inner_steps=spec["inner_steps"],
         first_order=spec.get("first_order", False),
-        # an A/B knob (scripts/step_ab.py): inner loop unrolled (default) or a tf.while_loop
+        # an A/B knob (benchmarks/probes/step_ab.py): inner loop unrolled (default) or a tf.while_loop
         unroll_training=spec.get("unroll_training", True),
         **spec.get("model_kwargs", {}),
     )
@@ -156,7 +156,7 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
 
 
 def main(argv=None) -> None:
-    from mtl_keras.benchmarking import worker_protocol
+    from benchmarks.harness import worker_protocol
 
     worker_protocol.run_worker(build_steps, argv)
 

@@ -6,8 +6,8 @@ Writes Ren et al.'s layout for one split (``train_labels.pkl`` and ``train_image
 whole call (reading the pickle included). tieredImageNet has 448,695 / 124,261 / 206,209
 train / val / test images.
 
-    python scripts/prepare_tiered_speed.py --images 20000
-    python scripts/prepare_tiered_speed.py --images 20000 --npz
+    python benchmarks/probes/prepare_tiered_speed.py --images 20000
+    python benchmarks/probes/prepare_tiered_speed.py --images 20000 --npz
 """
 
 from __future__ import annotations

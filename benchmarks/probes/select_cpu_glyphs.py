@@ -4,7 +4,7 @@ Loads a pretrained backbone (``pretrained_backbone.weights.h5`` of a demo run fo
 each candidate setting meta-trains 4 × 25 steps of 5-way 1-shot and prints the mean accuracy of
 200 validation episodes before training and after each round (with the training loss).
 
-    python scripts/select_cpu_glyphs.py runs/demo-XXXX/pretrained_backbone.weights.h5
+    python benchmarks/probes/select_cpu_glyphs.py runs/demo-XXXX/pretrained_backbone.weights.h5
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
 """Speed of the meta-train and evaluation steps, against a faithful PyTorch MTL baseline.
 
-    python scripts/benchmark.py            # the default grid (about 20 minutes on 2 EPYC cores)
-    python scripts/benchmark.py --quick    # a smoke run of seconds (tiny network)
-    python scripts/benchmark.py --full     # everything: 32/84 px, 1/5-shot, B 2/8, T 20/100, both precisions
-    python scripts/benchmark.py --accuracy # also: glyph 5-way 1-shot accuracy, float32 vs mixed_bfloat16
+    python benchmarks/benchmark.py            # the default grid (about 20 minutes on 2 EPYC cores)
+    python benchmarks/benchmark.py --quick    # a smoke run of seconds (tiny network)
+    python benchmarks/benchmark.py --full     # everything: 32/84 px, 1/5-shot, B 2/8, T 20/100, both precisions
+    python benchmarks/benchmark.py --accuracy # also: glyph 5-way 1-shot accuracy, float32 vs mixed_bfloat16
 
-Prints a Markdown table and writes ``benchmarks/results.json`` and the generated section of
-``benchmarks/RESULTS.md`` (see `mtl_keras.benchmarking`). The PyTorch baseline needs the
-``bench`` extra (``pip install -e '.[bench]'``); without torch it is skipped with a message.
+Prints a Markdown table and writes ``results.json`` and the generated section of ``RESULTS.md``
+(see `benchmarks.harness`): the default, ``--full`` and ``--accuracy`` runs into ``benchmarks/``
+(the published results), a ``--quick`` smoke run into ``runs/benchmark-quick/`` (git-ignored), so
+that it never overwrites them; ``--out`` always wins. The PyTorch baseline needs the ``bench``
+extra (``pip install -e '.[bench]'``); without torch it is skipped with a message.
 """
 
 from __future__ import annotations
@@ -17,13 +19,18 @@ import os
 import shlex
 import sys
 
-from mtl_keras.benchmarking import default_configs, full_configs, quick_configs, run_suite
-from mtl_keras.benchmarking.report import format_report, write_results
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
+if ROOT not in sys.path:  # run by path from a fresh clone: `benchmarks.harness` (and mtl_keras)
+    sys.path.insert(0, ROOT)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from benchmarks.harness import default_configs, full_configs, quick_configs, run_suite  # noqa: E402
+from benchmarks.harness.report import format_report, write_results  # noqa: E402
+
+PUBLISHED_OUT = os.path.join(ROOT, "benchmarks")
+QUICK_OUT = os.path.join(ROOT, "runs", "benchmark-quick")
 
 
-def main(argv=None, seed: int = 0) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -53,10 +60,25 @@ def main(argv=None, seed: int = 0) -> dict:
     parser.add_argument("--accuracy-episodes", type=int, default=600)
     parser.add_argument(
         "--out",
-        default=os.path.join(HERE, "..", "benchmarks"),
-        help="folder of results.json and RESULTS.md (default benchmarks/)",
+        default=None,
+        help="folder of results.json and RESULTS.md (default benchmarks/; with --quick runs/benchmark-quick/)",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def default_out(args: argparse.Namespace) -> str:
+    """The folder a run writes into: ``--out``, else a smoke run's own folder, else ``benchmarks/``.
+
+    A ``--quick`` run measures a tiny network; written into ``benchmarks/`` it would replace the
+    published results, so by default it goes to ``runs/benchmark-quick/`` (git-ignored).
+    """
+    if args.out is not None:
+        return os.path.abspath(args.out)
+    return QUICK_OUT if args.quick else PUBLISHED_OUT
+
+
+def main(argv=None, seed: int = 0) -> dict:
+    args = parse_args(argv)
 
     widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else None
     if args.quick:
@@ -77,15 +99,15 @@ def main(argv=None, seed: int = 0) -> dict:
         ceiling_calls=1 if args.quick else 3,
         torch_ceiling=not args.quick,
     )
-    report["command"] = "python scripts/benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    report["command"] = "python benchmarks/benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     report["seed"] = seed
     if args.accuracy:
-        from mtl_keras.benchmarking.accuracy import precision_accuracy
-        from mtl_keras.benchmarking.suite import check_targets
+        from benchmarks.harness.accuracy import precision_accuracy
+        from benchmarks.harness.suite import check_targets
 
         report["accuracy"] = precision_accuracy(episodes=args.accuracy_episodes, seed=seed)
         report["targets"] = check_targets(report)
-    out = os.path.abspath(args.out)
+    out = default_out(args)
     write_results(report, os.path.join(out, "results.json"), os.path.join(out, "RESULTS.md"))
     print(format_report(report))
     print(f"Wrote {os.path.join(out, 'results.json')} and {os.path.join(out, 'RESULTS.md')}")

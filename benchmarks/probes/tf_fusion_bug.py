@@ -6,7 +6,7 @@ instead of ``bias_add``, or with ``relu``, is exact. The training-graph form of 
 what makes TensorFlow log "remapper failed: ... LeakyReluGrad exist for missing node" (harmless:
 the optimizer then leaves that graph alone).
 
-    python scripts/tf_fusion_bug.py      # prints max |graph - eager| per variant
+    python benchmarks/probes/tf_fusion_bug.py      # prints max |graph - eager| per variant
 """
 
 from __future__ import annotations

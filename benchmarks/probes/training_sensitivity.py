@@ -6,7 +6,7 @@ orders, other oneDNN kernels per ISA), and this training amplifies such differen
 perturbs the initial weights by ``eps`` (default 1e-6) and prints how far apart the weights end
 after the test's 8 SGD steps, and after one step. Hence the test compares one step.
 
-    python scripts/training_sensitivity.py [--eps 1e-6]
+    python benchmarks/probes/training_sensitivity.py [--eps 1e-6]
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ one device; several all-reduces per layer and step). This times a pretraining st
 ratio: on two logical CPUs (MirroredStrategy), or with ``--multi-worker`` in two worker
 processes talking gRPC over 127.0.0.1 (MultiWorkerMirroredStrategy, one core each here).
 
-    python scripts/sync_bn_cost.py [--widths 64,128,256,512] [--batch 128] [--rounds 7]
-    python scripts/sync_bn_cost.py --multi-worker
+    python benchmarks/probes/sync_bn_cost.py [--widths 64,128,256,512] [--batch 128] [--rounds 7]
+    python benchmarks/probes/sync_bn_cost.py --multi-worker
 """
 
 from __future__ import annotations

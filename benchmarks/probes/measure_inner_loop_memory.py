@@ -4,8 +4,8 @@ Each configuration runs in its own subprocess (peak RSS is per process) and trai
 a few meta-batches; the table compares the measured growth of peak RSS over the
 post-build baseline with `mtl_keras.models.memory.estimate_training_memory`.
 
-    python scripts/measure_inner_loop_memory.py                  # 20 vs 100 steps, a few minutes on 2 cores
-    python scripts/measure_inner_loop_memory.py --steps 20 100 200 --image-size 32
+    python benchmarks/probes/measure_inner_loop_memory.py                  # 20 vs 100 steps, a few minutes on 2 cores
+    python benchmarks/probes/measure_inner_loop_memory.py --steps 20 100 200 --image-size 32
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Where a meta-training step's time goes: TensorFlow's profiler, summed per op type and per layer.
 
-Runs the benchmark worker's step (`mtl_keras.benchmarking.keras_worker`, the compiled
+Runs the benchmark worker's step (`benchmarks.harness.keras_worker`, the compiled
 `train_function` of `fit` on a synthetic meta-batch) under `tf.profiler`, then sums the
 durations of the ops TensorFlow's executor ran. With ``--inter-threads 1`` ops run one at a
 time, so the sums add up to about the step time; with TF's default, independent ops overlap and
 each op's time includes its share of the cores.
 
-    python scripts/profile_step.py --precision mixed_bfloat16 --inter-threads 1
-    python scripts/profile_step.py --precision float32 --shots 5 --filter-gradient native
+    python benchmarks/probes/profile_step.py --precision mixed_bfloat16 --inter-threads 1
+    python benchmarks/probes/profile_step.py --precision float32 --shots 5 --filter-gradient native
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ import collections
 import glob
 import os
 import re
+import sys
 import tempfile
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+if ROOT not in sys.path:  # run by path: `benchmarks.harness` (and mtl_keras) from the repository
+    sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from mtl_keras.benchmarking.keras_worker import add_step_arguments, build_steps, train_spec  # noqa: E402
+from benchmarks.harness.keras_worker import add_step_arguments, build_steps, train_spec  # noqa: E402
 
 
 def main(argv=None) -> None:

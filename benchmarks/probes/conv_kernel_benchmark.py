@@ -8,8 +8,8 @@ scaling Φ1 needs), and three alternative ways to compute the backward-weights p
 axes swapped, `mtl_keras.layers.conv.swapped_filter_gradient`, which `mtl_keras` uses for
 bfloat16 maps of at most 10×10). Medians of ``--repeats`` timed calls after one warm-up call.
 
-    python scripts/conv_kernel_benchmark.py             # prints a Markdown table
-    python scripts/conv_kernel_benchmark.py --threads 1
+    python benchmarks/probes/conv_kernel_benchmark.py             # prints a Markdown table
+    python benchmarks/probes/conv_kernel_benchmark.py --threads 1
 
 Used in benchmarks/RESULTS.md ("Why bf16 stops at ≈ 2×").
 """

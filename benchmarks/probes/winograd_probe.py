@@ -8,7 +8,7 @@ the transforms into its kernel; built from TF ops they are separate memory-bound
 the speed-up over ``tf.nn.conv2d`` and the relative error. (Recorded in benchmarks/RESULTS.md
 as tried and not kept.)
 
-    python scripts/winograd_probe.py [--images 200] [--rounds 7] [--xla]
+    python benchmarks/probes/winograd_probe.py [--images 200] [--rounds 7] [--xla]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from conv_kernel_benchmark import _median_seconds  # noqa: E402  (scripts/ is on sys.path)
+from conv_kernel_benchmark import _median_seconds  # noqa: E402  (benchmarks/probes/ is on sys.path)
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)

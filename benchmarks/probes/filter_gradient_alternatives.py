@@ -1,6 +1,6 @@
 """More ways to compute a bfloat16 filter gradient, against TensorFlow's kernel (none wins on 16×16/32×32).
 
-`scripts/conv_kernel_benchmark.py` compares TF's backward-weights kernel with im2col (via
+`benchmarks/probes/conv_kernel_benchmark.py` compares TF's backward-weights kernel with im2col (via
 ``extract_patches``), nine shifted matmuls and the swapped forward convolution. This script
 measures the formulations tried after it, for the 3×3 convolutions of ResNet-12 at 32×32 input
 and ``--images`` images (200 = a 5-way 5-shot 15-query meta-batch of 2), GFLOP/s, medians of 5:
@@ -13,7 +13,7 @@ and ``--images`` images (200 = a 5-way 5-shot 15-query meta-batch of 2), GFLOP/s
   batch axis, then swapped — the small-map speed of the swap on large maps;
 * ``im2col, one matmul``: the 9 shifted copies concatenated on channels, one ``matmul``.
 
-    python scripts/filter_gradient_alternatives.py
+    python benchmarks/probes/filter_gradient_alternatives.py
 """
 
 from __future__ import annotations

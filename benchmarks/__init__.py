@@ -1,0 +1,1 @@
+"""Benchmarks of mtl_keras and their harness; not part of the installed package."""
