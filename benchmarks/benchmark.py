@@ -24,7 +24,7 @@ if ROOT not in sys.path:  # run by path from a fresh clone: `benchmarks.harness`
     sys.path.insert(0, ROOT)
 
 from benchmarks.harness import default_configs, full_configs, quick_configs, run_suite  # noqa: E402
-from benchmarks.harness.report import format_report, write_results  # noqa: E402
+from benchmarks.harness.report import format_report, isa_table, json_name, write_results  # noqa: E402
 
 PUBLISHED_OUT = os.path.join(ROOT, "benchmarks")
 QUICK_OUT = os.path.join(ROOT, "runs", "benchmark-quick")
@@ -59,6 +59,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--accuracy-episodes", type=int, default=600)
     parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("float32", "mixed_bfloat16"),
+        default=None,
+        help="only these precisions' rows (default both; on a CPU without native bf16, e.g. under "
+        "ONEDNN_MAX_CPU_ISA=AVX2, bf16 is emulated and slow)",
+    )
+    parser.add_argument(
         "--out",
         default=None,
         help="folder of results.json and RESULTS.md (default benchmarks/; with --quick runs/benchmark-quick/)",
@@ -87,6 +95,13 @@ def main(argv=None, seed: int = 0) -> dict:
         configs = full_configs(widths) if widths else full_configs()
     else:
         configs = default_configs(widths) if widths else default_configs()
+    if args.precisions:
+        configs = [c for c in configs if c.precision in args.precisions]
+    from mtl_keras.hardware import onednn_allows_bfloat16, onednn_isa_cap
+
+    if not onednn_allows_bfloat16() and any(c.precision != "float32" for c in configs):
+        print(f"ONEDNN_MAX_CPU_ISA={onednn_isa_cap()} allows no bfloat16 (it would abort): float32 rows only")
+        configs = [c for c in configs if c.precision == "float32"]
     report = run_suite(
         configs,
         rounds=args.rounds or (2 if args.quick else 3),
@@ -108,9 +123,10 @@ def main(argv=None, seed: int = 0) -> dict:
         report["accuracy"] = precision_accuracy(episodes=args.accuracy_episodes, seed=seed)
         report["targets"] = check_targets(report)
     out = default_out(args)
-    write_results(report, os.path.join(out, "results.json"), os.path.join(out, "RESULTS.md"))
+    json_path = os.path.join(out, json_name(report))  # one table per instruction set
+    write_results(report, json_path, os.path.join(out, "RESULTS.md"))
     print(format_report(report))
-    print(f"Wrote {os.path.join(out, 'results.json')} and {os.path.join(out, 'RESULTS.md')}")
+    print(f"Wrote {json_path} and {os.path.join(out, 'RESULTS.md')} (the {isa_table(report)} table)")
     return report
 
 

@@ -36,9 +36,71 @@ def cpu_flags(path: str | None = None) -> set[str] | None:
     return None
 
 
+#: oneDNN's variables capping the instruction set it may use (TensorFlow's and PyTorch's oneDNN).
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def onednn_isa_cap() -> str | None:
+    """The instruction set oneDNN is capped to (``ONEDNN_MAX_CPU_ISA``, upper case), or None."""
+    for name in ISA_CAP_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value and value.upper() not in ("ALL", "DEFAULT"):
+            return value.upper()
+    return None
+
+
+def _cap_allows_bf16(cap: str | None) -> bool:
+    # oneDNN ISA names: SSE41, AVX, AVX2, AVX2_VNNI(_2), AVX512_CORE, AVX512_CORE_VNNI,
+    # AVX512_CORE_BF16, AVX512_CORE_FP16, AVX512_CORE_AMX(_FP16), AVX10_1_512(_AMX...).
+    return cap is None or any(part in cap for part in ("BF16", "FP16", "AMX", "AVX10"))
+
+
+def onednn_allows_bfloat16() -> bool:
+    """False when ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below bfloat16: TensorFlow still picks
+    oneDNN's bf16 kernels from the CPU's flags, and creating them then fails (the process
+    aborts), so bfloat16 ops must not run at all."""
+    return _cap_allows_bf16(onednn_isa_cap())
+
+
 def native_bfloat16(flags: set[str]) -> bool:
-    """Whether a CPU with these flags computes bfloat16 natively (`NATIVE_BF16_FLAGS`)."""
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+    """Whether a CPU with these flags computes bfloat16 natively (`NATIVE_BF16_FLAGS`) — and
+    oneDNN may use it: ``ONEDNN_MAX_CPU_ISA=AVX2`` (or any cap below AVX512_CORE_BF16) makes
+    even an AVX512-BF16 CPU emulate bfloat16."""
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS) and _cap_allows_bf16(onednn_isa_cap())
+
+
+def isa_label(flags: set[str] | None) -> str:
+    """The vector instruction set oneDNN runs on here: ``"AVX512-BF16"``, ``"AVX-512"``, ``"AVX2"``
+    or ``"older"``, ``"unknown"`` without flags; with an ``ONEDNN_MAX_CPU_ISA`` cap, the cap's
+    level and ``" (capped by ONEDNN_MAX_CPU_ISA on an <native> CPU)"``."""
+    if flags is None:
+        return "unknown"
+    native = (
+        "AVX512-BF16"
+        if "avx512_bf16" in flags or "amx_bf16" in flags
+        else "AVX-512"
+        if "avx512f" in flags
+        else "AVX2"
+        if "avx2" in flags
+        else "older"
+    )
+    cap = onednn_isa_cap()
+    if cap is None:
+        return native
+    level = (
+        "AVX512-BF16"
+        if _cap_allows_bf16(cap)
+        else "AVX-512"
+        if cap.startswith("AVX512")
+        else ("AVX2" if cap.startswith("AVX2") else "older")
+    )
+    order = ["older", "AVX2", "AVX-512", "AVX512-BF16"]
+    effective = min(level, native, key=order.index)
+    return (
+        f"{effective} (capped by ONEDNN_MAX_CPU_ISA={cap} on an {native} CPU)"
+        if effective != native
+        else native
+    )
 
 
 def _has_gpu() -> bool:

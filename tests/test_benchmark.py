@@ -171,6 +171,35 @@ def test_results_markdown_keeps_text_outside_the_markers(tmp_path):
     assert "second" in text and "first" not in text
 
 
+def test_each_instruction_set_keeps_its_own_table(tmp_path):
+    """Issue 19: an AVX2 run (real, or approximated with ONEDNN_MAX_CPU_ISA=AVX2) writes its own
+    section and JSON, and leaves the AVX-512 table alone — and the other way round."""
+    import benchmarks.harness.report as report_module
+    from benchmarks.harness.report import ISA_MARKERS, json_name
+
+    path = tmp_path / "RESULTS.md"
+    avx512 = {"machine": {"isa_table": "avx512"}}
+    avx2 = {"machine": {"isa_table": "avx2"}}
+    original = report_module.format_report
+    try:
+        for report, text in (
+            (avx512, "wide-1\n"),
+            (avx2, "narrow-1\n"),
+            (avx512, "wide-2\n"),
+            (avx2, "narrow-2\n"),
+        ):
+            report_module.format_report = lambda r, text=text: text
+            write_results(report, None, str(path))
+    finally:
+        report_module.format_report = original
+    text = path.read_text()
+    for begin, end in ISA_MARKERS.values():
+        assert text.count(begin) == 1 and text.count(end) == 1
+    assert "wide-2" in text and "narrow-2" in text and "wide-1" not in text and "narrow-1" not in text
+    assert json_name(avx512) == "results.json" and json_name(avx2) == "results-avx2.json"
+    assert json_name({"machine": {}}) == "results.json"  # reports from before the ISA was recorded
+
+
 def test_quick_benchmark_writes_json_and_table(tmp_path):
     """``benchmarks/benchmark.py --quick`` runs end to end (nothing is asserted about speed)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -183,9 +212,11 @@ def test_quick_benchmark_writes_json_and_table(tmp_path):
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((tmp_path / "results.json").read_text())
+    (written,) = [p for p in os.listdir(tmp_path) if p.startswith("results") and p.endswith(".json")]
+    report = json.loads((tmp_path / written).read_text())
+    assert written == ("results.json" if report["machine"]["isa_table"] == "avx512" else "results-avx2.json")
     assert {"machine", "results", "targets", "scaling", "command"} <= set(report)
-    assert report["machine"]["cpu_model"] and report["machine"]["tensorflow"]
+    assert report["machine"]["cpu_model"] and report["machine"]["tensorflow"] and report["machine"]["isa"]
     assert len(report["results"]) == 3
     (pair,) = report["paired"]  # 5 vs 10 inner steps, interleaved
     assert pair["factor"] == "inner_steps" and (pair["from"], pair["to"]) == (5, 10)

@@ -14,6 +14,8 @@ AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx
 def fake_cpu(tmp_path, monkeypatch):
     """Point `hardware.cpu_flags` at a fake /proc/cpuinfo; the fallback is on (no override)."""
     monkeypatch.delenv(hardware.ALLOW_EMULATED_BF16, raising=False)
+    for name in hardware.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hardware, "_said", set())
 
     def use(text):
@@ -64,3 +66,27 @@ def test_the_models_of_a_run_follow_the_cpu(fake_cpu):
 
 def _compute_dtypes(model):
     return {layer.compute_dtype for layer in model.backbone.layers if layer.weights}
+
+
+def test_a_onednn_isa_cap_counts_as_the_cpu_oneDNN_runs_on(fake_cpu, monkeypatch):
+    """``ONEDNN_MAX_CPU_ISA=AVX2`` (how an AVX2 part is approximated on an AVX-512 one, issue 19)
+    makes bfloat16 emulated, and the benchmark report's ISA label says so."""
+    fake_cpu(AVX512_BF16)
+    assert hardware.isa_label(hardware.cpu_flags()) == "AVX512-BF16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert not hardware.native_bfloat16(hardware.cpu_flags())
+    assert hardware.resolve_precision("mixed_bfloat16", has_gpu=False) == "float32"
+    assert (
+        hardware.isa_label(hardware.cpu_flags())
+        == "AVX2 (capped by ONEDNN_MAX_CPU_ISA=AVX2 on an AVX512-BF16 CPU)"
+    )
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert not hardware.native_bfloat16(hardware.cpu_flags())
+    assert hardware.isa_label(hardware.cpu_flags()).startswith("AVX-512 (capped")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert hardware.native_bfloat16(hardware.cpu_flags())
+    assert hardware.isa_label(hardware.cpu_flags()) == "AVX512-BF16"
+    fake_cpu(AVX2_ONLY)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert hardware.isa_label(hardware.cpu_flags()) == "AVX2"
+    assert hardware.isa_label(None) == "unknown"

@@ -43,12 +43,17 @@ def synthetic_episodes(meta_batch, ways, shots, queries, image_size, channels, s
 
 
 def ceiling_steps(conv_shape=(128, 16, 128, 128), matmul_size: int = 2048) -> dict:
-    """Steps timing a matmul and a 3×3 convolution in float32 and bfloat16 (machine ceiling)."""
+    """Steps timing a matmul and a 3×3 convolution in float32 and bfloat16 (machine ceiling).
+
+    No bfloat16 under an ``ONEDNN_MAX_CPU_ISA`` cap below bf16 (it would abort the process).
+    """
     import tensorflow as tf
+
+    from mtl_keras.hardware import onednn_allows_bfloat16
 
     steps = {}
     batch, size, cin, cout = conv_shape
-    for dtype in (tf.float32, tf.bfloat16):
+    for dtype in (tf.float32, tf.bfloat16) if onednn_allows_bfloat16() else (tf.float32,):
         a = tf.cast(tf.random.normal((matmul_size, matmul_size)), dtype)
         x = tf.cast(tf.random.normal((batch, size, size, cin)), dtype)
         k = tf.cast(tf.random.normal((3, 3, cin, cout)), dtype)

@@ -8,6 +8,25 @@ import statistics
 
 BEGIN = "<!-- benchmark:begin (written by benchmarks/benchmark.py; edit outside these markers) -->"
 END = "<!-- benchmark:end -->"
+#: One table per instruction set (issue 19): the AVX-512 table between `BEGIN`/`END` (and
+#: ``results.json``), the AVX2 one between these (and ``results-avx2.json``).
+ISA_MARKERS = {
+    "avx512": (BEGIN, END),
+    "avx2": (
+        "<!-- benchmark:begin isa=avx2 (written by benchmarks/benchmark.py; edit outside these markers) -->",
+        "<!-- benchmark:end isa=avx2 -->",
+    ),
+}
+
+
+def isa_table(report: dict) -> str:
+    """Which table a report belongs to: ``"avx2"`` or ``"avx512"`` (reports before 2026-12-02: AVX-512)."""
+    return report.get("machine", {}).get("isa_table", "avx512")
+
+
+def json_name(report: dict) -> str:
+    """``results.json`` for the AVX-512 table, ``results-avx2.json`` for the AVX2 one."""
+    return "results.json" if isa_table(report) == "avx512" else f"results-{isa_table(report)}.json"
 
 
 def _fmt(value, digits=2, suffix=""):
@@ -107,7 +126,7 @@ def format_machine(report: dict) -> str:
         [
             f"- date: {m['date']}; command: `{report.get('command', '?')}`",
             f"- CPU: {m['cpu_model']}, {m['cpu_count']} logical cores (AVX-512F: {m['avx512f']}, "
-            f"AVX512-BF16: {m['avx512_bf16']}); load average at start {m['load_average_start'][0]:.2f}, "
+            f"AVX512-BF16: {m['avx512_bf16']}); oneDNN runs on: **{m.get('isa', 'not recorded')}**; load average at start {m['load_average_start'][0]:.2f}, "
             f"at end {m['load_average_end'][0]:.2f} (other jobs share this machine)",
             f"- TensorFlow {m['tensorflow']}, Keras {m['keras']}, PyTorch {m['torch'] or 'not installed'}, "
             f"NumPy {m['numpy']}, Python {m['python']}",
@@ -177,13 +196,14 @@ def write_results(report: dict, json_path: str | None, markdown_path: str | None
             json.dump(report, f, indent=1)
     if markdown_path:
         os.makedirs(os.path.dirname(os.path.abspath(markdown_path)), exist_ok=True)
-        section = f"{BEGIN}\n{format_report(report)}{END}\n"
+        begin, end = ISA_MARKERS[isa_table(report)]
+        section = f"{begin}\n{format_report(report)}{end}\n"
         text = "# mtl_keras performance\n\n" + section
         if os.path.exists(markdown_path):
             with open(markdown_path) as f:
                 old = f.read()
-            if BEGIN in old and END in old:
-                text = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END) + 1 :]
+            if begin in old and end in old:
+                text = old[: old.index(begin)] + section + old[old.index(end) + len(end) + 1 :]
             else:
                 text = old.rstrip("\n") + "\n\n" + section
         with open(markdown_path, "w") as f:

@@ -294,8 +294,14 @@ def machine_info() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
+    from mtl_keras.hardware import isa_label, onednn_isa_cap
+
+    isa = isa_label(set(flags.split(":", 1)[-1].split()) if flags else None)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "isa": isa,
+        "isa_table": "avx2" if isa.startswith(("AVX2", "older")) else "avx512",
+        "onednn_max_cpu_isa": onednn_isa_cap(),
         "cpu_model": cpu,
         "cpu_count": os.cpu_count(),
         "avx512f": " avx512f" in flags,
@@ -360,6 +366,12 @@ def run_suite(
         return torch_worker({**config.spec(), "warmup": warmup}, threads)
 
     ceiling = keras_worker({"kind": "ceiling", "warmup": 1}, threads, inter_threads)
+    from mtl_keras.hardware import onednn_allows_bfloat16
+
+    # The ceiling worker times bfloat16 too unless an ONEDNN_MAX_CPU_ISA cap forbids it.
+    ceiling_names = ["matmul_float32", "conv_float32"]
+    if onednn_allows_bfloat16():
+        ceiling_names += ["matmul_bfloat16", "conv_bfloat16"]
     torch_ceiling = (
         torch_worker({"kind": "ceiling", "warmup": 1}, threads) if baseline and torch_ceiling else None
     )
@@ -395,7 +407,7 @@ def run_suite(
                     time.sleep(settle)
                     samples["baseline"] += base.time()
                 time.sleep(settle)
-                for name in ("matmul_float32", "conv_float32", "matmul_bfloat16", "conv_bfloat16"):
+                for name in ceiling_names:
                     samples["ceiling"].setdefault(name, []).append(min(ceiling.time(name, ceiling_calls)))
                 if torch_ceiling is not None:
                     time.sleep(settle)
