@@ -223,23 +223,32 @@ class MetaTransferModel(keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
 
     def compile(
         self,
-        optimizer=None,
-        head_optimizer=None,
-        phi_learning_rate: float = 1e-4,
-        head_learning_rate: float = 1e-3,
+        optimizer="auto",
+        head_optimizer="auto",
+        phi_learning_rate: float | None = None,
+        head_learning_rate: float | None = None,
         **kwargs,
     ):
-        """Configure the outer loop.
+        """Configure the outer loop: one optimizer for Φ, one for the head initialisation.
+
+        Each rate is set one way: through the optimizer, or through the ``*_learning_rate``
+        argument with the optimizer left at ``"auto"`` — giving both is an error, not a
+        silent choice.
 
         Args:
-            optimizer: optimizer of the backbone's trainable weights (Φ);
-                default ``Adam(phi_learning_rate)``.
-            head_optimizer: optimizer of the head initialisation; default
-                ``Adam(head_learning_rate)``.
-            phi_learning_rate: Φ learning rate when ``optimizer`` is not given.
-            head_learning_rate: head learning rate when ``head_optimizer`` is not given.
+            optimizer: optimizer of the backbone's trainable weights (Φ; with
+                ``train_batch_norm`` also γ/β); ``"auto"`` (or None):
+                ``Adam(phi_learning_rate)``, the official code's ``meta_lr1`` optimizer.
+            head_optimizer: optimizer of the head initialisation; ``"auto"`` (or None):
+                ``Adam(head_learning_rate)`` (``meta_lr2``).
+            phi_learning_rate: Φ's rate for the ``"auto"`` optimizer (default 1e-4).
+            head_learning_rate: the head's rate for the ``"auto"`` optimizer (default 1e-3).
             **kwargs: passed to `keras.Model.compile` (e.g. ``jit_compile``,
                 ``steps_per_execution``). ``loss`` and ``metrics`` are fixed.
+
+        Raises:
+            ValueError: ``loss`` or ``metrics`` given; an optimizer and its learning-rate
+                argument both given.
         """
         for key in ("loss", "metrics"):
             if kwargs.pop(key, None) is not None:
@@ -248,12 +257,23 @@ class MetaTransferModel(keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
                     "accuracy after adaptation); do not pass it."
                 )
         kwargs.setdefault("jit_compile", False)
-        optimizer = optimizer or keras.optimizers.Adam(phi_learning_rate, name="phi_adam")
-        optimizer = keras.optimizers.get(optimizer)
-        super().compile(optimizer=optimizer, **kwargs)
-        self.head_optimizer = keras.optimizers.get(
-            head_optimizer or keras.optimizers.Adam(head_learning_rate, name="head_adam")
+
+        def resolve(given, rate, default, arg, rate_arg, name):
+            if given is None or (isinstance(given, str) and given == "auto"):
+                return keras.optimizers.Adam(default if rate is None else rate, name=name)
+            if rate is not None:
+                raise ValueError(
+                    f"MetaTransferModel.compile: both `{arg}` and `{rate_arg}` are given; set the rate "
+                    f"on the optimizer, or pass `{rate_arg}` and leave `{arg}` at 'auto'."
+                )
+            return keras.optimizers.get(given)
+
+        optimizer = resolve(optimizer, phi_learning_rate, 1e-4, "optimizer", "phi_learning_rate", "phi_adam")
+        head_optimizer = resolve(
+            head_optimizer, head_learning_rate, 1e-3, "head_optimizer", "head_learning_rate", "head_adam"
         )
+        super().compile(optimizer=optimizer, **kwargs)
+        self.head_optimizer = head_optimizer
         self.optimizer.build(self.backbone.trainable_variables)
         self.head_optimizer.build(self.head.trainable_variables)
 

@@ -378,3 +378,17 @@ def test_fit_logs_the_outer_gradient_norms_and_evaluation_does_not(proto_split):
         "loss",
         "accuracy",
     }
+
+
+def test_compile_sets_each_rate_one_way():
+    model = _model()
+    model.compile()  # "auto": the official code's two Adams
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-4)
+    assert float(model.head_optimizer.learning_rate) == pytest.approx(1e-3)
+    model.compile(optimizer="auto", phi_learning_rate=3e-3, head_optimizer=keras.optimizers.SGD(0.5))
+    assert float(model.optimizer.learning_rate) == pytest.approx(3e-3)
+    assert isinstance(model.head_optimizer, keras.optimizers.SGD)
+    with pytest.raises(ValueError, match="both `optimizer` and `phi_learning_rate`"):
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), phi_learning_rate=1e-3)
+    with pytest.raises(ValueError, match="both `head_optimizer` and `head_learning_rate`"):
+        model.compile(head_optimizer="sgd", head_learning_rate=1e-3)
