@@ -4,18 +4,18 @@ Every scaled convolution of meta-transfer learning needs its filter gradient (th
 the scale Φ1 is ``Σ_taps Θ ⊙ ∂L/∂(Θ⊙Φ1)``). The bfloat16 filter-gradient kernel that
 TensorFlow 2.21's oneDNN path picks (``Conv2DBackpropFilter``) runs at a fraction of the forward
 rate, worst on small feature maps (ResNet-12's last two blocks at 32×32 input: 8×8 and 4×4
-maps, 0.3–0.55× the forward rate). The same gradient is a *forward* convolution with batch and
+maps). The same gradient is a *forward* convolution with batch and
 channel axes swapped:
 
     ∂W[i, j, c, d] = Σ_{n, y, x} X[n, y + i, x + j, c] · G[n, y, x, d]
                    = conv(Xᵀ (c, y, x, n), Gᵀ (y, x, n, d))[c, i, j, d]
 
 (Xᵀ zero-padded like the forward pass), which oneDNN's forward kernel runs faster on small
-maps: in bfloat16 up to 10×10 (1.3–2.5× at 8×8 and 4×4; large batches in slices), in float32 at
-4×4 only (1.2×); slower on larger maps (`benchmarks/probes/conv_kernel_benchmark.py`). Whole steps:
-−10% (32×32, bf16, 1-shot), −7 to −11% (5-shot), −19% (meta-batch 8), −5% (84×84), −1 to −2%
-(float32), measured with `benchmarks/probes/step_ab.py` (benchmarks/RESULTS.md). `conv2d` uses it exactly
-there and is ``keras.ops.conv(...) + bias`` everywhere else.
+maps: in bfloat16 up to 10×10 (large batches in slices), in float32 at 4×4 only; slower on larger
+maps. `conv2d` uses it exactly there and is ``keras.ops.conv(...) + bias`` everywhere else. The
+measurements behind these limits (per-kernel rates: `benchmarks/probes/conv_kernel_benchmark.py`;
+whole steps: `benchmarks/probes/step_ab.py`) are in `benchmarks/RESULTS.md`, "Optimizations
+measured and kept" and "The bfloat16 filter-gradient kernel".
 """
 
 from __future__ import annotations

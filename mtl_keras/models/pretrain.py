@@ -125,8 +125,8 @@ def synchronize_batch_norm(model: keras.layers.Layer, synchronized: bool = True)
     Synchronized layers compute batch statistics over all replicas of the current
     `tf.distribute` strategy: training equals a one-device run on the same global batches.
     Keras does three all-reduces per layer in the forward pass and more in the backward
-    pass: no measurable cost on two logical CPUs, 3.9× the pretraining step with two worker
-    processes over gRPC (`python benchmarks/probes/sync_bn_cost.py [--multi-worker]`). Takes effect
+    pass, which costs little on one machine's devices and a lot across worker processes
+    (measured with `benchmarks/probes/sync_bn_cost.py`: `benchmarks/RESULTS.md`). Takes effect
     for functions traced afterwards. Returns the number of layers set.
     """
     layers = [
