@@ -62,11 +62,20 @@ def onednn_allows_bfloat16() -> bool:
     return _cap_allows_bf16(onednn_isa_cap())
 
 
+#: The levels `isa_label` names, lowest first.
+ISA_LEVELS = ("older", "AVX2", "AVX-512", "AVX512-BF16")
+
+
+def native_bf16_flags(flags: set[str]) -> bool:
+    """Whether these CPU flags include native bfloat16 arithmetic (`NATIVE_BF16_FLAGS`)."""
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
 def native_bfloat16(flags: set[str]) -> bool:
     """Whether a CPU with these flags computes bfloat16 natively (`NATIVE_BF16_FLAGS`) — and
     oneDNN may use it: ``ONEDNN_MAX_CPU_ISA=AVX2`` (or any cap below AVX512_CORE_BF16) makes
     even an AVX512-BF16 CPU emulate bfloat16."""
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS) and _cap_allows_bf16(onednn_isa_cap())
+    return native_bf16_flags(flags) and onednn_allows_bfloat16()
 
 
 def isa_label(flags: set[str] | None) -> str:
@@ -75,27 +84,31 @@ def isa_label(flags: set[str] | None) -> str:
     level and ``" (capped by ONEDNN_MAX_CPU_ISA on an <native> CPU)"``."""
     if flags is None:
         return "unknown"
-    native = (
-        "AVX512-BF16"
-        if "avx512_bf16" in flags or "amx_bf16" in flags
-        else "AVX-512"
-        if "avx512f" in flags
-        else "AVX2"
-        if "avx2" in flags
-        else "older"
+    # Highest level first: the first test that holds names the level.
+    native = next(
+        level
+        for level, holds in (
+            ("AVX512-BF16", native_bf16_flags(flags)),
+            ("AVX-512", "avx512f" in flags),
+            ("AVX2", "avx2" in flags),
+            ("older", True),
+        )
+        if holds
     )
     cap = onednn_isa_cap()
     if cap is None:
         return native
-    level = (
-        "AVX512-BF16"
-        if _cap_allows_bf16(cap)
-        else "AVX-512"
-        if cap.startswith("AVX512")
-        else ("AVX2" if cap.startswith("AVX2") else "older")
+    capped = next(
+        level
+        for level, holds in (
+            ("AVX512-BF16", _cap_allows_bf16(cap)),
+            ("AVX-512", cap.startswith("AVX512")),
+            ("AVX2", cap.startswith("AVX2")),
+            ("older", True),
+        )
+        if holds
     )
-    order = ["older", "AVX2", "AVX-512", "AVX512-BF16"]
-    effective = min(level, native, key=order.index)
+    effective = min(capped, native, key=ISA_LEVELS.index)
     return (
         f"{effective} (capped by ONEDNN_MAX_CPU_ISA={cap} on an {native} CPU)"
         if effective != native

@@ -42,18 +42,19 @@ def synthetic_episodes(meta_batch, ways, shots, queries, image_size, channels, s
     return inputs, tf.constant(labels(queries))
 
 
-def ceiling_steps(conv_shape=(128, 16, 128, 128), matmul_size: int = 2048) -> dict:
-    """Steps timing a matmul and a 3×3 convolution in float32 and bfloat16 (machine ceiling).
+def ceiling_steps(
+    conv_shape=(128, 16, 128, 128), matmul_size: int = 2048, dtypes=("float32", "bfloat16")
+) -> dict:
+    """Steps timing a matmul and a 3×3 convolution in each of ``dtypes`` (machine ceiling).
 
-    No bfloat16 under an ``ONEDNN_MAX_CPU_ISA`` cap below bf16 (it would abort the process).
+    The driver leaves bfloat16 out under an ``ONEDNN_MAX_CPU_ISA`` cap below bf16 (it would
+    abort the process).
     """
     import tensorflow as tf
 
-    from mtl_keras.hardware import onednn_allows_bfloat16
-
     steps = {}
     batch, size, cin, cout = conv_shape
-    for dtype in (tf.float32, tf.bfloat16) if onednn_allows_bfloat16() else (tf.float32,):
+    for dtype in (tf.as_dtype(d) for d in dtypes):
         a = tf.cast(tf.random.normal((matmul_size, matmul_size)), dtype)
         x = tf.cast(tf.random.normal((batch, size, size, cin)), dtype)
         k = tf.cast(tf.random.normal((3, 3, cin, cout)), dtype)
@@ -104,7 +105,7 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
         "inter_threads": tf.config.threading.get_inter_op_parallelism_threads(),
     }
     if spec["kind"] == "ceiling":
-        return ceiling_steps(), info
+        return ceiling_steps(dtypes=spec.get("dtypes", ("float32", "bfloat16"))), info
 
     from mtl_keras.backbones.resnet12 import resnet12
     from mtl_keras.layers import conv

@@ -365,13 +365,12 @@ def run_suite(
     def new_base(config):
         return torch_worker({**config.spec(), "warmup": warmup}, threads)
 
-    ceiling = keras_worker({"kind": "ceiling", "warmup": 1}, threads, inter_threads)
     from mtl_keras.hardware import onednn_allows_bfloat16
 
-    # The ceiling worker times bfloat16 too unless an ONEDNN_MAX_CPU_ISA cap forbids it.
-    ceiling_names = ["matmul_float32", "conv_float32"]
-    if onednn_allows_bfloat16():
-        ceiling_names += ["matmul_bfloat16", "conv_bfloat16"]
+    # bfloat16 ceilings too, unless an ONEDNN_MAX_CPU_ISA cap forbids bf16 (the worker would abort).
+    ceiling_dtypes = ["float32", "bfloat16"] if onednn_allows_bfloat16() else ["float32"]
+    ceiling_names = [f"{op}_{dtype}" for dtype in ceiling_dtypes for op in ("matmul", "conv")]
+    ceiling = keras_worker({"kind": "ceiling", "warmup": 1, "dtypes": ceiling_dtypes}, threads, inter_threads)
     torch_ceiling = (
         torch_worker({"kind": "ceiling", "warmup": 1}, threads) if baseline and torch_ceiling else None
     )
