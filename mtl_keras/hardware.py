@@ -78,14 +78,9 @@ def native_bfloat16(flags: set[str]) -> bool:
     return native_bf16_flags(flags) and onednn_allows_bfloat16()
 
 
-def isa_label(flags: set[str] | None) -> str:
-    """The vector instruction set oneDNN runs on here: ``"AVX512-BF16"``, ``"AVX-512"``, ``"AVX2"``
-    or ``"older"``, ``"unknown"`` without flags; with an ``ONEDNN_MAX_CPU_ISA`` cap, the cap's
-    level and ``" (capped by ONEDNN_MAX_CPU_ISA on an <native> CPU)"``."""
-    if flags is None:
-        return "unknown"
+def _native_level(flags: set[str]) -> str:
     # Highest level first: the first test that holds names the level.
-    native = next(
+    return next(
         level
         for level, holds in (
             ("AVX512-BF16", native_bf16_flags(flags)),
@@ -95,10 +90,10 @@ def isa_label(flags: set[str] | None) -> str:
         )
         if holds
     )
-    cap = onednn_isa_cap()
-    if cap is None:
-        return native
-    capped = next(
+
+
+def _capped_level(cap: str) -> str:
+    return next(
         level
         for level, holds in (
             ("AVX512-BF16", _cap_allows_bf16(cap)),
@@ -108,12 +103,26 @@ def isa_label(flags: set[str] | None) -> str:
         )
         if holds
     )
-    effective = min(capped, native, key=ISA_LEVELS.index)
-    return (
-        f"{effective} (capped by ONEDNN_MAX_CPU_ISA={cap} on an {native} CPU)"
-        if effective != native
-        else native
-    )
+
+
+def isa_level(flags: set[str] | None) -> str:
+    """The vector instruction set oneDNN runs on with these CPU flags: one of `ISA_LEVELS`
+    (``"AVX512-BF16"``, ``"AVX-512"``, ``"AVX2"``, ``"older"``), lowered by an
+    ``ONEDNN_MAX_CPU_ISA`` cap; ``"unknown"`` without flags (not Linux)."""
+    if flags is None:
+        return "unknown"
+    native = _native_level(flags)
+    cap = onednn_isa_cap()
+    return native if cap is None else min(_capped_level(cap), native, key=ISA_LEVELS.index)
+
+
+def isa_label(flags: set[str] | None) -> str:
+    """`isa_level` for a report: with an ``ONEDNN_MAX_CPU_ISA`` cap below the CPU's own level,
+    ``"<level> (capped by ONEDNN_MAX_CPU_ISA=<cap> on an <native> CPU)"``."""
+    effective = isa_level(flags)
+    if flags is None or effective == _native_level(flags):
+        return effective
+    return f"{effective} (capped by ONEDNN_MAX_CPU_ISA={onednn_isa_cap()} on an {_native_level(flags)} CPU)"
 
 
 def _has_gpu() -> bool:

@@ -109,13 +109,17 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
 
     from mtl_keras.backbones.resnet12 import resnet12
     from mtl_keras.layers import conv
-    from mtl_keras.layers.conv import set_filter_gradient
     from mtl_keras.models.meta_transfer import MetaTransferModel
 
-    set_filter_gradient(spec.get("filter_gradient", "auto"))
-    if "swapped_max_pixels" in spec:  # an A/B knob (benchmarks/probes/step_ab.py): every dtype's limit
-        for dtype in conv.SWAPPED_FILTER_GRAD_MAX_PIXELS:
-            conv.SWAPPED_FILTER_GRAD_MAX_PIXELS[dtype] = int(spec["swapped_max_pixels"])
+    conv.set_filter_gradient(spec.get("filter_gradient", "auto"))
+    # A/B knobs (benchmarks/probes/step_ab.py): another ISA's plan, and the limits of the plan in use
+    conv.set_gradient_isa(spec.get("gradient_isa"))
+    for knob, kind in (("swapped_max_pixels", "filter"), ("input_max_pixels", "input")):
+        if knob in spec:  # every dtype's limit; "none": any size, 0: never
+            limits = conv.gradient_plan()[1][kind]
+            value = None if str(spec[knob]).lower() == "none" else int(spec[knob])
+            for dtype in ("float32", "bfloat16", "float16"):
+                limits[dtype] = value
 
     keras.utils.set_random_seed(spec.get("seed", 0))
     keras.mixed_precision.set_dtype_policy(spec.get("precision", "float32"))

@@ -368,7 +368,9 @@ def run_suite(
     from mtl_keras.hardware import onednn_allows_bfloat16
 
     # bfloat16 ceilings too, unless an ONEDNN_MAX_CPU_ISA cap forbids bf16 (the worker would abort).
-    ceiling_dtypes = ["float32", "bfloat16"] if onednn_allows_bfloat16() else ["float32"]
+    # and only when a row runs in bfloat16.
+    wants_bf16 = any(c.precision != "float32" for c in configs)
+    ceiling_dtypes = ["float32", "bfloat16"] if onednn_allows_bfloat16() and wants_bf16 else ["float32"]
     ceiling_names = [f"{op}_{dtype}" for dtype in ceiling_dtypes for op in ("matmul", "conv")]
     ceiling = keras_worker({"kind": "ceiling", "warmup": 1, "dtypes": ceiling_dtypes}, threads, inter_threads)
     torch_ceiling = (
@@ -596,8 +598,11 @@ def apply_run_ceilings(results: list[dict]) -> dict:
     return {"best_per_op_gflop_per_s": best, "per_dtype_gflop_per_s": run}
 
 
-#: The issue's speed-up targets over the baseline, per precision (train rows).
-RATIO_TARGETS = {"float32": 1.0, "mixed_bfloat16": 2.0}
+#: Issue 19's speed-up targets over the baseline, per precision (train rows); bfloat16's only
+#: where the CPU has it natively (elsewhere mtl_keras trains such requests in float32).
+RATIO_TARGETS = {"float32": 1.2, "mixed_bfloat16": 2.0}
+#: Issue 19: float32 training within this share of the run's float32 convolution ceiling.
+FLOAT32_CONV_UTILISATION_TARGET = 0.85
 
 
 def needed_utilisation(row: dict) -> float:
@@ -673,18 +678,18 @@ def check_targets(report: dict) -> list[dict]:
         )
 
     add(
-        "float32 (exact second order) >= 1.0x baseline",
+        f"float32 (exact second order) >= {RATIO_TARGETS['float32']}x baseline",
         {r["label"]: r["ratio"] for r in train if "ratio" in r and r["config"]["precision"] == "float32"},
-        lambda v: v >= 1.0,
+        lambda v: v >= RATIO_TARGETS["float32"],
     )
     add(
-        "mixed_bfloat16 >= 2.0x baseline",
+        f"mixed_bfloat16 >= {RATIO_TARGETS['mixed_bfloat16']}x baseline",
         {
             r["label"]: r["ratio"]
             for r in train
             if "ratio" in r and r["config"]["precision"] == "mixed_bfloat16"
         },
-        lambda v: v >= 2.0,
+        lambda v: v >= RATIO_TARGETS["mixed_bfloat16"],
     )
     paired = report.get("paired") or []
     if paired:  # measured interleaved (see run_suite): preferred over rows measured at other times
@@ -707,10 +712,16 @@ def check_targets(report: dict) -> list[dict]:
         }
     add("inner steps 20 -> 100 costs <= 5% of step time", inner, lambda v: v <= 0.05)
     add("tasks/s at meta-batch 8 >= at meta-batch 2", batch, lambda v: v >= 1.0)
+    conv_ceiling = report.get("ceilings", {}).get("best_per_op_gflop_per_s", {}).get("conv_float32")
     add(
-        "utilisation >= 70% of the measured ceiling for the dtype (the run's fastest matmul/conv)",
-        {r["label"]: r["mtl_keras"]["utilisation"] for r in train},
-        lambda v: v >= 0.7,
+        f"float32 training >= {FLOAT32_CONV_UTILISATION_TARGET:.0%} of the run's float32 conv ceiling"
+        + (f" ({conv_ceiling:.0f} GFLOP/s)" if conv_ceiling else ""),
+        {
+            r["label"]: r["mtl_keras"]["gflop_per_s"] / conv_ceiling
+            for r in train
+            if conv_ceiling and r["config"]["precision"] == "float32"
+        },
+        lambda v: v >= FLOAT32_CONV_UTILISATION_TARGET,
     )
     if "accuracy" in report:
         acc = report["accuracy"]

@@ -9,9 +9,15 @@ between them, so that machine load falls on all alike; prints medians and minima
 
 A variant is ``key=value[,key=value]`` over the benchmark worker's spec
 (`benchmarks.harness.keras_worker.build_steps`): ``filter_gradient`` (auto | native |
-swapped, `mtl_keras.layers.conv.set_filter_gradient`), ``swapped_max_pixels`` (the largest map, H·W, whose filter gradient the ``auto``
-mode swaps, for every dtype; default `mtl_keras.layers.conv.SWAPPED_FILTER_GRAD_MAX_PIXELS`), ``jit_compile`` (true | false),
-``unroll_training`` (true | false: the training inner loop unrolled or a ``tf.while_loop``).
+swapped, `mtl_keras.layers.conv.set_filter_gradient`), ``gradient_isa`` (AVX2 | AVX-512: that
+instruction set's plan of `mtl_keras.layers.conv.FORWARD_GRADIENT_MAX_PIXELS` instead of this
+CPU's), ``swapped_max_pixels`` / ``input_max_pixels`` (the largest map, H·W, whose filter /
+input gradient the ``auto`` mode computes as a forward convolution, for every dtype, in the
+plan in use; ``none``: any size, 0: never), ``jit_compile`` (true | false), ``unroll_training``
+(true | false: the training inner loop unrolled or a ``tf.while_loop``).
+
+    python benchmarks/probes/step_ab.py --precision float32 --variant gradient_isa=AVX-512 \
+        --variant gradient_isa=AVX2
 """
 
 from __future__ import annotations

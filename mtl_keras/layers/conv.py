@@ -11,11 +11,16 @@ channel axes swapped:
                    = conv(Xᵀ (c, y, x, n), Gᵀ (y, x, n, d))[c, i, j, d]
 
 (Xᵀ zero-padded like the forward pass), which oneDNN's forward kernel runs faster on small
-maps: in bfloat16 up to 10×10 (large batches in slices), in float32 at 4×4 only; slower on larger
-maps. `conv2d` uses it exactly there and is ``keras.ops.conv(...) + bias`` everywhere else. The
-measurements behind these limits (per-kernel rates: `benchmarks/probes/conv_kernel_benchmark.py`;
-whole steps: `benchmarks/probes/step_ab.py`) are in `benchmarks/RESULTS.md`, "Optimizations
-measured and kept" and "The bfloat16 filter-gradient kernel".
+maps. Likewise the input gradient is a forward convolution of ``∂Y`` with the kernel's taps
+reversed and its channel axes swapped (`swapped_input_gradient`), which matters on AVX2-only
+CPUs, where oneDNN's backward-data kernel runs well below its forward one (issue 19).
+
+Where each pays depends on the instruction set: `conv2d` follows the plan of the CPU it runs on
+(`FORWARD_GRADIENT_MAX_PIXELS`, chosen at trace time from `mtl_keras.hardware.isa_level`) and
+is ``keras.ops.conv(...) + bias`` with TensorFlow's gradients everywhere else. The measurements
+behind the limits (per-kernel rates: `benchmarks/probes/conv_kernel_benchmark.py`,
+`benchmarks/probes/input_gradient_alternatives.py`; whole steps: `benchmarks/probes/step_ab.py`)
+are in `benchmarks/RESULTS.md`.
 """
 
 from __future__ import annotations
@@ -23,26 +28,39 @@ from __future__ import annotations
 import tensorflow as tf
 from keras import ops
 
-#: Largest feature map (H·W), per compute dtype, whose filter gradient runs as a swapped forward
-#: convolution in the ``"auto"`` mode (0: never).
-SWAPPED_FILTER_GRAD_MAX_PIXELS = {"bfloat16": 100, "float16": 100, "float32": 16}
+#: Which gradients of a plain convolution (stride 1, ``"same"`` padding, odd kernel, neither
+#: grouped nor dilated) the ``"auto"`` mode computes as forward convolutions, per instruction set
+#: oneDNN runs on (`mtl_keras.hardware.isa_level`): for the filter gradient (``"filter"``) and the
+#: input gradient (``"input"``), the largest feature map (H·W) per compute dtype (absent: never,
+#: TensorFlow's kernel; ``None``: any size). ``"AVX-512"``'s entry also serves AVX512-BF16,
+#: older and unknown CPUs. Measured per ISA (benchmarks/RESULTS.md): on AVX-512 the filter
+#: gradient pays swapped on small maps (bf16 ≤ 10×10, float32 4×4) and TF's input gradient is
+#: at the forward rate; on AVX2 oneDNN's backward-data kernel runs at 0.2–0.7× its forward
+#: convolution (4×4×512 maps: 0.2×), so there both gradients run as forward convolutions.
+FORWARD_GRADIENT_MAX_PIXELS = {
+    "AVX-512": {"filter": {"bfloat16": 100, "float16": 100, "float32": 16}, "input": {}},
+    "AVX2": {"filter": {"float32": 100}, "input": {"float32": None}},
+}
+
+#: The filter-gradient limits of AVX-512 CPUs (`FORWARD_GRADIENT_MAX_PIXELS`), by their old name.
+SWAPPED_FILTER_GRAD_MAX_PIXELS = FORWARD_GRADIENT_MAX_PIXELS["AVX-512"]["filter"]
 
 #: Most images × pixels per swapped convolution, per compute dtype: oneDNN runs a larger swapped
 #: "filter" markedly slower (measured), so larger batches are split into equal slices.
 SWAPPED_SLICE_PIXELS = {"bfloat16": 160 * 64, "float16": 160 * 64, "float32": 160 * 16}
 
-_mode = {"filter_gradient": "auto"}
+_mode = {"filter_gradient": "auto", "isa": None}
 FILTER_GRADIENT_MODES = ("auto", "native", "swapped")
 
 
 def set_filter_gradient(mode: str) -> None:
-    """Choose how `conv2d` computes filter gradients (for benchmarks and tests).
+    """Choose how `conv2d` computes its gradients (for benchmarks and tests).
 
     Args:
-        mode: ``"auto"`` (default: swapped on maps of at most
-            ``SWAPPED_FILTER_GRAD_MAX_PIXELS[dtype]`` pixels, TensorFlow's kernel elsewhere),
-            ``"native"`` (TensorFlow's kernel always) or ``"swapped"`` (the swapped forward
-            convolution wherever it applies: stride 1, ``"same"`` padding, odd kernel).
+        mode: ``"auto"`` (default: as `gradient_plan` says for this CPU), ``"native"``
+            (TensorFlow's kernels always) or ``"swapped"`` (both gradients as forward
+            convolutions wherever they apply: stride 1, ``"same"`` padding, odd kernel, neither
+            grouped nor dilated).
 
     Takes effect for functions traced afterwards.
     """
@@ -51,9 +69,35 @@ def set_filter_gradient(mode: str) -> None:
     _mode["filter_gradient"] = mode
 
 
+def set_gradient_isa(isa: str | None) -> None:
+    """Use the ``"auto"`` plan of instruction set ``isa`` (a key of `FORWARD_GRADIENT_MAX_PIXELS`)
+    instead of the CPU's own (``None``, the default): for A/B benchmarks and tests.
+
+    Takes effect for functions traced afterwards.
+    """
+    if isa is not None and isa not in FORWARD_GRADIENT_MAX_PIXELS:
+        raise ValueError(
+            f"gradient ISA must be None or one of {sorted(FORWARD_GRADIENT_MAX_PIXELS)}, got {isa!r}."
+        )
+    _mode["isa"] = isa
+
+
+def gradient_plan() -> tuple[str, dict]:
+    """``(isa, limits)``: the `FORWARD_GRADIENT_MAX_PIXELS` entry the ``"auto"`` mode uses here
+    (the CPU's, as `mtl_keras.hardware.isa_level` reads it, unless `set_gradient_isa` chose one)."""
+    isa = _mode["isa"]
+    if isa is None:
+        from mtl_keras import hardware
+
+        isa = hardware.isa_level(hardware.cpu_flags())
+    if isa not in FORWARD_GRADIENT_MAX_PIXELS:
+        isa = "AVX-512"
+    return isa, FORWARD_GRADIENT_MAX_PIXELS[isa]
+
+
 def conv2d(inputs, kernel, bias, strides=(1, 1), padding: str = "same", dilation_rate=(1, 1)):
-    """``keras.ops.conv(inputs, kernel, strides, padding, dilation_rate) + bias`` (NHWC), with the
-    fast filter gradient.
+    """``keras.ops.conv(inputs, kernel, strides, padding, dilation_rate) + bias`` (NHWC), with
+    gradients as forward convolutions where they are faster on this CPU.
 
     Args:
         inputs: ``(N, H, W, Cin)``.
@@ -65,31 +109,48 @@ def conv2d(inputs, kernel, bias, strides=(1, 1), padding: str = "same", dilation
         dilation_rate: ``(dh, dw)``.
 
     Returns:
-        ``(N, H', W', Cout)``; the gradient with respect to ``kernel`` is computed as a swapped
-        forward convolution when `set_filter_gradient` says so.
+        ``(N, H', W', Cout)``; the gradients with respect to ``kernel`` and ``inputs`` are
+        computed as forward convolutions where `forward_gradients` says so.
     """
-    if _swapped(inputs, kernel, strides, padding, dilation_rate):
-        return _conv_swapped_filter_grad(inputs, kernel, bias)
+    swap_filter, swap_input = forward_gradients(inputs, kernel, strides, padding, dilation_rate)
+    if swap_filter or swap_input:
+        return _CONV_WITH_FORWARD_GRADIENTS[swap_filter, swap_input](inputs, kernel, bias)
     # A broadcast add, not tf.nn.bias_add: TF 2.21's CPU graph optimizer fuses
     # leaky_relu(bias_add(conv2d(x, k), b) + r) — a residual block's last convolution — into
     # one oneDNN op that computes wrong values (benchmarks/probes/tf_fusion_bug.py); with AddV2 it does not.
     return ops.conv(inputs, kernel, strides=strides, padding=padding, dilation_rate=dilation_rate) + bias
 
 
-def _swapped(inputs, kernel, strides, padding, dilation_rate=(1, 1)) -> bool:
+def forward_gradients(inputs, kernel, strides, padding, dilation_rate=(1, 1)) -> tuple[bool, bool]:
+    """``(filter, input)``: whether `conv2d` computes the filter gradient and the input gradient
+    of this convolution as forward convolutions (the mode of `set_filter_gradient`; in ``"auto"``,
+    `gradient_plan`'s limits for the compute dtype and the map size)."""
     mode = _mode["filter_gradient"]
     if mode == "native":
-        return False
+        return False, False
     kh, kw = kernel.shape[0], kernel.shape[1]
     if tuple(strides) != (1, 1) or padding != "same" or kh is None or kw is None or not (kh % 2 and kw % 2):
-        return False
+        return False, False
     if tuple(dilation_rate) != (1, 1) or kernel.shape[2] != inputs.shape[-1]:  # dilated or grouped
-        return False
+        return False, False
     if mode == "swapped":
-        return True
+        return True, True
     h, w = inputs.shape[1], inputs.shape[2]
-    limit = SWAPPED_FILTER_GRAD_MAX_PIXELS.get(tf.as_dtype(inputs.dtype).name, 0)
-    return h is not None and w is not None and h * w <= limit
+    if h is None or w is None:
+        return False, False
+    dtype = tf.as_dtype(inputs.dtype).name
+    _, limits = gradient_plan()
+
+    def applies(kind):
+        per_dtype = limits[kind]
+        return dtype in per_dtype and (per_dtype[dtype] is None or h * w <= per_dtype[dtype])
+
+    return applies("filter"), applies("input")
+
+
+def _swapped(inputs, kernel, strides, padding, dilation_rate=(1, 1)) -> bool:
+    """Whether the filter gradient runs as a forward convolution (`forward_gradients`)."""
+    return forward_gradients(inputs, kernel, strides, padding, dilation_rate)[0]
 
 
 def swapped_filter_gradient(inputs, out_grad, kernel_size):
@@ -122,6 +183,22 @@ def swapped_filter_gradient(inputs, out_grad, kernel_size):
     return _swapped_conv(inputs, out_grad, kernel_size)
 
 
+def swapped_input_gradient(out_grad, kernel):
+    """``∂L/∂X`` of a stride-1 ``"same"`` convolution as a forward convolution.
+
+    ``∂X = conv(∂Y, rot180(W)ᵀ)``: the kernel's taps reversed and its channel axes swapped.
+
+    Args:
+        out_grad: ``(N, H, W, Cout)``, ``∂L/∂output``.
+        kernel: ``(kh, kw, Cin, Cout)``, both kh and kw odd.
+
+    Returns:
+        ``(N, H, W, Cin)`` in the dtype of ``out_grad``.
+    """
+    flipped = tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2])  # (kh, kw, Cout, Cin)
+    return tf.nn.conv2d(out_grad, flipped, strides=1, padding="SAME")
+
+
 def _swapped_conv(inputs, out_grad, kernel_size):
     kh, kw = kernel_size
     x_t = tf.transpose(inputs, [3, 1, 2, 0])  # (Cin, H, W, N): channels as batch, batch as channels
@@ -131,21 +208,45 @@ def _swapped_conv(inputs, out_grad, kernel_size):
     return tf.transpose(grad, [1, 2, 0, 3])
 
 
-@tf.custom_gradient
-def _conv_swapped_filter_grad(inputs, kernel, bias):
-    outputs = tf.nn.conv2d(inputs, kernel, strides=1, padding="SAME") + bias  # not bias_add: see conv2d
+def _conv_with_forward_gradients(swap_filter: bool, swap_input: bool):
+    """A stride-1 ``"same"`` convolution plus bias whose filter and/or input gradient is a forward
+    convolution (`swapped_filter_gradient`, `swapped_input_gradient`)."""
 
-    def grad(out_grad):
-        d_inputs = tf.raw_ops.Conv2DBackpropInput(
-            input_sizes=tf.shape(inputs),
-            filter=kernel,
-            out_backprop=out_grad,
-            strides=[1, 1, 1, 1],
-            padding="SAME",
-        )
-        with tf.name_scope("swapped_filter_gradient"):
-            d_kernel = swapped_filter_gradient(inputs, out_grad, kernel.shape[:2])
-        d_bias = tf.raw_ops.BiasAddGrad(out_backprop=out_grad)
-        return d_inputs, d_kernel, d_bias
+    @tf.custom_gradient
+    def conv(inputs, kernel, bias):
+        outputs = tf.nn.conv2d(inputs, kernel, strides=1, padding="SAME") + bias  # not bias_add: see conv2d
 
-    return outputs, grad
+        def grad(out_grad):
+            if swap_input:
+                with tf.name_scope("swapped_input_gradient"):
+                    d_inputs = swapped_input_gradient(out_grad, kernel)
+            else:
+                d_inputs = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(inputs),
+                    filter=kernel,
+                    out_backprop=out_grad,
+                    strides=[1, 1, 1, 1],
+                    padding="SAME",
+                )
+            if swap_filter:
+                with tf.name_scope("swapped_filter_gradient"):
+                    d_kernel = swapped_filter_gradient(inputs, out_grad, kernel.shape[:2])
+            else:
+                d_kernel = tf.raw_ops.Conv2DBackpropFilter(
+                    input=inputs,
+                    filter_sizes=tf.shape(kernel),
+                    out_backprop=out_grad,
+                    strides=[1, 1, 1, 1],
+                    padding="SAME",
+                )
+            d_bias = tf.raw_ops.BiasAddGrad(out_backprop=out_grad)
+            return d_inputs, d_kernel, d_bias
+
+        return outputs, grad
+
+    return conv
+
+
+_CONV_WITH_FORWARD_GRADIENTS = {
+    (f, i): _conv_with_forward_gradients(f, i) for f in (False, True) for i in (False, True) if f or i
+}

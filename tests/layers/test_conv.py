@@ -6,14 +6,24 @@ import tensorflow as tf
 from mtl_keras import resnet12, set_phase
 from mtl_keras.layers import conv as conv_module
 from mtl_keras.layers import phi_weights
-from mtl_keras.layers.conv import conv2d, set_filter_gradient, swapped_filter_gradient
+from mtl_keras.layers.conv import (
+    conv2d,
+    set_filter_gradient,
+    set_gradient_isa,
+    swapped_filter_gradient,
+    swapped_input_gradient,
+)
 from tests.helpers import randomise_backbone
 
 
 @pytest.fixture(autouse=True)
 def _default_mode():
+    """Every test here runs AVX-512's plan unless it says otherwise: what ``auto`` does depends
+    on the CPU the suite runs on (AVX2-only machines have their own plan)."""
+    set_gradient_isa("AVX-512")
     yield
     set_filter_gradient("auto")
+    set_gradient_isa(None)
 
 
 def _native_filter_gradient(x, g, kernel_size):
@@ -43,6 +53,22 @@ def test_swapped_filter_gradient_equals_tensorflows(shape, kernel_size):
     got = swapped_filter_gradient(x, g, kernel_size)
     want = _native_filter_gradient(x, g, kernel_size)
     assert got.shape == (*kernel_size, shape[-1], 6)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel_size",
+    [((3, 4, 4, 5), (3, 3)), ((2, 7, 5, 3), (3, 3)), ((2, 6, 6, 4), (5, 5)), ((2, 5, 8, 2), (3, 5))],
+)
+def test_swapped_input_gradient_equals_tensorflows(shape, kernel_size):
+    rng = np.random.default_rng(5)
+    kernel = tf.constant(rng.normal(size=(*kernel_size, shape[-1], 6)), tf.float32)
+    g = tf.constant(rng.normal(size=(*shape[:3], 6)), tf.float32)
+    want = tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=shape, filter=kernel, out_backprop=g, strides=[1, 1, 1, 1], padding="SAME"
+    )
+    got = swapped_input_gradient(g, kernel)
+    assert got.shape == shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -81,10 +107,33 @@ def test_swapped_conv_has_the_same_value_and_gradients(jit):
         return run(x, kernel, bias)
 
     y_native, grads_native = value_and_grads("native")
-    y_swapped, grads_swapped = value_and_grads("swapped")
-    np.testing.assert_allclose(y_swapped, y_native, rtol=1e-5, atol=1e-5)
-    for got, want in zip(grads_swapped, grads_native):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    for mode, isa in (("swapped", "AVX-512"), ("auto", "AVX2")):  # AVX2: both gradients swapped
+        set_gradient_isa(isa)
+        y_swapped, grads_swapped = value_and_grads(mode)
+        np.testing.assert_allclose(y_swapped, y_native, rtol=1e-5, atol=1e-5)
+        for got, want in zip(grads_swapped, grads_native):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "swap_filter, swap_input", [(True, False), (False, True), (True, True)], ids=["filter", "input", "both"]
+)
+def test_each_gradient_can_be_swapped_alone(monkeypatch, swap_filter, swap_input):
+    rng = np.random.default_rng(6)
+    x = tf.constant(rng.normal(size=(2, 5, 5, 3)), tf.float32)
+    kernel = tf.constant(rng.normal(size=(3, 3, 3, 4)), tf.float32)
+    bias = tf.constant(rng.normal(size=(4,)), tf.float32)
+
+    def grads(run_conv):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel, bias])
+            loss = tf.reduce_sum(tf.sin(run_conv(x, kernel, bias)))
+        return tape.gradient(loss, [x, kernel, bias])
+
+    want = grads(lambda *a: tf.nn.conv2d(a[0], a[1], 1, "SAME") + a[2])
+    got = grads(conv_module._CONV_WITH_FORWARD_GRADIENTS[swap_filter, swap_input])
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -108,6 +157,87 @@ def test_where_the_swapped_gradient_is_used(dtype, side, kernel, strides, paddin
     x = tf.zeros((1, side, side, 2), dtype)
     w = tf.zeros((kernel, kernel, 2, 3), dtype)
     assert conv_module._swapped(x, w, (strides, strides), padding) is expected
+    # on AVX-512 the input gradient stays TF's in auto; "swapped" swaps both where they apply
+    assert conv_module.forward_gradients(x, w, (strides, strides), padding)[1] is (
+        mode == "swapped" and expected
+    )
+
+
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx fma avx2\n\n"
+AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16\n\n"
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, cap, dtype, side, expected",
+    [
+        (AVX2_ONLY, None, "float32", 4, ("AVX2", True, True)),
+        (AVX2_ONLY, None, "float32", 10, ("AVX2", True, True)),
+        (AVX2_ONLY, None, "float32", 16, ("AVX2", False, True)),  # filter: TF's kernel on 16×16
+        (AVX2_ONLY, None, "float32", 84, ("AVX2", False, True)),
+        (AVX2_ONLY, None, "bfloat16", 4, ("AVX2", False, False)),  # emulated bf16: not planned for
+        (AVX512_BF16, None, "float32", 4, ("AVX-512", True, False)),
+        (AVX512_BF16, None, "float32", 8, ("AVX-512", False, False)),
+        (AVX512_BF16, None, "bfloat16", 8, ("AVX-512", True, False)),
+        (AVX512_BF16, "AVX2", "float32", 8, ("AVX2", True, True)),  # the cap makes oneDNN an AVX2 one
+        ("processor\t: 0\n\n", None, "float32", 4, ("AVX-512", True, False)),  # unknown: as before
+    ],
+)
+def test_auto_follows_the_instruction_set_the_cpu_reports(
+    tmp_path, monkeypatch, cpuinfo, cap, dtype, side, expected
+):
+    """The plan is chosen at trace time from /proc/cpuinfo (faked here) and ONEDNN_MAX_CPU_ISA."""
+    from mtl_keras import hardware
+
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    monkeypatch.setattr(hardware, "CPUINFO", str(path))
+    for name in hardware.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    set_gradient_isa(None)
+    x = tf.zeros((1, side, side, 2), dtype)
+    w = tf.zeros((3, 3, 2, 3), dtype)
+    isa, _ = conv_module.gradient_plan()
+    assert (isa, *conv_module.forward_gradients(x, w, (1, 1), "same")) == expected
+
+
+def test_auto_on_avx2_builds_forward_convolutions_only(tmp_path, monkeypatch):
+    """On an AVX2-only CPU a ResNet-12's gradient has no backward-data kernel for its SS convs."""
+    from mtl_keras import hardware
+
+    path = tmp_path / "cpuinfo"
+    path.write_text(AVX2_ONLY)
+    monkeypatch.setattr(hardware, "CPUINFO", str(path))
+    for name in hardware.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+    def op_types(isa):
+        set_gradient_isa(isa)
+        backbone = set_phase(resnet12((16, 16, 3), widths=(4, 4, 4, 4)), "meta")
+        phi = phi_weights(backbone)
+        x = tf.zeros((2, 16, 16, 3))
+
+        @tf.function
+        def grad(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(backbone(x, training=False))
+            return tape.gradient(loss, phi)
+
+        graph = grad.get_concrete_function(x).graph
+        return [op.type for op in graph.get_operations()]
+
+    avx2 = op_types(None)  # the faked CPU's own plan
+    avx512 = op_types("AVX-512")
+    # 12 scaled 3×3 convolutions and 4 plain 1×1 residual ones (not `conv2d`: TF's kernel in both)
+    assert avx512.count("Conv2DBackpropInput") == 16
+    assert avx2.count("Conv2DBackpropInput") == 4
+
+
+def test_bad_gradient_isa_is_rejected():
+    with pytest.raises(ValueError, match="AVX2"):
+        set_gradient_isa("AVX3")
 
 
 def test_bad_mode_is_rejected():
