@@ -332,3 +332,44 @@ def test_needed_utilisation_is_where_the_ratio_meets_the_target(precision, targe
     step = row["mtl_keras"]["gflop_per_step"] / (needed * row["ceiling_used_gflop_per_s"])
     # ... is exactly `target` times the baseline's tasks per second
     assert (8 / step) / (1 / 0.9) == pytest.approx(target)
+
+
+def test_evaluation_against_the_official_test_loop_runs_end_to_end(capsys):
+    """``benchmarks/evaluation_vs_official.py`` at a tiny size (nothing is asserted about speed)."""
+    pytest.importorskip("torch")
+    from benchmarks.evaluation_vs_official import main, synthetic_split
+
+    split = synthetic_split(3, 4, 8)
+    assert split.images.shape == (12, 8, 8, 3) and list(np.bincount(split.labels)) == [4, 4, 4]
+    result = main(
+        "--episodes 4 --baseline-episodes 2 --classes 5 --per-class 16 --image-size 16 --inner-steps 2 "
+        "--widths 4,4,4,4".split()
+    )
+    out = capsys.readouterr().out
+    assert result["mtl_keras_episodes_per_s"] > 0 and result["official_episodes_per_s"] > 0
+    assert "4 episodes 5-way 1-shot" in out and "median of 2: 1 before, 1 after" in out and "ratio" in out
+
+
+def test_render_re_evaluates_the_targets_of_a_stored_report_without_measuring(tmp_path):
+    """``benchmark.py --render results.json``: today's thresholds on the stored rows, noted as such."""
+    import shutil
+
+    from benchmarks import benchmark
+
+    stored = tmp_path / "results.json"
+    shutil.copy(os.path.join(ROOT, "benchmarks", "results.json"), stored)
+    before = json.loads(stored.read_text())
+    report = benchmark.main(["--render", str(stored)])
+    after = json.loads(stored.read_text())
+    assert [
+        r["mtl_keras"]["tasks_per_s" if "tasks_per_s" in r["mtl_keras"] else "episodes_per_s"]
+        for r in after["results"]
+    ] == [
+        r["mtl_keras"]["tasks_per_s" if "tasks_per_s" in r["mtl_keras"] else "episodes_per_s"]
+        for r in before["results"]
+    ]
+    names = [t["target"] for t in report["targets"]]
+    assert "float32 (exact second order) >= 1.2x baseline" in names
+    assert any(n.startswith("float32 training >= 85% of the run's float32 conv ceiling") for n in names)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "targets re-evaluated on the stored measurements" in text and before["command"] in text

@@ -133,6 +133,8 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
         first_order=spec.get("first_order", False),
         # an A/B knob (benchmarks/probes/step_ab.py): inner loop unrolled (default) or a tf.while_loop
         unroll_training=spec.get("unroll_training", True),
+        # an A/B knob: frozen batch norm folded into the convolutions (default) or run as it is
+        fold_batch_norm=spec.get("fold_batch_norm", True),
         **spec.get("model_kwargs", {}),
     )
     model.compile(jit_compile=spec.get("jit_compile", False))

@@ -89,7 +89,9 @@ def format_feasibility(report: dict) -> str:
         needed = row.get("utilisation_needed_for_target")
         if needed is None:
             continue
-        target = {"float32": "≥ 1.0×", "mixed_bfloat16": "≥ 2.0×"}[row["config"]["precision"]]
+        from benchmarks.harness.suite import RATIO_TARGETS
+
+        target = f"≥ {RATIO_TARGETS[row['config']['precision']]}×"
         flag = " (above the ceiling)" if needed > 1.0 else ""
         lines.append(
             f"| {row['label']} | {target} | {100 * needed:.0f}%{flag} | {100 * row['mtl_keras']['utilisation']:.0f}% |"
@@ -135,6 +137,14 @@ def format_machine(report: dict) -> str:
             f"- {m['rounds']} timed rounds per configuration after {m['warmup']} warm-up steps; "
             f"wall time of the run {m['wall_seconds'] / 60:.1f} min",
         ]
+        + (
+            [
+                f"- targets re-evaluated on the stored measurements at today's thresholds: "
+                f"{report['targets_evaluated']['date']}, `{report['targets_evaluated']['command']}`"
+            ]
+            if "targets_evaluated" in report
+            else []
+        )
     )
 
 

@@ -14,7 +14,9 @@ instruction set's plan of `mtl_keras.layers.conv.FORWARD_GRADIENT_MAX_PIXELS` in
 CPU's), ``swapped_max_pixels`` / ``input_max_pixels`` (the largest map, H·W, whose filter /
 input gradient the ``auto`` mode computes as a forward convolution, for every dtype, in the
 plan in use; ``none``: any size, 0: never), ``jit_compile`` (true | false), ``unroll_training``
-(true | false: the training inner loop unrolled or a ``tf.while_loop``).
+(true | false: the training inner loop unrolled or a ``tf.while_loop``), ``fold_batch_norm``
+(true | false: frozen batch norm folded into the convolutions or run as it is). Give a knob in
+every variant that changes it: limits set by one variant stay for the next.
 
     python benchmarks/probes/step_ab.py --precision float32 --variant gradient_isa=AVX-512 \
         --variant gradient_isa=AVX2
