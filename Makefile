@@ -21,7 +21,7 @@ demo: $(STAMP)
 ## make test: lint, then the whole test suite (slow tests excluded)
 test: $(STAMP)
 	$(VENV)/bin/ruff check mtl_keras tests scripts benchmarks
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 ## make test-slow: only the tests marked slow
 test-slow: $(STAMP)

@@ -82,6 +82,7 @@ def _h5_arrays(path):
     return arrays
 
 
+@pytest.mark.slow  # `make test-slow`: the longest CLI runs (60-160 s on 2 AVX2 cores)
 def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, glyph_cache):
     config = tmp_path / "tiny.json"
     # Learning rates high enough that meta-training moves the weights visibly.

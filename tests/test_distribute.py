@@ -369,6 +369,7 @@ def _finish(proc, timeout=None):
     return proc.returncode, out, err
 
 
+@pytest.mark.slow  # `make test-slow`: the longest CLI runs (60-160 s on 2 AVX2 cores)
 def test_cli_run_with_mirrored_strategy_and_mixed_bfloat16(tmp_path, glyph_cache):
     run_dir = tmp_path / "run"
     code, out, err = _finish(
@@ -422,6 +423,7 @@ def test_cli_strategy_errors_come_before_any_training(tmp_path, monkeypatch):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow  # `make test-slow`: the longest CLI runs (60-160 s on 2 AVX2 cores)
 def test_cli_tune_with_mirrored_strategy_equals_one_device(tmp_path, glyph_cache):
     """`mtl-keras tune --strategy mirrored`: each trial's model trains on two replicas, and the
     trial scores what the same trial scores on one device; a meta-batch that does not split
@@ -450,6 +452,7 @@ def test_cli_tune_with_mirrored_strategy_equals_one_device(tmp_path, glyph_cache
     assert not (tmp_path / "bad" / "tuner").exists()
 
 
+@pytest.mark.slow  # `make test-slow`: the longest CLI runs (60-160 s on 2 AVX2 cores)
 def test_cli_run_with_multi_worker_strategy_on_two_local_workers(tmp_path, glyph_cache):
     ports = _free_ports(2)
     run_dir = tmp_path / "run"

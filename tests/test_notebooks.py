@@ -54,7 +54,11 @@ def test_notebook_has_no_outputs(name):
             assert not cell.outputs and cell.execution_count is None, f"{name}: outputs not stripped"
 
 
-@pytest.mark.parametrize("name", ALL)
+#: `make test` runs the quickstart; the other three (≈ 90 s on 2 AVX2 cores) run in `make test-slow`.
+TINY_RUNS = [ALL[0], *(pytest.param(name, marks=pytest.mark.slow) for name in ALL[1:])]
+
+
+@pytest.mark.parametrize("name", TINY_RUNS)
 def test_notebook_runs_at_tiny_scale(name, tmp_path, glyph_cache, monkeypatch):
     path = NOTEBOOKS / f"{name}.ipynb"
     if not path.exists():
