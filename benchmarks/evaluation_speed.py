@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 from mtl_keras.config import get_config  # noqa: E402
 from mtl_keras.evaluation import evaluate_episodes  # noqa: E402
-from mtl_keras.experiment import load_config_benchmark, meta_model  # noqa: E402
+from mtl_keras.workflow import build_meta_model, load_config_benchmark  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
 
     config = get_config("cpu-glyph_scenes")
     _, _, test = load_config_benchmark(config)
-    model = meta_model(config, test.channels, None)
+    model = build_meta_model(config, test.channels, None)
 
     def run(cached: bool):
         start = time.perf_counter()

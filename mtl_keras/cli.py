@@ -27,14 +27,14 @@ from mtl_keras.run_lock import RunFolderLocked
 
 def _demo(args) -> int:
     from mtl_keras.config import get_config
-    from mtl_keras.experiment import run_experiment
+    from mtl_keras.workflow import run_workflow
 
     overrides = {}
     if args.test_episodes is not None:
         overrides["test_episodes"] = args.test_episodes
     config = get_config(args.config, **overrides)
     run_dir = args.run_dir or os.path.join("runs", time.strftime("demo-%Y%m%d-%H%M%S"))
-    run_experiment(config, run_dir)
+    run_workflow(config, run_dir, tensorboard=False)
     return 0
 
 
@@ -69,7 +69,7 @@ def _config_and_dir(args):
     return config, run_dir
 
 
-# `mtl-keras` stage commands: command → (function of mtl_keras.experiment, the keywords it takes).
+# `mtl-keras` stage commands: command → (function of mtl_keras.workflow, the keywords it takes).
 _STAGES = {
     "run": ("run_workflow", ("tensorboard", "strategy", "restart")),
     "pretrain": ("pretrain_stage", ("tensorboard", "strategy", "restart")),
@@ -80,7 +80,7 @@ _STAGES = {
 
 
 def _stage(args) -> int:
-    from mtl_keras import experiment
+    from mtl_keras import workflow
 
     strategy = _strategy(args)  # before any other TensorFlow work
     config, run_dir = _config_and_dir(args)
@@ -93,7 +93,7 @@ def _stage(args) -> int:
         "episodes": getattr(args, "episodes", None),
         "output_dir": getattr(args, "output", None),
     }
-    getattr(experiment, function)(config, run_dir, verbose=not args.quiet, **{k: values[k] for k in keywords})
+    getattr(workflow, function)(config, run_dir, verbose=not args.quiet, **{k: values[k] for k in keywords})
     return 0
 
 

@@ -72,18 +72,11 @@ from mtl_keras.evaluation import (
     embed_split,
     paired_difference,
 )
-from mtl_keras.experiment import (
-    build_backbone,
-    load_config_benchmark,
-    meta_transfer_model,
-    outer_optimizers,
-    pretrain,
-    training_episodes,
-)
 from mtl_keras.models.base_learner import inner_loop
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.plots import plot_accuracy_bars, plot_accuracy_vs_inner_steps, plot_learning_curves
 from mtl_keras.run_lock import locks_run_folder
+from mtl_keras.workflow import build_meta_model, load_config_benchmark, pretrain, training_episodes
 
 #: The five rows, in the order of the table.
 ROWS = ("scratch", "pretrained", "ft", "ss", "ss_ht")
@@ -429,19 +422,23 @@ def build_row_model(
     shape = (config.image_size, config.image_size, channels)
     if kind == "scratch":
         backbone = get_backbone("conv4", shape, filters=settings.scratch_filters)
-        meta_phase, backbone_lr, head_lr = False, settings.scratch_lr, settings.scratch_lr
-    elif kind in ("pretrained", "ss", "ss_ht", "ft"):
-        backbone = build_backbone(config, channels)
-        if weights_path:
-            backbone.load_weights(weights_path)
-        meta_phase = kind != "ft"
-        backbone_lr = (ft_lr or settings.ft_lrs[0]) if kind == "ft" else config.phi_lr
-        head_lr = config.head_lr
-    else:
+        return build_meta_model(
+            config,
+            channels,
+            backbone=backbone,
+            backbone_lr=settings.scratch_lr,
+            head_lr=settings.scratch_lr,
+            set_meta_phase=False,
+        )
+    if kind not in ("pretrained", "ss", "ss_ht", "ft"):
         raise ValueError(f"Unknown row '{kind}'. Known: {', '.join(ROWS)}.")
-    model = meta_transfer_model(config, backbone, set_meta_phase=meta_phase)
-    optimizer, head_optimizer = outer_optimizers(config, backbone_lr, head_lr)
-    model.compile(optimizer=optimizer, head_optimizer=head_optimizer)
+    model = build_meta_model(
+        config,
+        channels,
+        weights_path,
+        backbone_lr=(ft_lr or settings.ft_lrs[0]) if kind == "ft" else config.phi_lr,
+        set_meta_phase=kind != "ft",
+    )
     return model
 
 
@@ -1315,7 +1312,7 @@ def _settings_text(summary: dict, config: ExperimentConfig, settings: dict) -> s
         f"- One pretraining shared by rows 2-5: {config.backbone} widths {tuple(config.widths)}, "
         f"{config.pretrain_epochs} epochs over the {splits['train']['classes']} training classes, batch "
         f"{config.pretrain_batch_size}, Adam {config.pretrain_lr:g} with cosine decay, augmentation "
-        f"{'on' if config.pretrain_augment else 'off'} (`mtl_keras.experiment.pretrain`). Weights: `{summary['weights']}`, "
+        f"{'on' if config.pretrain_augment else 'off'} (`mtl_keras.workflow.pretrain`). Weights: `{summary['weights']}`, "
         "loaded afresh for each row.",
         f"- Inner loop (every row, training and test): linear head, {config.inner_steps} steps in meta-training, "
         f"{config.eval_inner_steps} at validation/test, rate {config.inner_lr:g}, "

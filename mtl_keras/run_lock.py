@@ -14,7 +14,7 @@ that writes a run folder holds its lock while it runs (`locks_run_folder`):
   released. A file that still names a holder but is not locked therefore belongs to a
   process that died (SIGKILL, out of memory, power loss): the next process takes the
   lock over and says so on standard error.
-* Re-entrant within a process: `run_workflow` calls `run_experiment`, and a script may
+* Re-entrant within a process: `run_workflow` calls the stage functions, and a script may
   call several stages in a row; the lock is released when the outermost holder ends.
 
 Without ``fcntl`` (Windows), or on a file system that refuses ``flock``, nothing is

@@ -28,8 +28,8 @@ import keras_tuner
 from mtl_keras.config import ExperimentConfig
 from mtl_keras.data.episodes import make_episodes
 from mtl_keras.data.split import ClassSplit
-from mtl_keras.experiment import check_strategy, load_config_benchmark, meta_model
 from mtl_keras.run_lock import locks_run_folder
+from mtl_keras.workflow import build_meta_model, check_strategy, load_config_benchmark
 
 OBJECTIVE = "val_accuracy"
 #: The seed Keras Tuner gets for ``seed=0``, which it would otherwise replace with a random one.
@@ -134,7 +134,7 @@ class MTLHyperModel(keras_tuner.HyperModel):
         """A compiled `MetaTransferModel` with this trial's learning rates and inner steps."""
         config = self.trial_config(hp)
         keras.utils.set_random_seed(config.seed)
-        return meta_model(config, self.channels, self.weights_path)
+        return build_meta_model(config, self.channels, self.weights_path)
 
     def fit(self, hp, model, x=None, *args, validation_data=None, **kwargs) -> float:
         """Meta-train ``model`` on episodes; return the best epoch's mean validation accuracy.

@@ -167,6 +167,35 @@ def test_stages_one_by_one_share_a_run_folder(tiny_config_file, tmp_path, capsys
     assert get_config(os.path.join(run_dir, "config.json")).pretrain_epochs == 0
 
 
+def test_run_is_the_stages_one_after_the_other(run_folder, tmp_path, glyph_cache, monkeypatch, capsys):
+    """`run` calls the stage functions: the four subcommands on the same config give the same
+    numbers episode for episode, and a stage completed earlier is skipped, not redone."""
+    monkeypatch.setenv("MTL_KERAS_CACHE", glyph_cache)
+    run_dir = str(tmp_path / "staged")
+    common = ["--run-dir", run_dir, "--quiet", "--no-tensorboard"]
+    assert cli.main(["pretrain", "--config", str(run_folder / "config.json"), *common]) == 0
+    weights = os.path.join(run_dir, "pretrained_backbone.weights.h5")
+    written = os.stat(weights).st_mtime_ns
+    capsys.readouterr()
+    assert cli.main(["pretrain", "--run-dir", run_dir, "--no-tensorboard"]) == 0
+    assert "Pretraining: done in an earlier run" in capsys.readouterr().out
+    assert os.stat(weights).st_mtime_ns == written
+    assert cli.main(["meta-train", *common]) == 0
+    assert cli.main(["evaluate", *common]) == 0
+    staged = json.loads(open(os.path.join(run_dir, "metrics.json")).read())
+    whole = json.loads((run_folder / "metrics.json").read_text())
+    for key in ("loss", "val_accuracy", "kept_epoch"):
+        np.testing.assert_array_equal(
+            staged["histories"]["MTL 1-shot"][key], whole["histories"]["MTL 1-shot"][key]
+        )
+    row = "MTL (SS, meta-trained)"
+    np.testing.assert_array_equal(
+        staged["results"][row]["1-shot"]["episode_accuracies"],
+        whole["results"][row]["1-shot"]["episode_accuracies"],
+    )
+    assert staged["per_class"] == whole["per_class"]
+
+
 def test_meta_train_with_hard_tasks(run_folder, tmp_path, glyph_cache, monkeypatch, capsys):
     """--set hard_tasks=true trains on hard tasks too (the paper's periodic HT schedule)."""
     monkeypatch.setenv("MTL_KERAS_CACHE", glyph_cache)

@@ -20,7 +20,7 @@ import pytest
 
 from mtl_keras import cli
 from mtl_keras.config import ExperimentConfig
-from mtl_keras.experiment import RunProgress
+from mtl_keras.workflow import RunProgress
 from tests.conftest import TINY_CONFIG
 from tests.helpers import patient
 

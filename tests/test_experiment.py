@@ -1,4 +1,4 @@
-"""`mtl_keras.experiment` pieces that need no training: precision, strategy checks, output folders."""
+"""`mtl_keras.workflow` pieces that need no training: precision, strategy checks, output folders."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import keras
 import pytest
 
 from mtl_keras.config import ExperimentConfig
-from mtl_keras.experiment import check_strategy, meta_model, output_dir
+from mtl_keras.workflow import build_meta_model, check_strategy, output_dir
 
 TINY = ExperimentConfig(image_size=16, widths=(4, 4, 4, 4), shots=(1,))
 
@@ -17,13 +17,13 @@ def _compute_dtypes(model):
 
 def test_meta_model_builds_the_backbone_under_config_precision_and_restores_the_policy():
     keras.mixed_precision.set_dtype_policy("float32")
-    bf16 = meta_model(TINY.replace(precision="mixed_bfloat16"), 1, None)
+    bf16 = build_meta_model(TINY.replace(precision="mixed_bfloat16"), 1, None)
     assert _compute_dtypes(bf16) == {"bfloat16"}
     assert {w.dtype for w in bf16.backbone.trainable_weights} == {"float32"}  # variables stay float32
     assert keras.mixed_precision.dtype_policy().name == "float32"
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     try:
-        f32 = meta_model(TINY, 1, None)  # the config wins over the global policy
+        f32 = build_meta_model(TINY, 1, None)  # the config wins over the global policy
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     assert _compute_dtypes(f32) == {"float32"}
@@ -47,7 +47,7 @@ def test_paper_presets_carry_the_official_optimizer_and_meta_phase():
     config = get_config("paper-mini_imagenet-1shot").replace(
         image_size=16, widths=(4, 4, 4, 4), steps_per_epoch=3
     )
-    model = meta_model(config, 1, None)
+    model = build_meta_model(config, 1, None)
     assert model.optimizer.epsilon == model.head_optimizer.epsilon == 1e-8
 
     def schedule(optimizer):
@@ -60,7 +60,7 @@ def test_paper_presets_carry_the_official_optimizer_and_meta_phase():
     assert {w.name for w in model.backbone.trainable_weights} == {"scale", "shift", "gamma", "beta"}
     assert model.head_initializer == "kaiming" and model.head.kernel.numpy().any()
     # The defaults stay Φ only, zero head, constant rates, Keras' ε.
-    plain = meta_model(TINY, 1, None)
+    plain = build_meta_model(TINY, 1, None)
     assert {w.name for w in plain.backbone.trainable_weights} == {"scale", "shift"}
     assert plain.optimizer.epsilon == 1e-7 and not plain.head.kernel.numpy().any()
     assert isinstance(plain.optimizer.get_config()["learning_rate"], float)

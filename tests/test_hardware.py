@@ -4,7 +4,7 @@ import pytest
 
 from mtl_keras import hardware
 from mtl_keras.config import ExperimentConfig
-from mtl_keras.experiment import meta_model
+from mtl_keras.workflow import build_meta_model
 
 AVX2_ONLY = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx fma avx2\n\n"
 AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16\n\n"
@@ -59,9 +59,9 @@ def test_the_models_of_a_run_follow_the_cpu(fake_cpu):
     # The one place every stage (CLI, tuning, under a strategy too) builds its model.
     config = ExperimentConfig(image_size=16, widths=(4, 4, 4, 4), shots=(1,), precision="mixed_bfloat16")
     fake_cpu(AVX2_ONLY)
-    assert _compute_dtypes(meta_model(config, 1, None)) == {"float32"}
+    assert _compute_dtypes(build_meta_model(config, 1, None)) == {"float32"}
     fake_cpu(AVX512_BF16)
-    assert _compute_dtypes(meta_model(config, 1, None)) == {"bfloat16"}
+    assert _compute_dtypes(build_meta_model(config, 1, None)) == {"bfloat16"}
 
 
 def _compute_dtypes(model):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mtl_keras import experiment, run_lock, tuning
+from mtl_keras import run_lock, tuning, workflow
 from mtl_keras.config import ExperimentConfig
 from mtl_keras.reproduce import ReproduceSettings, reproduce
 from mtl_keras.run_lock import RunFolderLocked, run_folder_lock
@@ -186,12 +186,11 @@ def test_a_holder_that_has_not_written_yet_is_still_refused():
 
 CONFIG = ExperimentConfig(image_size=16, widths=(4, 4, 4, 4), shots=(1,))
 ENTRY_POINTS = {
-    "run_experiment": lambda d: experiment.run_experiment(CONFIG, d),
-    "run_workflow": lambda d: experiment.run_workflow(CONFIG, d),
-    "pretrain_stage": lambda d: experiment.pretrain_stage(CONFIG, d),
-    "meta_train_stage": lambda d: experiment.meta_train_stage(CONFIG, d),
-    "evaluate_stage": lambda d: experiment.evaluate_stage(CONFIG, d),
-    "export_stage": lambda d: experiment.export_stage(CONFIG, d),
+    "run_workflow": lambda d: workflow.run_workflow(CONFIG, d),
+    "pretrain_stage": lambda d: workflow.pretrain_stage(CONFIG, d),
+    "meta_train_stage": lambda d: workflow.meta_train_stage(CONFIG, d),
+    "evaluate_stage": lambda d: workflow.evaluate_stage(CONFIG, d),
+    "export_stage": lambda d: workflow.export_stage(CONFIG, d),
     "run_tuning": lambda d: tuning.run_tuning(CONFIG, d),
     "reproduce": lambda d: reproduce(ReproduceSettings(CONFIG), d),
 }
@@ -224,9 +223,9 @@ def test_each_multi_worker_process_locks_the_folder_it_writes(tmp_path, held_fol
     """A non-chief worker writes (and so locks) RUN_DIR/worker-<i>, not the chief's folder."""
     folder, _ = held_folder
     worker = object()
-    real = experiment.output_dir
+    real = workflow.output_dir
     monkeypatch.setattr(
-        experiment,
+        workflow.run_folder,
         "output_dir",
         lambda run_dir, strategy: real(run_dir, None) + ("/worker-1" if strategy is worker else ""),
     )
@@ -235,8 +234,8 @@ def test_each_multi_worker_process_locks_the_folder_it_writes(tmp_path, held_fol
         assert json.loads((folder / "worker-1" / ".lock").read_text())["pid"] == os.getpid()
         raise RuntimeError("past the lock")
 
-    monkeypatch.setattr(experiment, "check_strategy", stop)
+    monkeypatch.setattr(workflow.stages, "check_strategy", stop)
     with pytest.raises(RuntimeError, match="past the lock"):
-        experiment.pretrain_stage(CONFIG, str(folder), strategy=worker)
+        workflow.pretrain_stage(CONFIG, str(folder), strategy=worker)
     with pytest.raises(RunFolderLocked):
-        experiment.pretrain_stage(CONFIG, str(folder), strategy=None)
+        workflow.pretrain_stage(CONFIG, str(folder), strategy=None)

@@ -35,8 +35,8 @@ def precision_accuracy(
 
     from mtl_keras.config import get_config
     from mtl_keras.evaluation import evaluate_episodes
-    from mtl_keras.experiment import load_config_benchmark, meta_model, meta_train, pretrain
     from mtl_keras.hardware import ALLOW_EMULATED_BF16
+    from mtl_keras.workflow import build_meta_model, load_config_benchmark, meta_train, pretrain
 
     # This compares the two precisions' accuracy: bfloat16 even where the CPU emulates it.
     os.environ[ALLOW_EMULATED_BF16] = "1"
@@ -48,8 +48,8 @@ def precision_accuracy(
         weights = os.path.join(tmp, "pretrained_backbone.weights.h5")
         pretrained.backbone.save_weights(weights)
         for precision in PRECISIONS:
-            # meta_model builds the backbone under config.precision
-            model = meta_model(config.replace(precision=precision), splits.train.channels, weights)
+            # build_meta_model builds the backbone under config.precision
+            model = build_meta_model(config.replace(precision=precision), splits.train.channels, weights)
             meta_train(
                 config,
                 model,

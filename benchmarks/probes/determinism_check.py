@@ -27,11 +27,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np, tensorflow as tf, keras
 from benchmarks.harness.keras_worker import synthetic_episodes
 from mtl_keras.config import get_config
-from mtl_keras.experiment import meta_transfer_model, build_backbone
+from mtl_keras.workflow import build_meta_model
 unroll, calls = sys.argv[1] == "unrolled", int(sys.argv[2])
 config = get_config("cpu-glyphs")
 keras.utils.set_random_seed(0)
-model = meta_transfer_model(config, build_backbone(config, 1), unroll_training=unroll)
+model = build_meta_model(config, 1, unroll_training=unroll)
 inputs, labels = synthetic_episodes(config.meta_batch_size, config.ways, 1, config.queries, config.image_size, 1)
 variables = model.trainable_variables
 @tf.function

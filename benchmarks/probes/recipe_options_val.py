@@ -30,13 +30,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from mtl_keras.config import get_config  # noqa: E402
-from mtl_keras.experiment import load_config_benchmark  # noqa: E402
 from mtl_keras.reproduce import (  # noqa: E402
     ReproduceSettings,
     build_row_model,
     draw_episodes,
     meta_train_row,
 )
+from mtl_keras.workflow import load_config_benchmark  # noqa: E402
 
 VARIANTS = {
     "recipe": {},

@@ -13,7 +13,7 @@ import argparse
 
 from mtl_keras import load_benchmark, make_episodes
 from mtl_keras.config import get_config
-from mtl_keras.experiment import meta_model
+from mtl_keras.workflow import build_meta_model
 
 CANDIDATES = {
     "inner 20, lr 0.1, phi 1e-3, head 1e-3": dict(inner_lr=0.1, phi_lr=1e-3, head_lr=1e-3),
@@ -28,7 +28,7 @@ def main(weights: str, rounds: int = 4, steps: int = 25, seed: int = 0) -> None:
     train, val, _ = load_benchmark("glyphs", image_size=base.image_size, verbose=False)
     for name, changes in CANDIDATES.items():
         config = base.replace(seed=seed, **changes)
-        model = meta_model(config, train.channels, weights)
+        model = build_meta_model(config, train.channels, weights)
         val_eps = make_episodes(
             val, 5, 1, 15, meta_batch_size=10, num_batches=20, seed=seed + 1, repeatable=True
         )

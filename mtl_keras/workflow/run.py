@@ -1,0 +1,187 @@
+"""`run_workflow`: the four stages in one run folder, and the tables it prints."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import tensorflow as tf
+
+from mtl_keras.callbacks import format_duration
+from mtl_keras.config import ExperimentConfig
+from mtl_keras.evaluation import EvaluationResult, paired_difference
+from mtl_keras.plots import plot_run
+from mtl_keras.workflow.builders import load_config_benchmark
+from mtl_keras.workflow.run_folder import (
+    PRETRAINED_WEIGHTS,
+    check_strategy,
+    checkpoint_path,
+    open_run,
+    read_metrics,
+    update_metrics,
+    writes_run_folder,
+)
+from mtl_keras.workflow.stages import (
+    BASELINE_ROW,
+    MTL_ROW,
+    evaluate_stage,
+    export_stage,
+    meta_train_stage,
+    pretrain_stage,
+)
+
+
+def format_table(
+    rows: dict[str, dict[int, EvaluationResult]], ways: int, baseline: str | None = BASELINE_ROW
+) -> str:
+    """A Markdown table: one row per method; per shot setting the accuracy (mean ± 95% CI) and,
+    when a ``baseline`` row is given, the paired difference against it.
+
+    The paired column is the mean ± 95% CI of the per-episode accuracy differences (every row
+    is evaluated on the same episodes): a CI that excludes 0 is a difference the episodes
+    support, however much the two rows' own CIs overlap.
+    """
+    shots = sorted({s for r in rows.values() for s in r})
+    paired = baseline is not None and baseline in rows
+    header = ["method"]
+    for s in shots:
+        header.append(f"{ways}-way {s}-shot")
+        if paired:
+            header.append(f"{s}-shot − pretrained (paired)")
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
+    for name, by_shot in rows.items():
+        cells = []
+        for s in shots:
+            result = by_shot.get(s)
+            cells.append(f"{100 * result.mean:.2f} ± {100 * result.ci95:.2f}" if result else "–")
+            if paired:
+                base = rows[baseline].get(s)
+                if name == baseline or result is None or base is None:
+                    cells.append("–")
+                else:
+                    mean, ci = paired_difference(result, base)
+                    cells.append(f"{100 * mean:+.2f} ± {100 * ci:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_stage_times(stage_seconds: dict[str, float | None], total: float) -> str:
+    """The time-per-stage table `run_workflow` prints (None: done in an earlier run)."""
+    width = max(map(len, [*stage_seconds, "total"]))
+    lines = ["Time per stage:"]
+    for stage, seconds in stage_seconds.items():
+        lines.append(
+            f"  {stage:<{width}}  {'done in an earlier run' if seconds is None else format_duration(seconds)}"
+        )
+    lines.append(f"  {'total':<{width}}  {format_duration(total)}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- workflow stages
+# The `mtl-keras` subcommands, one function each: every stage reads and writes the
+
+
+@writes_run_folder
+def run_workflow(
+    config: ExperimentConfig,
+    run_dir: str,
+    verbose: bool = True,
+    tensorboard: bool = True,
+    strategy: tf.distribute.Strategy | None = None,
+    restart: bool = False,
+) -> dict:
+    """The whole job in one run folder (``mtl-keras run``; ``mtl-keras demo`` without TensorBoard):
+    pretrain, evaluate the pretrained baseline, meta-train with MTL, evaluate, export — each stage
+    the same function its own subcommand calls (`mtl_keras.workflow.stages`).
+
+    Writes into ``run_dir``: ``config.json``, ``pretrained_backbone.weights.h5``,
+    ``mtl_{K}shot.weights.h5``, ``metrics.json`` (results of both rows with their paired
+    difference, histories, per-class accuracy, seconds per stage), ``results.md``,
+    ``episodes/sample_{K}shot.npz``, ``export/{N}way{K}shot`` SavedModels, every plot in
+    ``plots/`` and, with ``tensorboard``, logs in ``logs/``.
+
+    Resumable: run it again with the same ``run_dir`` after a crash and it skips the completed
+    stages and resumes the interrupted one after its last completed epoch (see `RunProgress`);
+    ``restart=True`` starts over.
+
+    Args:
+        config: the experiment settings.
+        run_dir: the run folder.
+        verbose: progress output.
+        tensorboard: TensorBoard logs (``logs/pretrain``, ``logs/mtl_{K}shot``,
+            ``logs/test_{K}shot``).
+        strategy: a `tf.distribute` strategy for pretraining and meta-training (evaluation
+            and export run on one device). Under a multi-worker strategy non-chief workers
+            write to `output_dir`.
+        restart: ignore (delete) the progress of an earlier run in ``run_dir``.
+
+    Returns:
+        The final ``metrics.json`` content; ``stage_seconds`` holds the seconds this call spent
+        on each stage (loading, pretraining, each baseline evaluation, meta-training, test
+        evaluation and export; None: done in an earlier run), printed at the end as a table
+        when ``verbose``.
+    """
+    start = time.time()
+    check_strategy(config, strategy)
+    out, progress = open_run(config, run_dir, strategy, restart)
+    if not progress.state["stages"] and os.path.exists(os.path.join(out, "metrics.json")):
+        os.remove(os.path.join(out, "metrics.json"))  # a new run: no numbers of an earlier one
+    say = print if verbose else (lambda *a, **k: None)
+    # Seconds this process spent on each stage; None: done in an earlier run.
+    stage_seconds: dict[str, float | None] = {}
+
+    @contextlib.contextmanager
+    def timed(stage: str, done_before: bool = False):
+        began = time.perf_counter()
+        yield
+        stage_seconds[stage] = None if done_before else round(time.perf_counter() - began, 1)
+
+    # Evaluation and export run on one device and write this process' folder (`output_dir`).
+    common = {"verbose": verbose, "tensorboard": tensorboard, "plots": False}
+    say(f"[1/4] Loading benchmark '{config.benchmark}'")
+    with timed("loading the benchmark"):
+        splits = load_config_benchmark(config)
+    say("[2/4] Pretraining")
+    with timed("pretraining", progress.finished("pretrain", os.path.join(out, PRETRAINED_WEIGHTS))):
+        pretrain_stage(config, run_dir, strategy=strategy, splits=splits, **common)
+    rows: dict[str, dict[int, EvaluationResult]] = {BASELINE_ROW: {}, MTL_ROW: {}}
+    for k in config.shots:
+        one = {"shots": (k,), "splits": splits, **common}
+        say(f"[3/4] {config.ways}-way {k}-shot: baseline evaluation, then meta-training")
+        with timed(f"baseline evaluation {k}-shot"):
+            rows[BASELINE_ROW][k] = evaluate_stage(config, out, pretrained=True, **one)[k]
+        with timed(f"meta-training {k}-shot", progress.finished(f"mtl_{k}shot", checkpoint_path(out, k))):
+            meta_train_stage(config, run_dir, strategy=strategy, **one)
+        say(f"[4/4] {config.ways}-way {k}-shot: test evaluation ({config.test_episodes} episodes)")
+        with timed(f"test evaluation {k}-shot"):
+            rows[MTL_ROW][k] = evaluate_stage(config, out, **one)[k]
+        with timed(f"export {k}-shot"):
+            export_stage(config, out, verbose=verbose, shots=(k,))
+
+    table = format_table(rows, config.ways)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    metrics = update_metrics(
+        out,
+        {
+            "paired_difference": {
+                f"{k}-shot": dict(zip(("mean", "ci95"), paired_difference(r, rows[BASELINE_ROW][k])))
+                for k, r in rows[MTL_ROW].items()
+            },
+            "seconds": round(time.time() - start, 1),
+            "stage_seconds": stage_seconds,
+        },
+    )
+    written = plot_run(out)
+    say("")
+    say(
+        f"Test accuracy (%) on {splits.test.num_classes} unseen {config.benchmark} classes, "
+        f"{config.test_episodes} episodes (the same for both rows), mean ± 95% CI; the paired columns: "
+        "mean ± 95% CI of the per-episode difference against the pretrained row:"
+    )
+    say(table)
+    say("\n" + format_stage_times(stage_seconds, metrics["seconds"]))
+    say(f"\nPlots: {', '.join(os.path.basename(p) for p in written)} in {os.path.join(out, 'plots')}")
+    say(f"Run folder: {out} ({metrics['seconds']:.0f} s)")
+    return read_metrics(out)

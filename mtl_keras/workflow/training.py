@@ -1,0 +1,244 @@
+"""The two trainings of the workflow: `pretrain` (the backbone as a classifier of the base
+classes) and `meta_train` (MTL on episodes, keeping the best validation epoch), each resumable
+from a backup folder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import keras
+import tensorflow as tf
+
+from mtl_keras.callbacks import (
+    BestCheckpoint,
+    HardTaskMining,
+    ResumableCheckpoint,
+    StopOnNonFiniteLoss,
+    TimeEstimate,
+    save_weights_atomic,
+)
+from mtl_keras.config import ExperimentConfig
+from mtl_keras.data.augment import pretrain_augmentation
+from mtl_keras.data.episodes import pretrain_dataset
+from mtl_keras.evaluation import EpisodeAccuracy
+from mtl_keras.models.meta_transfer import MetaTransferModel
+from mtl_keras.models.pretrain import PretrainModel
+from mtl_keras.workflow.builders import build_backbone, training_episodes
+
+
+def verbose_mode(verbose: bool) -> int:
+    """Keras' ``fit`` verbosity for ``verbose``: a progress bar on a terminal, a line per epoch otherwise."""
+    return 0 if not verbose else (1 if sys.stdout.isatty() else 2)
+
+
+def pretrain(
+    config: ExperimentConfig,
+    train_split,
+    verbose: bool = True,
+    callbacks: list | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    backup_dir: str | None = None,
+):
+    """Train the backbone as a classifier over the base classes.
+
+    Args:
+        config: the experiment settings (``pretrain_*``, backbone, seed).
+        train_split: the base classes.
+        verbose: progress output, with the stage's time estimate (`TimeEstimate`).
+        callbacks: passed to ``fit`` (e.g. `tensorboard_callbacks`).
+        strategy: a `tf.distribute` strategy to build and train the model under.
+        backup_dir: back up the training state there at every epoch end
+            (`ResumableCheckpoint`) and resume from it if a backup is there: a crash
+            costs at most one epoch. (The resumed run reshuffles the images from
+            the start, so it is not bit-identical to an uninterrupted one.)
+
+    Returns:
+        ``(PretrainModel, history dict)``. 10% of each class is held out and
+        reported as ``val_accuracy``.
+    """
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        backbone = build_backbone(config, train_split.channels)
+        model = PretrainModel(
+            backbone,
+            train_split.num_classes,
+            augmentation=pretrain_augmentation(seed=config.seed) if config.pretrain_augment else None,
+            dropout=config.pretrain_dropout,
+        )
+        train_ds, held_ds = pretrain_dataset(
+            train_split, batch_size=config.pretrain_batch_size, seed=config.seed, holdout=0.1
+        )
+        per_epoch = int(train_ds.cardinality())
+        per_epoch = per_epoch if per_epoch > 0 else sum(1 for _ in train_ds)
+        steps = per_epoch * max(1, config.pretrain_epochs)
+        schedule = keras.optimizers.schedules.CosineDecay(config.pretrain_lr, decay_steps=steps)
+        model.compile(
+            optimizer=keras.optimizers.Adam(schedule),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+    backup = ResumableCheckpoint(backup_dir, verbose=int(verbose), chief_only=False) if backup_dir else None
+    # No held-out images when classes are tiny (10% of 2 rounds to 0): then no validation.
+    held = held_ds if int(held_ds.cardinality()) != 0 else None
+    stop = []
+    if config.pretrain_patience and held is not None:
+        stop = [
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy",
+                mode="max",
+                patience=config.pretrain_patience,
+                restore_best_weights=True,
+                verbose=int(verbose),
+            )
+        ]
+        if verbose:
+            print(
+                f"Pretraining: at most {config.pretrain_epochs} epochs, stopping when the held-out accuracy "
+                f"has not improved for {config.pretrain_patience} (the estimate below is for all of them)",
+                flush=True,
+            )
+    history = model.fit(
+        train_ds,
+        shuffle=False,  # a tf.data pipeline: it shuffles itself (Keras warns otherwise)
+        validation_data=held,
+        epochs=config.pretrain_epochs,
+        verbose=verbose_mode(verbose),
+        callbacks=[
+            *([TimeEstimate("pretraining")] if verbose else []),
+            *stop,
+            *([backup] if backup else []),
+            *(callbacks or []),
+        ],
+    )
+    return model, _full_history(history.history, backup)
+
+
+#: Below this accuracy on the base classes a pretrained backbone is reported as weak.
+WEAK_PRETRAINING_ACCURACY = 0.5
+
+
+def weak_pretraining(history: dict, num_classes: int) -> str | None:
+    """A warning when pretraining ended with a backbone that barely separates the base classes.
+
+    Judged on the best held-out accuracy (``val_accuracy``) when there is one, else the
+    training accuracy of the last epoch, against `WEAK_PRETRAINING_ACCURACY`.
+
+    Returns:
+        The warning (what was reached, chance, what to do), or None for a usable backbone.
+    """
+    held = [v for v in history.get("val_accuracy", []) if v == v]
+    accuracy, what = (
+        (max(held), "held-out") if held else (history.get("accuracy", [float("nan")])[-1], "training")
+    )
+    if not accuracy < WEAK_PRETRAINING_ACCURACY:
+        return None
+    epochs = len(history.get("loss", []))
+    return (
+        f"Warning: pretraining ended after {epochs} epoch(s) with {100 * accuracy:.1f}% {what} accuracy over "
+        f"{num_classes} base classes (chance {100 / num_classes:.1f}%): the backbone barely separates them, "
+        "and meta-training and the few-shot results start from weak features. Pretrain longer "
+        "(--set pretrain_epochs=N with --set pretrain_patience=5 stops when the held-out accuracy stops "
+        "improving), or use a smaller backbone (--set widths=...) for few images."
+    )
+
+
+def _full_history(history: dict, backup: ResumableCheckpoint | None) -> dict:
+    """A fit's history, with the epochs of earlier (interrupted) runs when resumed from ``backup``."""
+    if backup is None or not backup.history:
+        return dict(history)
+    keys = sorted({k for epoch in backup.history for k in epoch})
+    return {k: [epoch.get(k, float("nan")) for epoch in backup.history] for k in keys}
+
+
+def meta_train(
+    config: ExperimentConfig,
+    model: MetaTransferModel,
+    train_split,
+    val_split,
+    shots: int,
+    checkpoint_path: str,
+    verbose: bool = True,
+    callbacks: list | None = None,
+    backup_dir: str | None = None,
+) -> dict:
+    """Meta-train ``model`` on ``shots``-shot episodes; keep the best validation epoch.
+
+    The weights with the highest mean validation-episode accuracy — the pretrained
+    model before any meta-training (epoch 0) competes too — are written atomically
+    to ``checkpoint_path`` and restored into ``model`` at the end.
+
+    Args:
+        config: the experiment settings.
+        model: a compiled `MetaTransferModel` (e.g. from `build_meta_model`).
+        train_split, val_split: base and validation classes.
+        shots: ``K``.
+        checkpoint_path: the best weights (``.weights.h5``).
+        verbose: progress output, with the stage's time estimate (`TimeEstimate`).
+        callbacks: passed to ``fit`` after the checkpoint callbacks.
+        backup_dir: back up the whole training state (weights, both optimizers,
+            episode stream, hard-task pool) there at every epoch end and, if a backup is there,
+            resume from it: the resumed run trains the same meta-batches as an
+            uninterrupted one (`ResumableCheckpoint`).
+
+    With ``config.hard_tasks`` the meta-batches include hard tasks (`HardTaskPool`,
+    periodic: ``ht_hard_batches`` hard meta-batches after every ``ht_every`` normal
+    ones, as the paper) and the history holds ``hard_tasks`` per epoch.
+
+    Returns:
+        The history (every epoch, including those of an interrupted earlier run),
+        with ``initial_val_accuracy`` and ``kept_epoch`` (0 = the pretrained model).
+    """
+    keras.utils.set_random_seed(config.seed)
+    train_eps, pool = training_episodes(
+        config, train_split, shots, replicas=model.distribute_strategy.num_replicas_in_sync
+    )
+    validation = EpisodeAccuracy(
+        val_split, config.ways, shots, config.queries, config.val_episodes, config.seed + 1
+    )
+    # Every worker of a multi-worker strategy writes its own backup (see `output_dir`).
+    backup = (
+        ResumableCheckpoint(backup_dir, train_eps, verbose=int(verbose), chief_only=False)
+        if backup_dir
+        else None
+    )
+    state = backup.read_state() if backup is not None else None
+    # Epoch 0: the pretrained model before any meta-training competes too.
+    initial = validation.evaluate(model).mean
+    best = BestCheckpoint(checkpoint_path, monitor="val_accuracy", mode="max", best=initial)
+    if state is not None and os.path.exists(checkpoint_path):
+        # Resuming: the best of the epochs already trained is on disk (saved before the backup).
+        best.best = max([initial, *(e["val_accuracy"] for e in state["history"] if "val_accuracy" in e)])
+    else:
+        save_weights_atomic(model, checkpoint_path)
+    # `best` before `backup`: a backed-up epoch's best weights are always on disk already; the
+    # hard-task logger too: it closes the pool's epoch, which the backup then saves.
+    logger = [HardTaskMining(train_eps, top_k=3, verbose=int(verbose))] if pool is not None else []
+    try:
+        history = model.fit(
+            train_eps,
+            shuffle=False,  # a tf.data pipeline: it shuffles itself (Keras warns otherwise)
+            steps_per_epoch=config.steps_per_epoch,
+            epochs=config.meta_epochs,
+            callbacks=[
+                validation,  # first: the callbacks after it read its val_accuracy
+                *([TimeEstimate(f"meta-training {shots}-shot")] if verbose else []),
+                best,
+                *logger,
+                *([backup] if backup else []),
+                StopOnNonFiniteLoss(),
+                *(callbacks or []),
+            ],
+            verbose=verbose_mode(verbose),
+        )
+    finally:
+        if pool is not None:
+            model.task_feedback = None
+    model.load_weights(checkpoint_path)
+    hist = _full_history(history.history, backup)
+    hist["initial_val_accuracy"] = [initial]
+    # Epoch kept: 0 (the pretrained model) unless a meta-training epoch beat it on validation.
+    val = [initial, *hist.get("val_accuracy", [])]
+    hist["kept_epoch"] = [int(max(range(len(val)), key=lambda i: (val[i], -i)))]
+    return hist
