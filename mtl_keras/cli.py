@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 
@@ -142,11 +143,64 @@ def _plot(args) -> int:
     return 0
 
 
-def _reproduce(args) -> int:
-    from mtl_keras.reproduce import run_from_args
+def _reproduce(args, prog: str = "mtl-keras reproduce") -> int:
+    """`reproduce` (or, with ``--seeds``, `reproduce_seeds`) as the command line asks.
 
-    run_from_args(args)
+    Settings (`resolve_settings`, later wins): ``--config`` (default: `default_config`),
+    ``--quick``, the flags (``--benchmark``, ``--root``, ``--allow-pickle``, ``--seed``,
+    ``--shots``), ``--rows``, then ``--set``. The command is recorded in ``RESULTS.md``.
+    """
+    from mtl_keras.ablation import reproduce, reproduce_seeds, resolve_settings
+
+    settings = resolve_settings(
+        args.config,
+        quick=args.quick,
+        rows=getattr(args, "rows", None),
+        assignments=args.set or (),
+        benchmark=args.benchmark,
+        root=args.root,
+        seed=args.seed,
+        shots=tuple(args.shots) if args.shots else None,
+        allow_pickle=True if getattr(args, "allow_pickle", False) else None,
+    )
+    out = args.out or os.path.join(
+        "runs", f"reproduce-{settings.config.benchmark}{'-quick' if args.quick else ''}"
+    )
+    command = _reproduce_command(args, prog)
+    if getattr(args, "seeds", None):
+        if args.weights:
+            raise ValueError(
+                "--weights with --seeds: each seed pretrains its own backbone; drop --weights, or run one "
+                "seed with --seed S --weights FILE."
+            )
+        reproduce_seeds(settings, out, args.seeds, verbose=not args.quiet, command=command)
+    else:
+        reproduce(settings, out, weights=args.weights, verbose=not args.quiet, command=command)
     return 0
+
+
+def _reproduce_command(args, prog: str = "mtl-keras reproduce") -> str:
+    """The canonical command line of parsed ``reproduce`` arguments (what ``RESULTS.md`` records)."""
+    parts = [prog]
+    if args.quick:
+        parts.append("--quick")
+    for flag in ("config", "benchmark", "root", "seed", "weights", "out"):
+        value = getattr(args, flag)
+        if value is not None:
+            parts += [f"--{flag}", str(value)]
+    if args.shots:
+        parts += ["--shots", *map(str, args.shots)]
+    if getattr(args, "seeds", None):
+        parts += ["--seeds", *map(str, args.seeds)]
+    if getattr(args, "rows", None):
+        parts += ["--rows", *args.rows]
+    if getattr(args, "allow_pickle", False):
+        parts.append("--allow-pickle")
+    for item in args.set or ():
+        parts += ["--set", item]
+    if args.quiet:
+        parts.append("--quiet")
+    return " ".join(shlex.quote(p) if i else p for i, p in enumerate(parts))
 
 
 def _benchmarks(args) -> int:

@@ -1,6 +1,6 @@
 """Reproduce the MTL ablation (scratch, pretrained, FT, SS, SS + HT) on one benchmark.
 
-A thin runner: the logic is `mtl_keras.reproduce`; the options are those of
+A thin runner: the logic is `mtl_keras.ablation`; the options are those of
 ``mtl-keras reproduce`` (see ``--help``).
 
     python scripts/reproduce.py --out runs/reproduce-glyphs          # full glyph run, ≈ 1 hour on 2 CPU cores

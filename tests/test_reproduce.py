@@ -8,11 +8,7 @@ import numpy as np
 import pytest
 
 from mtl_keras import cli
-from mtl_keras.backbones import resnet12
-from mtl_keras.data.episodes import make_episodes
-from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
-from mtl_keras.models.meta_transfer import MetaTransferModel
-from mtl_keras.reproduce import (
+from mtl_keras.ablation import (
     ROWS,
     ReproduceSettings,
     draw_episodes,
@@ -21,6 +17,10 @@ from mtl_keras.reproduce import (
     paired_difference,
     verdict,
 )
+from mtl_keras.backbones import resnet12
+from mtl_keras.data.episodes import make_episodes
+from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
+from mtl_keras.models.meta_transfer import MetaTransferModel
 from tests.conftest import make_prototype_split
 
 #: `--quick` shrunk further so the whole reproduction runs in under 90 s on 2 cores.
@@ -93,7 +93,7 @@ def test_reproduce_beats_chance_in_every_row_and_writes_the_table(reproduction):
 def test_the_report_can_be_rewritten_from_results_json(reproduction, tmp_path):
     import shutil
 
-    from mtl_keras.reproduce import rewrite_report
+    from mtl_keras.ablation import rewrite_report
 
     out, _ = reproduction
     copy = tmp_path / "copy"
@@ -192,7 +192,7 @@ def _fake_run(seed, accuracies, rows=("pretrained", "ft", "ss", "ss_ht")):
 
 
 def test_seeds_report_pools_paired_differences_and_checks_the_targets():
-    from mtl_keras.reproduce import seeds_report
+    from mtl_keras.ablation import seeds_report
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.3, 0.9, size=200)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from mtl_keras import run_lock, tuning, workflow
+from mtl_keras.ablation import ReproduceSettings, reproduce
 from mtl_keras.config import ExperimentConfig
-from mtl_keras.reproduce import ReproduceSettings, reproduce
 from mtl_keras.run_lock import RunFolderLocked, run_folder_lock
 
 REPO = str(Path(__file__).resolve().parents[1])
