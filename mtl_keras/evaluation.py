@@ -143,6 +143,38 @@ def embed_split(model, split: ClassSplit, batch_size: int = 256) -> np.ndarray:
     return np.concatenate([np.asarray(embed(x)) for x in images]).astype(np.float32)
 
 
+def head_for_ways(model, ways: int) -> tuple[np.ndarray, np.ndarray]:
+    """The inner loop's initial head ``(W0 (D, ways), b0 (ways,))`` for ``ways``-way episodes.
+
+    ``model.ways``: the meta-learned head. Any other ``ways``: zeros. (A head init meta-learned
+    for N positions cannot be reused as is; since class positions are random, the natural
+    transfer is its column mean tiled to every class, and a head whose columns are all equal
+    gives equal logits — the same softmax, hence the same inner loop — as zeros.)
+    """
+    if ways == model.ways:
+        return np.asarray(model.head.kernel), np.asarray(model.head.bias)
+    dim = int(model.head.kernel.shape[0])
+    return np.zeros((dim, ways), np.float32), np.zeros((ways,), np.float32)
+
+
+def kept_epoch(accuracies) -> int:
+    """The one model-selection rule: which epoch of a meta-training to keep.
+
+    Args:
+        accuracies: validation accuracy of epoch 0 (the model before meta-training) and of
+            each trained epoch, ``[a0, a1, ..., aE]`` (NaN: never kept).
+
+    Returns:
+        The index of the highest accuracy — epoch 0 competes, so a meta-training that never
+        beats its starting point keeps it — the earliest one on ties. The workflow's
+        `meta_train`, the ablation's rows and the tuner's objective all use it.
+    """
+    values = [float(a) if a == a else -math.inf for a in accuracies]
+    if not values:
+        raise ValueError("kept_epoch: no accuracies.")
+    return int(max(range(len(values)), key=lambda i: (values[i], -i)))
+
+
 def paired_difference(a: EvaluationResult, b: EvaluationResult) -> tuple[float, float]:
     """``(mean, 95% CI half-width)`` of the per-episode accuracy difference ``a - b``.
 
@@ -208,6 +240,8 @@ def evaluate_episodes(
     verbose: bool = True,
     return_details: bool = False,
     cached: bool | None = None,
+    features: np.ndarray | None = None,
+    head: tuple[np.ndarray, np.ndarray] | None = None,
 ):
     """Mean query accuracy and 95% CI of ``model`` over ``episodes`` test episodes.
 
@@ -234,6 +268,12 @@ def evaluate_episodes(
             one traces the graph) of ``meta_batch_size`` episodes.
         return_details: also return per-class statistics from the same pass.
         cached: embed each image once (default: when batch norm is frozen).
+        features: ``(num_images, D)`` float32 embeddings of ``split`` already computed with
+            ``embed_split(model, split)`` (implies ``cached``): several settings of one model
+            (1-shot, 5-shot, 20-way) then share one embedding pass.
+        head: the inner loop's initial head ``(W0 (D, ways), b0 (ways,))`` instead of the
+            model's meta-learned one (cached path only); with it ``ways`` may differ from
+            ``model.ways`` (e.g. `head_for_ways`).
 
     Returns:
         An `EvaluationResult`; with ``return_details``, ``(result, details)`` where
@@ -252,9 +292,20 @@ def evaluate_episodes(
     Raises:
         ValueError: a model of other ``ways``; ``cached=True`` with transductive batch norm.
     """
-    if model.ways != ways:
-        raise ValueError(f"The model has a {model.ways}-way head; cannot evaluate {ways}-way episodes.")
+    if head is not None and tuple(np.shape(head[1])) != (ways,):
+        raise ValueError(
+            f"head: a bias of shape {np.shape(head[1])} for {ways}-way episodes; need ({ways},)."
+        )
+    if model.ways != ways and head is None:
+        raise ValueError(
+            f"The model has a {model.ways}-way head; cannot evaluate {ways}-way episodes "
+            "(pass head=head_for_ways(model, ways) to start the inner loop from another head)."
+        )
     frozen = getattr(model, "batch_norm", "frozen") == "frozen"
+    if (features is not None or head is not None) and cached is False:
+        raise ValueError("features= and head= work on cached embeddings: they need cached=True (or None).")
+    if features is not None or head is not None:
+        cached = True
     if cached and not frozen:
         raise ValueError(
             f"cached=True needs batch_norm='frozen': with batch_norm={model.batch_norm!r} an image's "
@@ -265,7 +316,9 @@ def evaluate_episodes(
     batch = max(1, min(meta_batch_size, episodes))
     num_batches = math.ceil(episodes / batch)
     if cached:
-        batches = _cached_batches(model, split, ways, shots, queries, episodes, seed, batch, steps)
+        batches = _cached_batches(
+            model, split, ways, shots, queries, episodes, seed, batch, steps, features, head
+        )
     else:
         batches = _episode_batches(model, split, ways, shots, queries, num_batches, seed, batch, steps)
 
@@ -379,9 +432,25 @@ def _episode_batches(model, split, ways, shots, queries, num_batches, seed, batc
         }
 
 
-def _cached_batches(model, split, ways, shots, queries, episodes, seed, batch, steps):
+def _cached_batches(
+    model, split, ways, shots, queries, episodes, seed, batch, steps, features=None, head=None
+):
     """The same episodes' inner loops on embeddings computed once per image of ``split``."""
-    features = embed_split(model, split)
+    if features is None:
+        features = embed_split(model, split)
+    elif len(features) != split.num_images:
+        raise ValueError(
+            f"features: {len(features)} embeddings for the {split.num_images} images of split '{split.name}'; "
+            "compute them with embed_split(model, split)."
+        )
+    w0, b0 = (
+        (model.head.kernel, model.head.bias)
+        if head is None
+        else (
+            tf.constant(head[0], tf.float32),
+            tf.constant(head[1], tf.float32),
+        )
+    )
     drawn = draw_episodes(split, ways, shots, queries, episodes, seed, meta_batch_size=batch)
     support_labels = np.tile(np.repeat(np.arange(ways, dtype=np.int32), shots), (batch, 1))
     query_labels = np.tile(np.repeat(np.arange(ways, dtype=np.int32), queries), (batch, 1))
@@ -391,8 +460,8 @@ def _cached_batches(model, split, ways, shots, queries, episodes, seed, batch, s
         _, _, history = inner_loop(
             support,
             support_labels,
-            model.head.kernel,
-            model.head.bias,
+            w0,
+            b0,
             steps=steps,
             learning_rate=model.inner_lr,
             query_features=query,

@@ -91,3 +91,63 @@ def test_transductive_models_are_evaluated_episode_by_episode(proto_split):
     assert result.episodes == 4
     with pytest.raises(ValueError, match="cached=True needs batch_norm='frozen'"):
         evaluate_episodes(model, proto_split, 4, 2, 3, episodes=4, verbose=False, cached=True)
+
+
+def test_embeddings_computed_once_serve_several_settings_with_the_same_numbers(proto_split):
+    """``features=``: the ablation embeds a split once per model and evaluates 1-shot, 2-shot and
+    a wider setting from it; the numbers are those of evaluate_episodes embedding by itself."""
+    from mtl_keras.evaluation import embed_split
+
+    model = _model()
+    features = embed_split(model, proto_split)
+    for shots in (1, 2):
+        kwargs = dict(ways=4, shots=shots, queries=3, episodes=9, meta_batch_size=4, seed=3, verbose=False)
+        own = evaluate_episodes(model, proto_split, **kwargs)
+        shared = evaluate_episodes(model, proto_split, features=features, **kwargs)
+        np.testing.assert_array_equal(shared.episode_accuracies, own.episode_accuracies)
+        np.testing.assert_array_equal(shared.per_step_accuracy, own.per_step_accuracy)
+    with pytest.raises(ValueError, match="embed_split"):
+        evaluate_episodes(model, proto_split, 4, 1, 3, episodes=2, features=features[:-1], verbose=False)
+
+
+def test_a_given_head_starts_the_inner_loop_and_allows_other_ways(proto_split):
+    from mtl_keras.evaluation import head_for_ways
+
+    model = _model(ways=4)
+    model.head.kernel.assign(np.random.default_rng(0).normal(size=model.head.kernel.shape).astype("float32"))
+    kwargs = dict(shots=1, queries=3, episodes=8, seed=5, verbose=False)
+    zeros = head_for_ways(model, 3)
+    assert zeros[0].shape == (model.head.kernel.shape[0], 3) and not zeros[0].any()
+    wider = evaluate_episodes(
+        model, proto_split, ways=3, head=zeros, **kwargs
+    )  # a 4-way model, 3-way episodes
+    assert wider.ways == 3 and wider.episodes == 8
+    # head= replaces the meta-learned head: a zero head equals the model with its head zeroed.
+    given = evaluate_episodes(model, proto_split, ways=4, head=head_for_ways(model, 4), **kwargs)
+    np.testing.assert_array_equal(
+        given.episode_accuracies, evaluate_episodes(model, proto_split, 4, **kwargs).episode_accuracies
+    )
+    with_zero = evaluate_episodes(
+        model,
+        proto_split,
+        ways=4,
+        head=(np.zeros_like(zeros[0][:, :1].repeat(4, 1)), np.zeros(4, "float32")),
+        **kwargs,
+    )
+    model.head.kernel.assign(np.zeros(model.head.kernel.shape, "float32"))
+    model.head.bias.assign(np.zeros(model.head.bias.shape, "float32"))
+    np.testing.assert_array_equal(
+        with_zero.episode_accuracies, evaluate_episodes(model, proto_split, 4, **kwargs).episode_accuracies
+    )
+    with pytest.raises(ValueError, match="cached"):
+        evaluate_episodes(model, proto_split, ways=3, head=zeros, cached=False, **kwargs)
+
+
+def test_the_one_model_selection_rule():
+    from mtl_keras.evaluation import kept_epoch
+
+    assert kept_epoch([0.70, 0.69, 0.68]) == 0  # no epoch beat the model before meta-training
+    assert kept_epoch([0.70, 0.72, 0.75, 0.75]) == 2  # ties: the earlier epoch
+    assert kept_epoch([0.70, float("nan"), 0.71]) == 2  # NaN is never kept
+    with pytest.raises(ValueError):
+        kept_epoch([])

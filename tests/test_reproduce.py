@@ -119,9 +119,31 @@ def test_evaluation_on_cached_embeddings_equals_evaluate_episodes():
     backbone = resnet12((16, 16, 1), widths=(4, 4, 4, 4))
     model = MetaTransferModel(backbone, ways=5, inner_steps=2, eval_inner_steps=4, inner_lr=0.1)
     reference = evaluate_episodes(model, split, 5, 1, 3, episodes=30, seed=3, verbose=False)
-    cached = evaluate_model(model, embed_split(backbone, split), draw_episodes(split, 5, 1, 3, 30, seed=3))
+    cached = evaluate_model(
+        model, split, draw_episodes(split, 5, 1, 3, 30, seed=3), embed_split(model, split)
+    )
     np.testing.assert_allclose(cached.episode_accuracies, reference.episode_accuracies, atol=1e-6)
     np.testing.assert_allclose(cached.per_step_accuracy, reference.per_step_accuracy, atol=1e-6)
+
+
+def test_a_row_keeps_the_model_before_meta_training_when_no_epoch_beats_it():
+    """The one model-selection rule (`kept_epoch`) in the ablation too: epoch 0 competes."""
+    from mtl_keras.ablation import EpisodeValidation
+
+    split = make_prototype_split(num_classes=10, per_class=10)
+    model = MetaTransferModel(resnet12((16, 16, 1), widths=(4, 4, 4, 4)), ways=5, eval_inner_steps=2)
+    before = [w.copy() for w in model.get_weights()]
+    validation = EpisodeValidation(model, split, draw_episodes(split, 5, 1, 3, 10, seed=1), initial=1.0)
+    model.head.bias.assign(model.head.bias + 1.0)  # "training" changed the weights; 1.0 can at best be tied
+    validation.on_epoch_end(0, {})
+    assert validation.best_epoch == 0 and len(validation.history) == 2
+    validation.restore_best()
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+    # An epoch that beats epoch 0 is kept.
+    beaten = EpisodeValidation(model, split, draw_episodes(split, 5, 1, 3, 10, seed=1), initial=-1.0)
+    beaten.on_epoch_end(0, {})
+    assert beaten.best_epoch == 1
 
 
 def _result(accuracies):

@@ -19,8 +19,9 @@ rows 2-5: its backbone weights are saved once and loaded afresh for each row.
 
 What is chosen, and where (never on the test split):
 
-* the training epoch of each meta-trained row: the epoch (1..E, after meta-training
-  started) with the best mean accuracy over ``val_episodes`` validation episodes;
+* the training epoch of each meta-trained row: the epoch (0..E; 0 = before meta-training,
+  earlier on ties: `mtl_keras.evaluation.kept_epoch`, the library's one rule) with the best
+  mean accuracy over ``val_episodes`` validation episodes;
 * the FT learning rate: a short probe (``ft_probe_steps`` meta-training steps of the
   first shot setting) per candidate in ``ft_lrs``, scored on the same validation
   episodes;
@@ -28,11 +29,10 @@ What is chosen, and where (never on the test split):
   were chosen on the validation split, see ``benchmarks/probes/select_cpu_glyphs.py``), and the
   scratch row uses MAML's meta learning rate (Adam 1e-3) for all weights.
 
-Evaluation runs on *cached embeddings*: with batch norm frozen (inference statistics,
-the default of `MetaTransferModel`) an image's embedding does not depend on the other
-images of its episode, so each split is embedded once per model and every episode's
-inner loop runs on gathered features. The episodes are exactly those of
-`evaluate_episodes` with the same seed (`draw_episodes`; tested).
+Evaluation is the library's one path, `evaluate_episodes` on *cached embeddings*: with batch
+norm frozen (inference statistics, the default of `MetaTransferModel`) an image's embedding
+does not depend on the other images of its episode, so each split is embedded once per model
+(`embed_split`) and every setting's episodes run their inner loops on gathered features.
 
 Example:
     >>> settings = ReproduceSettings()                    # glyphs, cpu-glyphs preset
@@ -47,8 +47,8 @@ The package, by concern:
 
 * `settings`: `ROWS`, `SHORT`, `CLAIMS`, `ReproduceSettings`, `default_config`,
   `resolve_settings` (what ``mtl-keras reproduce`` runs with).
-* `features`: evaluation on cached embeddings (`evaluate_features`, `evaluate_model`,
-  `head_init`) and `EpisodeValidation` (the kept epoch).
+* `features`: `evaluate_model` (`evaluate_episodes` on a row's shared embeddings) and
+  `EpisodeValidation` (the kept epoch).
 * `rows`: `build_row_model`, `meta_train_row`.
 * `run`: `reproduce`, the whole run on one benchmark.
 * `seeds`: `reproduce_seeds` and ``SEEDS.md`` (`seeds_report`).
@@ -56,7 +56,7 @@ The package, by concern:
   `rewrite_report`).
 """
 
-from mtl_keras.ablation.features import EpisodeValidation, evaluate_features, evaluate_model, head_init
+from mtl_keras.ablation.features import EpisodeValidation, evaluate_model
 from mtl_keras.ablation.report import (
     format_results_table,
     results_from_summary,
@@ -101,10 +101,8 @@ __all__ = [
     "default_config",
     "draw_episodes",
     "embed_split",
-    "evaluate_features",
     "evaluate_model",
     "format_results_table",
-    "head_init",
     "meta_train_row",
     "paired_difference",
     "reproduce",

@@ -1,131 +1,67 @@
-"""Evaluation on cached embeddings: with batch norm frozen an image's embedding does not depend
-on the other images of its episode, so each split is embedded once per model and every episode's
-inner loop runs on gathered features (exactly the episodes of `evaluate_episodes`, same seed);
-and `EpisodeValidation`, the validation callback that keeps each row's best epoch."""
+"""The ablation's evaluation, on the library's one path: `evaluate_episodes` on embeddings
+computed once per model and split (`embed_split`; with batch norm frozen an image's embedding
+does not depend on the other images of its episode), shared by every setting of a row
+(N-way 1-shot, 5-shot, the harder ``hard_ways``-way); and `EpisodeValidation`, the validation
+callback that keeps each row's epoch by the one rule (`mtl_keras.evaluation.kept_epoch`)."""
 
 from __future__ import annotations
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from mtl_keras.evaluation import EpisodeSet, EvaluationResult, confidence_interval, embed_split
-from mtl_keras.models.base_learner import inner_loop
+from mtl_keras.evaluation import (
+    EpisodeAccuracy,
+    EpisodeSet,
+    EvaluationResult,
+    evaluate_episodes,
+    head_for_ways,
+    kept_epoch,
+)
 from mtl_keras.models.meta_transfer import MetaTransferModel
 
 
-@tf.function  # static shapes: the inner loop needs the number of ways
-def _adapt_on_features(
-    support, support_labels, query, query_labels, init_weights, init_bias, steps, learning_rate
-):
-    _, _, history = inner_loop(
-        support,
-        support_labels,
-        init_weights,
-        init_bias,
-        steps=steps,
-        learning_rate=learning_rate,
-        query_features=query,
-    )
-    preds = tf.argmax(history["query_logits"], axis=-1, output_type=tf.int32)
-    correct = tf.reduce_mean(tf.cast(tf.equal(preds, query_labels[None]), tf.float32), axis=-1)
-    return correct, history["support_loss"]  # (T+1, B), (T+1, B)
-
-
-def evaluate_features(
-    features: np.ndarray,
+def evaluate_model(
+    model: MetaTransferModel,
+    split,
     episodes: EpisodeSet,
-    init_weights: np.ndarray,
-    init_bias: np.ndarray,
-    steps: int,
-    inner_lr: float,
+    features: np.ndarray | None = None,
     chunk: int = 50,
 ) -> EvaluationResult:
-    """`evaluate_episodes` on cached embeddings: same inner loop, same episodes.
+    """`evaluate_episodes` of ``model`` on the episodes ``episodes`` describes (its setting and
+    seed), from ``features`` (``embed_split(model, split)``, computed once per model) when given.
 
-    Args:
-        features: ``(num_images, D)`` embeddings of the episodes' split (`embed_split`).
-        episodes: the episodes (`draw_episodes`).
-        init_weights: ``(D, N)`` head initialisation; init_bias: ``(N,)``.
-        steps: inner steps ``T``; inner_lr: inner-loop rate.
-        chunk: episodes per call (speed and memory only).
-
-    Returns:
-        An `EvaluationResult` (accuracy after ``T`` steps, per-step accuracy 0..T).
+    Another number of ways than the model's starts the inner loop from a zero head
+    (`head_for_ways`). ``chunk``: episodes adapted per call (speed and memory only).
     """
-    n, k, q = episodes.ways, episodes.shots, episodes.queries
-    support_labels = np.repeat(np.arange(n, dtype=np.int32), k)
-    query_labels = np.repeat(np.arange(n, dtype=np.int32), q)
-    w0 = tf.constant(init_weights, tf.float32)
-    b0 = tf.constant(init_bias, tf.float32)
-    correct_all, loss_all = [], []
-    for start in range(0, episodes.episodes, chunk):
-        s_items = episodes.support_items[start : start + chunk]
-        q_items = episodes.query_items[start : start + chunk]
-        b = len(s_items)
-        correct, loss = _adapt_on_features(
-            tf.constant(features[s_items]),
-            tf.constant(np.tile(support_labels, (b, 1))),
-            tf.constant(features[q_items]),
-            tf.constant(np.tile(query_labels, (b, 1))),
-            w0,
-            b0,
-            int(steps),
-            float(inner_lr),
-        )
-        correct_all.append(correct.numpy())
-        loss_all.append(loss.numpy())
-    correct = np.concatenate(correct_all, axis=1)
-    losses = np.concatenate(loss_all, axis=1)
-    mean, ci = confidence_interval(correct[-1])
-    return EvaluationResult(
-        mean=mean,
-        ci95=ci,
-        episode_accuracies=correct[-1],
-        per_step_accuracy=correct.mean(axis=1),
-        per_step_support_loss=losses.mean(axis=1),
-        ways=n,
-        shots=k,
-        queries=q,
-        inner_steps=int(steps),
+    ways = episodes.ways
+    return evaluate_episodes(
+        model,
+        split,
+        ways,
+        episodes.shots,
+        episodes.queries,
+        episodes=episodes.episodes,
+        seed=episodes.seed,
+        meta_batch_size=chunk,
+        verbose=False,
+        features=features,
+        head=None if ways == model.ways else head_for_ways(model, ways),
+        cached=True,
     )
 
 
-def head_init(model: MetaTransferModel, ways: int) -> tuple[np.ndarray, np.ndarray]:
-    """The head initialisation for ``ways``-way episodes.
-
-    ``model.ways``: the meta-learned ``(W0, b0)``. Any other ``ways``: zeros. (A head
-    init meta-learned for N positions cannot be reused as is; since class positions are
-    random, the natural transfer is its column mean tiled to every class, and a head
-    whose columns are all equal gives equal logits — the same softmax, hence the same
-    inner loop — as zeros.)
-    """
-    if ways == model.ways:
-        return np.asarray(model.head.kernel), np.asarray(model.head.bias)
-    dim = int(model.head.kernel.shape[0])
-    return np.zeros((dim, ways), np.float32), np.zeros((ways,), np.float32)
-
-
-def evaluate_model(
-    model: MetaTransferModel, features: np.ndarray, episodes: EpisodeSet, chunk: int = 50
-) -> EvaluationResult:
-    """A model's accuracy on ``episodes`` from its cached embeddings ``features``."""
-    weights, bias = head_init(model, episodes.ways)
-    return evaluate_features(features, episodes, weights, bias, model.eval_inner_steps, model.inner_lr, chunk)
-
-
-class EpisodeValidation(keras.callbacks.Callback):
-    """Validation accuracy on fixed episodes after every epoch; keeps the best epoch's weights.
+class EpisodeValidation(EpisodeAccuracy):
+    """`EpisodeAccuracy` on fixed validation episodes that keeps the kept epoch's weights in memory.
 
     Args:
         model: the `MetaTransferModel` being trained (also the model whose backbone embeds).
         split: the validation split; episodes: fixed `EpisodeSet` of it.
         initial: the accuracy before training (epoch 0) if already known, else it is
-            computed by `evaluate_now`.
-        chunk: see `evaluate_features`.
+            computed at construction.
+        chunk: episodes adapted per call (speed only).
 
-    After ``fit``: ``history`` (accuracy per epoch, epoch 0 first), ``best_epoch``
-    (1-based, among the trained epochs; epoch 0 never wins), ``best_weights``.
+    After ``fit``: ``history`` (accuracy per epoch, epoch 0 first), ``best_epoch`` (by
+    `kept_epoch`: epoch 0, the model before meta-training, competes; ties go to the earlier
+    epoch), ``best_weights``; `restore_best` puts them back.
     """
 
     def __init__(
@@ -136,29 +72,33 @@ class EpisodeValidation(keras.callbacks.Callback):
         initial: float | None = None,
         chunk: int = 50,
     ):
-        super().__init__()
+        super().__init__(
+            split, episodes.ways, episodes.shots, episodes.queries, episodes.episodes, episodes.seed
+        )
         self._row_model = model
-        self.split = split
-        self.episodes = episodes
+        self.episode_set = episodes
         self.chunk = chunk
         self.history = [self.evaluate_now() if initial is None else float(initial)]
-        self.best_epoch = None
-        self.best_weights = None
-        self.best = -1.0
+        self.best_epoch = 0
+        self.best_weights = model.get_weights()
+
+    def evaluate(self, model=None) -> EvaluationResult:
+        model = model or self._row_model
+        return evaluate_model(model, self.split, self.episode_set, chunk=self.chunk)
 
     def evaluate_now(self) -> float:
-        features = embed_split(self._row_model.backbone, self.split)
-        return float(evaluate_model(self._row_model, features, self.episodes, self.chunk).mean)
+        return float(self.evaluate().mean)
 
     def on_epoch_end(self, epoch, logs=None):
-        accuracy = self.evaluate_now()
-        self.history.append(accuracy)
+        result = self.evaluate()
+        self.history.append(float(result.mean))
         if logs is not None:
-            logs["val_accuracy"] = accuracy
-        if accuracy > self.best:
-            self.best, self.best_epoch = accuracy, epoch + 1
+            logs["val_accuracy"] = result.mean
+            logs["val_loss"] = result.query_loss
+            logs["val_accuracy_ci95"] = result.ci95
+        if kept_epoch(self.history) == len(self.history) - 1:
+            self.best_epoch = epoch + 1
             self.best_weights = self._row_model.get_weights()
 
     def restore_best(self) -> None:
-        if self.best_weights is not None:
-            self._row_model.set_weights(self.best_weights)
+        self._row_model.set_weights(self.best_weights)

@@ -367,10 +367,11 @@ def _settings_text(summary: dict, config: ExperimentConfig, settings: dict) -> s
         "rows). Evaluation adapts on cached embeddings (exactly the episodes of `evaluate_episodes`).",
         "",
         "Chosen on the validation split (never on test):",
-        f"- The epoch of each meta-trained row: the best of epochs 1..E on {config.val_episodes} fixed "
-        f"{config.ways}-way validation episodes (epoch 0, before meta-training, = row 2: "
+        f"- The epoch of each meta-trained row: the best of epochs 0..E on {config.val_episodes} fixed "
+        f"{config.ways}-way validation episodes, earlier on ties (`mtl_keras.evaluation.kept_epoch`, the rule "
+        "of the workflow and the tuner too; epoch 0, before meta-training, = row 2: "
         + ", ".join(f"{k} {100 * a:.2f}%" for k, a in initial.items())
-        + "; it is not allowed to win, so every meta-trained row really is meta-trained). See the table above.",
+        + "; a row that keeps epoch 0 is the pretrained model: its meta-training never beat it). See the table above.",
     ]
     if probe:
         lines.append(

@@ -78,7 +78,7 @@ def meta_train_row(
     initial_val: float | None = None,
     verbose: bool = True,
 ) -> dict:
-    """Meta-train one row; restore its best validation epoch (1..epochs).
+    """Meta-train one row; restore the epoch `kept_epoch` keeps (0..epochs; 0: the model before meta-training).
 
     Returns:
         ``{"loss": [...], "accuracy": [...] (training, per epoch), "val_accuracy":

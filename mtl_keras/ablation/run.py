@@ -126,18 +126,18 @@ def reproduce(
     chunk = settings.eval_chunk
 
     def test_row(row: str, model: MetaTransferModel, shots: Sequence[int]) -> None:
-        features = embed_split(model.backbone, test)
+        features = embed_split(model, test)  # once per row: every setting shares it
         for name, (_, k) in settings_of.items():
             if k in shots:
-                results[name][row] = evaluate_model(model, features, test_episodes[name], chunk)
+                results[name][row] = evaluate_model(model, test, test_episodes[name], features, chunk)
                 say(f"    test {SHORT[row]:>14}: {results[name][row]}", flush=True)
 
     # Row 2 (no meta-training) and the epoch-0 validation of rows 3-5: one embedding each.
     t = time.time()
     base = build_row_model("pretrained", settings, channels, weights_path)
-    val_features = embed_split(base.backbone, val)
+    val_features = embed_split(base, val)
     initial_val = {
-        k: float(evaluate_model(base, val_features, val_episodes[k], chunk).mean) for k in shots_list
+        k: float(evaluate_model(base, val, val_episodes[k], val_features, chunk).mean) for k in shots_list
     }
     say(
         f"[row 2] pretrained + inner loop: validation {', '.join(f'{k}-shot {100 * a:.2f}%' for k, a in initial_val.items())}"

@@ -22,7 +22,7 @@ from mtl_keras.callbacks import (
 from mtl_keras.config import ExperimentConfig
 from mtl_keras.data.augment import pretrain_augmentation
 from mtl_keras.data.episodes import pretrain_dataset
-from mtl_keras.evaluation import EpisodeAccuracy
+from mtl_keras.evaluation import EpisodeAccuracy, kept_epoch
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.models.pretrain import PretrainModel
 from mtl_keras.workflow.builders import build_backbone, training_episodes
@@ -240,5 +240,5 @@ def meta_train(
     hist["initial_val_accuracy"] = [initial]
     # Epoch kept: 0 (the pretrained model) unless a meta-training epoch beat it on validation.
     val = [initial, *hist.get("val_accuracy", [])]
-    hist["kept_epoch"] = [int(max(range(len(val)), key=lambda i: (val[i], -i)))]
+    hist["kept_epoch"] = [kept_epoch(val)]
     return hist
