@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The bfloat16 tests test bfloat16 on every CPU, also where it is emulated (slow but correct);
-# tests/test_hardware.py unsets this to test the float32 fallback.
+# tests/unit/test_hardware.py unsets this to test the float32 fallback.
 os.environ["MTL_KERAS_ALLOW_EMULATED_BF16"] = "1"
 
 import keras  # noqa: E402

@@ -21,7 +21,7 @@ from jupyter_client.manager import KernelManager  # noqa: E402
 
 from tests.helpers import patient  # noqa: E402
 
-NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = pathlib.Path(__file__).resolve().parents[2] / "notebooks"
 KERNEL = "mtl-keras-test"
 ALL = ("01_quickstart", "02_hard_tasks", "03_tuning", "04_export_and_serve")
 

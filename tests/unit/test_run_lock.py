@@ -18,7 +18,7 @@ from mtl_keras.ablation import ReproduceSettings, reproduce
 from mtl_keras.config import ExperimentConfig
 from mtl_keras.run_lock import RunFolderLocked, run_folder_lock
 
-REPO = str(Path(__file__).resolve().parents[1])
+REPO = str(Path(__file__).resolve().parents[2])
 MODULE = run_lock.__file__
 
 # Loads mtl_keras/run_lock.py on its own (no TensorFlow: starts in a fraction of a second).

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-PATH = os.path.join(os.path.dirname(__file__), "..", "scripts", "update_readme_demo.py")
+PATH = os.path.join(os.path.dirname(__file__), "..", "..", "..", "scripts", "update_readme_demo.py")
 
 
 def _script():

@@ -33,7 +33,7 @@ from mtl_keras.models import memory
 from mtl_keras.models.weights import load_backbone_weights
 from tests.helpers import patient
 
-REPO = str(Path(__file__).resolve().parents[1])
+REPO = str(Path(__file__).resolve().parents[2])
 
 # A worker shared by the resume and determinism tests: tiny ResNet-12, hard-task pool,
 # a learning-rate schedule, 3 epochs of 4 meta-batches. argv: OUT BACKUP [KILL_AFTER] [DETERMINISM]

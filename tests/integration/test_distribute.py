@@ -20,7 +20,7 @@ import pytest
 
 from tests.helpers import patient
 
-REPO = str(Path(__file__).resolve().parents[1])
+REPO = str(Path(__file__).resolve().parents[2])
 
 COMMON = textwrap.dedent(
     """

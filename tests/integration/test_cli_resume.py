@@ -24,7 +24,7 @@ from mtl_keras.workflow import RunProgress
 from tests.conftest import TINY_CONFIG
 from tests.helpers import patient
 
-REPO = str(Path(__file__).resolve().parents[1])
+REPO = str(Path(__file__).resolve().parents[2])
 
 # Runs `mtl-keras ARGS`; with CRASH_AT=EPOCH:BATCH it SIGKILLs itself right after that
 # meta-training batch (0-based), mid-epoch.

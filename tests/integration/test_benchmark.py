@@ -16,7 +16,13 @@ from benchmarks.harness.report import BEGIN, END, write_results
 from mtl_keras import MetaTransferModel, resnet12
 from tests.helpers import patient, randomise_backbone
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(
+    os.path.join(
+        os.path.dirname(__file__),
+        "..",
+        "..",
+    )
+)
 
 
 def test_flop_counts_match_the_resnet12_arithmetic():

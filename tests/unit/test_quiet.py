@@ -12,7 +12,7 @@ import pytest
 
 from mtl_keras import _quiet
 
-REPO = str(Path(__file__).resolve().parents[1])
+REPO = str(Path(__file__).resolve().parents[2])
 
 # What `import tensorflow as tf; tf.constant(1)` printed on this project's CPU machine (TF 2.21).
 NOISE = [

@@ -182,7 +182,7 @@ def test_reproduce_command_has_help(capsys):
 def test_script_is_a_thin_main(monkeypatch):
     import importlib.util
 
-    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "reproduce.py")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "reproduce.py")
     spec = importlib.util.spec_from_file_location("reproduce_script", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
