@@ -16,7 +16,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import keras
 import numpy as np
 
 from mtl_keras import keras_private
+from mtl_keras.atomic import write_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from mtl_keras.data.hard_tasks import HardTaskPool
@@ -587,22 +587,9 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 
 def save_weights_atomic(model, path: str) -> str:
-    """``model.save_weights(path)`` through a temporary file renamed into place (fsynced).
-
-    A crash at any moment leaves the old file (or none), never a partial one.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        model.save_weights(tmp, overwrite=True)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """``model.save_weights(path)``, atomically (`mtl_keras.atomic.write_atomic`): a crash at any
+    moment leaves the old file (or none), never a partial one."""
+    return write_atomic(path, lambda tmp: model.save_weights(tmp, overwrite=True))
 
 
 def _model_signature(model) -> dict:
@@ -625,29 +612,6 @@ def _weights_finite(model) -> bool:
     return all(bool(np.isfinite(np.asarray(w)).all()) for w in model.trainable_weights)
 
 
-def _fsync_file(path: str) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def _atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed into place (fsynced)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """`write_text_atomic`, looked up here so that tests can make the backup's commit fail."""
+    write_text_atomic(path, text)

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 
 import numpy as np
 
+from mtl_keras.atomic import write_bytes_atomic
 from mtl_keras.layers.phase import named_scale_shift_layers
 
 FORMAT = "mtl_keras.scale_shift_weights/1"
@@ -79,17 +79,7 @@ def save_scale_shift_weights(model, filepath: str, include_head: bool = True) ->
         )
     buffer = io.BytesIO()
     np.savez(buffer, format=np.array(FORMAT), **arrays)
-    path = os.fspath(filepath)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    path = write_bytes_atomic(filepath, buffer.getvalue())
     return path
 
 

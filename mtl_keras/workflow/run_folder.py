@@ -12,7 +12,8 @@ import subprocess
 import numpy as np
 import tensorflow as tf
 
-from mtl_keras.callbacks import ResumableCheckpoint, _atomic_write_text
+from mtl_keras.atomic import write_text_atomic
+from mtl_keras.callbacks import ResumableCheckpoint
 from mtl_keras.config import ExperimentConfig
 from mtl_keras.distribute import worker_index
 from mtl_keras.run_lock import locks_run_folder
@@ -87,7 +88,7 @@ class RunProgress:
             "done": True,
             "history": json.loads(json.dumps(history, default=_jsonable)),
         }
-        _atomic_write_text(self.path, json.dumps(self.state, indent=1))
+        write_text_atomic(self.path, json.dumps(self.state, indent=1))
         shutil.rmtree(self.backup_dir(stage), ignore_errors=True)
 
 
@@ -158,11 +159,7 @@ def update_metrics(run_dir: str, updates: dict) -> dict:
         return into
 
     metrics = merge(read_metrics(run_dir), updates)
-    path = os.path.join(run_dir, "metrics.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=1, default=_jsonable)
-    os.replace(tmp, path)
+    write_text_atomic(os.path.join(run_dir, "metrics.json"), json.dumps(metrics, indent=1, default=_jsonable))
     return metrics
 
 

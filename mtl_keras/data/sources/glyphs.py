@@ -70,7 +70,6 @@ import functools
 import hashlib
 import math
 import os
-import tempfile
 import time
 import unicodedata
 import zipfile
@@ -79,6 +78,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtl_keras.atomic import write_atomic
 from mtl_keras.data.split import ClassSplit
 
 BENCHMARK = "glyphs"
@@ -323,21 +323,11 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _write_cache(path: Path, data: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
             np.savez_compressed(f, **data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is ordinary data
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    write_atomic(path, write)
 
 
 def _to_splits(data: dict[str, np.ndarray]) -> tuple[ClassSplit, ClassSplit, ClassSplit]:
