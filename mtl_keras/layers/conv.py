@@ -33,10 +33,11 @@ from keras import ops
 #: oneDNN runs on (`mtl_keras.hardware.isa_level`): for the filter gradient (``"filter"``) and the
 #: input gradient (``"input"``), the largest feature map (H·W) per compute dtype (absent: never,
 #: TensorFlow's kernel; ``None``: any size). ``"AVX-512"``'s entry also serves AVX512-BF16,
-#: older and unknown CPUs. Measured per ISA (benchmarks/RESULTS.md): on AVX-512 the filter
-#: gradient pays swapped on small maps (bf16 ≤ 10×10, float32 4×4) and TF's input gradient is
-#: at the forward rate; on AVX2 oneDNN's backward-data kernel runs at 0.2–0.7× its forward
-#: convolution (4×4×512 maps: 0.2×), so there both gradients run as forward convolutions.
+#: older and unknown CPUs. Why these limits: on AVX-512 the filter gradient pays as a forward
+#: convolution on small maps only and TF's input gradient runs at the forward rate; on AVX2
+#: oneDNN's backward-data kernel is much slower than its forward one, so there both gradients run
+#: as forward convolutions (the measurements, per ISA and map size: ``benchmarks/RESULTS.md``;
+#: ``benchmarks/probes/input_gradient_alternatives.py``).
 FORWARD_GRADIENT_MAX_PIXELS = {
     "AVX-512": {"filter": {"bfloat16": 100, "float16": 100, "float32": 16}, "input": {}},
     "AVX2": {"filter": {"float32": 100}, "input": {"float32": None}},
@@ -46,7 +47,7 @@ FORWARD_GRADIENT_MAX_PIXELS = {
 SWAPPED_FILTER_GRAD_MAX_PIXELS = FORWARD_GRADIENT_MAX_PIXELS["AVX-512"]["filter"]
 
 #: Most images × pixels per swapped convolution, per compute dtype: oneDNN runs a larger swapped
-#: "filter" markedly slower (measured), so larger batches are split into equal slices.
+#: "filter" markedly slower (``benchmarks/RESULTS.md``), so larger batches are split into equal slices.
 SWAPPED_SLICE_PIXELS = {"bfloat16": 160 * 64, "float16": 160 * 64, "float32": 160 * 16}
 
 _mode = {"filter_gradient": "auto", "isa": None}
