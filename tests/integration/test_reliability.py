@@ -289,7 +289,7 @@ def one_epoch_backup(proto_split, tmp_path):
 def test_checkpoint_crash_between_weights_and_state_keeps_previous_backup(
     one_epoch_backup, proto_split, monkeypatch
 ):
-    import mtl_keras.callbacks as callbacks_module
+    import mtl_keras.callbacks.resumable as callbacks_module
 
     model, episodes, backup = one_epoch_backup
     assert json.loads((backup / "state.json").read_text())["epoch"] == 1

@@ -1,0 +1,27 @@
+"""Keras callbacks for meta-transfer learning.
+
+* `HardTaskMining`: hard tasks attached to a ``fit`` in one place (the model's failure
+  reports, the stream's position, the per-epoch log); `HardTaskLogger`: the log alone.
+* `ResumableCheckpoint`: atomic per-epoch backups of weights, both optimizers,
+  the episode stream and the hard-task pool; exact resume after a crash.
+* `StopOnNonFiniteLoss`: stop at the first NaN/inf loss, naming epoch, batch and fix.
+* `BestCheckpoint`: the best epoch's weights, written atomically (`save_weights_atomic`).
+* `TimeEstimate`: how long a ``fit`` will take, once its speed is known, and how long it took.
+"""
+
+from mtl_keras.callbacks.checkpoint import BestCheckpoint, save_weights_atomic
+from mtl_keras.callbacks.hard_tasks import HardTaskLogger, HardTaskMining
+from mtl_keras.callbacks.resumable import ResumableCheckpoint
+from mtl_keras.callbacks.stop import StopOnNonFiniteLoss
+from mtl_keras.callbacks.time_estimate import TimeEstimate, format_duration
+
+__all__ = [
+    "BestCheckpoint",
+    "HardTaskLogger",
+    "HardTaskMining",
+    "ResumableCheckpoint",
+    "StopOnNonFiniteLoss",
+    "TimeEstimate",
+    "format_duration",
+    "save_weights_atomic",
+]
