@@ -1,4 +1,5 @@
-"""`mtl-keras` command line. Subcommands call the package; no logic lives here.
+"""`mtl-keras` command line. Subcommands call the package; no logic lives here (over 500 lines
+because the parser spells out every subcommand's options and help).
 
 Examples::
 

@@ -1,4 +1,11 @@
-"""Meta-test: adapt on each test episode's support set, score its queries."""
+"""Meta-test: adapt on each test episode's support set, score its queries.
+
+`evaluate_episodes` is the library's one evaluation path (the workflow, its validation callback
+`EpisodeAccuracy`, the ablation and ``mtl-keras evaluate`` call it), with `kept_epoch`, the one
+model-selection rule; the module is a little over 500 lines because the two ways an episode is
+embedded (each image once, or each episode on its own for transductive batch norm) and the
+per-class details are kept beside the one function that uses them.
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,9 @@ worker (a matmul and a convolution). After each worker has warmed up, the driver
 them: each round times one mtl_keras step, one baseline step and the ceiling ops, so the three
 see the same machine load. Medians over rounds are reported; the peak resident memory of each
 worker process (``ru_maxrss``) is read when it quits.
+
+(Outside the library; over 500 lines because it holds every configuration of the grid and the
+driver that interleaves them.)
 """
 
 from __future__ import annotations

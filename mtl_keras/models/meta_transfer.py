@@ -1,4 +1,9 @@
-"""`MetaTransferModel`: meta-transfer learning's inner and outer loops in `fit`."""
+"""`MetaTransferModel`: meta-transfer learning's inner and outer loops in `fit`.
+
+One module over 500 lines on purpose: it is one Keras model class (STYLE: one public class per
+file) whose `train_step`, `test_step`, `adapt`, per-class feedback, config and export signature
+share its private state; the inner loop itself lives in `base_learner`.
+"""
 
 from __future__ import annotations
 
