@@ -53,6 +53,17 @@ def _prepare(args) -> int:
     return 0
 
 
+def _common_flags(args) -> dict:
+    """The flags every config-taking subcommand shares, as `resolve_config` / `resolve_settings` keywords."""
+    return {
+        "benchmark": args.benchmark,
+        "root": args.root,
+        "seed": args.seed,
+        "shots": tuple(args.shots) if args.shots else None,
+        "allow_pickle": True if getattr(args, "allow_pickle", False) else None,
+    }
+
+
 def _config_and_dir(args):
     """The resolved config and the run folder of a stage subcommand."""
     from mtl_keras.config import resolve_config
@@ -62,11 +73,7 @@ def _config_and_dir(args):
         args.config,
         run_dir=run_dir,
         assignments=args.set or (),
-        benchmark=args.benchmark,
-        root=args.root,
-        seed=args.seed,
-        shots=tuple(args.shots) if args.shots else None,
-        allow_pickle=True if getattr(args, "allow_pickle", False) else None,
+        **_common_flags(args),
     )
     return config, run_dir
 
@@ -158,11 +165,7 @@ def _reproduce(args, prog: str = "mtl-keras reproduce") -> int:
         quick=args.quick,
         rows=getattr(args, "rows", None),
         assignments=args.set or (),
-        benchmark=args.benchmark,
-        root=args.root,
-        seed=args.seed,
-        shots=tuple(args.shots) if args.shots else None,
-        allow_pickle=True if getattr(args, "allow_pickle", False) else None,
+        **_common_flags(args),
     )
     out = args.out or os.path.join(
         "runs", f"reproduce-{settings.config.benchmark}{'-quick' if args.quick else ''}"

@@ -354,7 +354,7 @@ def test_validate_rejects_wrong_types():
 
 
 def test_pickle_benchmarks_are_read_only_with_allow_pickle(tmp_path, capsys):
-    from tests.data.test_sources import write_cifar100_archive
+    from tests.unit.data.test_sources import write_cifar100_archive
 
     root = write_cifar100_archive(tmp_path / "cifar")
     command = [
