@@ -7,6 +7,8 @@ share its private state; the inner loop itself lives in `base_learner`.
 
 from __future__ import annotations
 
+import copy
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -652,7 +654,7 @@ class MetaTransferModel(keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = copy.deepcopy(config)  # Keras empties the nested configs it deserializes
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         config["head"] = keras.saving.deserialize_keras_object(config["head"])
         return cls(**config)

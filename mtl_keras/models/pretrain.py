@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import keras
 import tensorflow as tf
 
@@ -112,7 +114,7 @@ class PretrainModel(keras_private.SymbolicBuildFromZeros, keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = copy.deepcopy(config)  # Keras empties the nested configs it deserializes
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         if config.get("augmentation") is not None:
             config["augmentation"] = keras.saving.deserialize_keras_object(config["augmentation"])
