@@ -28,6 +28,7 @@ import keras_tuner
 from mtl_keras.config import ExperimentConfig
 from mtl_keras.data.episodes import make_episodes
 from mtl_keras.data.split import ClassSplit
+from mtl_keras.evaluation import EpisodeAccuracy
 from mtl_keras.run_lock import locks_run_folder
 from mtl_keras.workflow import build_meta_model, check_strategy, load_config_benchmark
 
@@ -148,8 +149,9 @@ class MTLHyperModel(keras_tuner.HyperModel):
             *args: further positional arguments of `keras.Model.fit` (``y`` must be None:
                 the labels are part of the episodes).
             validation_data: the objective's episodes (``repeatable=True`` so every trial
-                and epoch scores the same ones); None: ``config.val_episodes`` fixed episodes
-                of ``val_split``.
+                and epoch scores the same ones), scored by Keras' ``fit`` (`test_step`); None:
+                ``config.val_episodes`` fixed episodes of ``val_split``, scored by
+                `EpisodeAccuracy` (`evaluate_episodes`, the workflow's validation).
             **kwargs: `keras.Model.fit` keywords: ``callbacks`` (the tuner's: checkpointing,
                 TensorBoard, ...), ``epochs`` and ``initial_epoch`` (Hyperband sets them;
                 default ``config.meta_epochs`` and 0), ``steps_per_epoch`` (default
@@ -188,24 +190,26 @@ class MTLHyperModel(keras_tuner.HyperModel):
                 seed=config.seed + int(kwargs.get("initial_epoch", 0)),
             )
         )
-        val_batch = min(10, config.val_episodes)
-        val_eps = validation_data
-        if val_eps is None:
-            val_eps = make_episodes(
+        if validation_data is None:
+            # The library's one evaluation path (`evaluate_episodes`, each image embedded once),
+            # first among the callbacks: the tuner's own ones read the val_accuracy it logs.
+            val_batch = min(10, config.val_episodes)
+            validation = EpisodeAccuracy(
                 self.val_split,
                 config.ways,
                 self.shots,
                 config.queries,
-                meta_batch_size=val_batch,
-                num_batches=max(1, config.val_episodes // val_batch),
-                seed=config.seed + 1,
-                repeatable=True,
+                max(1, config.val_episodes // val_batch) * val_batch,
+                config.seed + 1,
             )
+            kwargs["callbacks"] = [validation, *(kwargs.get("callbacks") or [])]
+        else:
+            kwargs["validation_data"] = validation_data  # Keras' own validation (`test_step`)
         kwargs.setdefault("epochs", config.meta_epochs)
         kwargs.setdefault("steps_per_epoch", config.steps_per_epoch)
         kwargs.setdefault("verbose", 0)
         kwargs.setdefault("shuffle", False)  # episodes are already random (Keras warns otherwise)
-        history = model.fit(train_eps, *args, validation_data=val_eps, **kwargs)
+        history = model.fit(train_eps, *args, **kwargs)
         return float(max(history.history[OBJECTIVE]))
 
 

@@ -71,6 +71,26 @@ def test_fit_passes_callbacks_and_returns_the_objective(splits):
     assert score == pytest.approx(max(logs["val_accuracy"] for logs in seen))
 
 
+def test_the_default_validation_is_the_librarys_one_evaluation_path(splits, monkeypatch):
+    """Without validation_data the objective comes from `evaluate_episodes` (as in the workflow),
+    once per epoch, on the same episodes every epoch."""
+    import mtl_keras.evaluation as evaluation
+
+    calls, real = [], evaluation.evaluate_episodes
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append((kwargs["seed"], kwargs["episodes"], result.mean))
+        return result
+
+    monkeypatch.setattr(evaluation, "evaluate_episodes", spy)
+    hypermodel = MTLHyperModel(CONFIG, *splits, **SPACE)
+    hp = keras_tuner.HyperParameters()
+    score = hypermodel.fit(hp, hypermodel.build(hp), epochs=2, steps_per_epoch=1)
+    assert len(calls) == 2 and calls[0][:2] == calls[1][:2] == (CONFIG.seed + 1, CONFIG.val_episodes)
+    assert score == pytest.approx(max(mean for *_, mean in calls))
+
+
 @pytest.mark.parametrize("kind", ["random", "bayesian", "hyperband"])
 def test_each_tuner_runs_two_trials(kind, splits, tmp_path):
     if kind == "bayesian":
