@@ -227,7 +227,7 @@ class EpisodeAccuracy(keras.callbacks.Callback):
         )
 
     def on_epoch_end(self, epoch, logs=None):
-        result = self.evaluate()
+        self.result = result = self.evaluate()  # the epoch's `EvaluationResult`, for subclasses
         if logs is not None:
             logs["val_accuracy"] = result.mean
             logs["val_loss"] = result.query_loss

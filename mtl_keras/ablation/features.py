@@ -90,12 +90,8 @@ class EpisodeValidation(EpisodeAccuracy):
         return float(self.evaluate().mean)
 
     def on_epoch_end(self, epoch, logs=None):
-        result = self.evaluate()
-        self.history.append(float(result.mean))
-        if logs is not None:
-            logs["val_accuracy"] = result.mean
-            logs["val_loss"] = result.query_loss
-            logs["val_accuracy_ci95"] = result.ci95
+        super().on_epoch_end(epoch, logs)  # evaluates once and logs val_accuracy, val_loss, its CI
+        self.history.append(float(self.result.mean))
         if kept_epoch(self.history) == len(self.history) - 1:
             self.best_epoch = epoch + 1
             self.best_weights = self._row_model.get_weights()
