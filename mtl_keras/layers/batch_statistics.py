@@ -45,7 +45,7 @@ def batch_statistics_view(model: keras.Model) -> keras.Model:
 
     Transductive batch normalisation for meta-learning: call the view on one task's images
     (e.g. its support and query together, or each set on its own, as the official MTL
-    TensorFlow code does by running ``tf.contrib.layers.batch_norm`` in training mode) and
+    TensorFlow code does by running contrib's ``batch_norm`` in training mode) and
     each batch norm normalises with *that* batch's mean and variance. Unlike calling Keras'
     `BatchNormalization` with ``training=True``, the moving statistics are never updated and
     the layers' ``trainable`` flags do not matter (Keras uses batch statistics only for

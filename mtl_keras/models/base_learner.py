@@ -3,18 +3,23 @@
 The inner loop runs on embeddings only. Its gradient is written in closed form:
 for logits ``z = f W + b`` and mean cross-entropy over ``S`` support examples,
 ``dL/dz = (softmax(z) - onehot(y)) / S``, so ``dL/dW = fᵀ dL/dz`` and
-``dL/db = Σ_s dL/dz``. Because these are ordinary differentiable ops, an outer
-`tf.GradientTape` differentiates *through* the updates (second order: the
-update depends on ``W`` and on the features ``f``, hence on Φ). With
-``first_order=True`` the inner gradients are wrapped in `tf.stop_gradient`,
-as the official PyTorch code does (``torch.autograd.grad`` without
-``create_graph``).
+``dL/db = Σ_s dL/dz``. Because these are ordinary differentiable ops, the outer
+gradient (a gradient tape on TensorFlow, `jax.value_and_grad` on JAX)
+differentiates *through* the updates (second order: the update depends on ``W``
+and on the features ``f``, hence on Φ). With ``first_order=True`` the inner
+gradients are wrapped in ``stop_gradient``, as the official PyTorch code does
+(``torch.autograd.grad`` without ``create_graph``).
+
+Written in `keras.ops` only: the same code runs on every Keras backend (on TensorFlow the
+ops are the ones it called before it was ported: einsum, softmax, the fused softmax
+cross-entropy with logits, the while loop), with the same results bit for bit
+(`tests/unit/models/test_base_learner.py`).
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
@@ -42,7 +47,9 @@ class LinearBaseLearner(keras.layers.Layer):
 
     def call(self, features):
         """Logits of the *initial* head: ``(..., D) → (..., N)``."""
-        return tf.matmul(features, tf.cast(self.kernel, features.dtype)) + tf.cast(self.bias, features.dtype)
+        return ops.matmul(features, ops.cast(self.kernel, features.dtype)) + ops.cast(
+            self.bias, features.dtype
+        )
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.ways)
@@ -58,7 +65,7 @@ class LinearBaseLearner(keras.layers.Layer):
 
 def head_logits(features, weights, bias):
     """Per-task logits: ``features (B, M, D)``, ``weights (B, D, N)``, ``bias (B, N)`` → ``(B, M, N)``."""
-    return tf.einsum("bmd,bdn->bmn", features, weights) + bias[:, None, :]
+    return ops.einsum("bmd,bdn->bmn", features, weights) + bias[:, None, :]
 
 
 def support_loss_and_grads(features, onehot, weights, bias, with_loss: bool = True):
@@ -76,11 +83,11 @@ def support_loss_and_grads(features, onehot, weights, bias, with_loss: bool = Tr
     logits = head_logits(features, weights, bias)
     loss = None
     if with_loss:
-        loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=onehot, logits=logits), axis=1)
-    num_support = tf.cast(tf.shape(features)[1], features.dtype)
-    dlogits = (tf.nn.softmax(logits) - onehot) / num_support
-    grad_w = tf.einsum("bsd,bsn->bdn", features, dlogits)
-    grad_b = tf.reduce_sum(dlogits, axis=1)
+        loss = ops.mean(ops.categorical_crossentropy(onehot, logits, from_logits=True), axis=1)
+    num_support = ops.cast(ops.shape(features)[1], features.dtype)
+    dlogits = (ops.softmax(logits) - onehot) / num_support
+    grad_w = ops.einsum("bsd,bsn->bdn", features, dlogits)
+    grad_b = ops.sum(dlogits, axis=1)
     return loss, grad_w, grad_b
 
 
@@ -112,8 +119,8 @@ def inner_loop(
             returns an empty history and keeps the loop to the update alone (training: fewer
             ops per step, forward and backward).
         unroll: run the ``T`` steps as ``T`` copies of the step in the graph instead of a
-            ``tf.while_loop``. Use it when the result is differentiated (meta-training): in
-            TF 2.21 the gradient of a ``tf.while_loop`` is not reproducible — the same step on
+            ``keras.ops.while_loop``. Use it when the result is differentiated (meta-training): in
+            TF 2.21 the gradient of TensorFlow's while loop is not reproducible — the same step on
             the same inputs returns gradients that differ at the last bits from call to call,
             even on one thread — so two runs with the same seed drift apart;
             unrolled they are identical (`tests/models/test_determinism.py`).
@@ -124,61 +131,78 @@ def inner_loop(
         query features, ``query_logits (T+1, B, Q, N)``.
     """
     ways = init_weights.shape[-1]
-    batch = tf.shape(support_features)[0]
+    batch = ops.shape(support_features)[0]
     dtype = support_features.dtype
-    onehot = tf.one_hot(support_labels, ways, dtype=dtype)
-    weights = tf.tile(tf.cast(init_weights, dtype)[None], [batch, 1, 1])
-    bias = tf.tile(tf.cast(init_bias, dtype)[None], [batch, 1])
-    lr = tf.cast(learning_rate, dtype)
+    onehot = ops.one_hot(support_labels, ways, dtype=dtype)
+    weights = ops.tile(ops.cast(init_weights, dtype)[None], [batch, 1, 1])
+    bias = ops.tile(ops.cast(init_bias, dtype)[None], [batch, 1])
+    lr = ops.cast(learning_rate, dtype)
     record_query = query_features is not None and record_history
 
     def step(weights, bias, with_loss=True):
         """One gradient step on the support loss: ``(loss before it, weights, bias)``."""
         loss, grad_w, grad_b = support_loss_and_grads(support_features, onehot, weights, bias, with_loss)
         if first_order:
-            grad_w, grad_b = tf.stop_gradient(grad_w), tf.stop_gradient(grad_b)
+            grad_w, grad_b = ops.stop_gradient(grad_w), ops.stop_gradient(grad_b)
         return loss, weights - lr * grad_w, bias - lr * grad_b
 
-    def run(body, state):
-        """``steps`` applications of ``body`` to ``state``: unrolled, or as a ``tf.while_loop``."""
+    if not record_history:
         if unroll:
             for _ in range(steps):
-                state = body(*state)
-            return state
-        if steps > 0:
-            state = tf.while_loop(lambda i, *_: i < steps, body, state, maximum_iterations=steps)
-        return state
+                _, weights, bias = step(weights, bias, with_loss=False)
+        elif steps > 0:
 
-    if not record_history:
+            def update(i, weights, bias):
+                _, weights, bias = step(weights, bias, with_loss=False)
+                return i + 1, weights, bias
 
-        def update(i, weights, bias):
-            _, weights, bias = step(weights, bias, with_loss=False)
-            return i + 1, weights, bias
-
-        _, weights, bias = run(update, (tf.constant(0), weights, bias))
+            _, weights, bias = ops.while_loop(
+                lambda i, *_: i < steps, update, (0, weights, bias), maximum_iterations=steps
+            )
         return weights, bias, {}
 
-    # Only the recorded histories are loop variables: an unwritten TensorArray in the loop
-    # breaks XLA compilation of its gradient (ZerosLike of an uninitialised TensorList).
-    arrays = {"support_loss": tf.TensorArray(dtype, size=steps + 1, element_shape=None)}
-    if record_query:
-        arrays["query_logits"] = tf.TensorArray(dtype, size=steps + 1, element_shape=None)
-
-    def record(i, arrays, loss, weights, bias):
-        arrays = dict(arrays, support_loss=arrays["support_loss"].write(i, loss))
+    def recorded(loss, weights, bias):
+        """What one entry of the history holds: the support loss (and query logits) of a head."""
+        entry = {"support_loss": loss}
         if record_query:
-            arrays["query_logits"] = arrays["query_logits"].write(
-                i, head_logits(query_features, weights, bias)
-            )
-        return arrays
+            entry["query_logits"] = head_logits(query_features, weights, bias)
+        return entry
 
-    def body(i, weights, bias, arrays):
-        loss, new_weights, new_bias = step(weights, bias)
-        arrays = record(i, arrays, loss, weights, bias)  # the head before the step
-        return i + 1, new_weights, new_bias, arrays
+    if unroll:
+        entries = []
+        for _ in range(steps):
+            loss, new_weights, new_bias = step(weights, bias)
+            entries.append(recorded(loss, weights, bias))  # the head before the step
+            weights, bias = new_weights, new_bias
+        final_loss, _, _ = support_loss_and_grads(support_features, onehot, weights, bias)
+        entries.append(recorded(final_loss, weights, bias))
+        history = {name: ops.stack([entry[name] for entry in entries]) for name in entries[0]}
+        return weights, bias, history
 
-    _, weights, bias, arrays = run(body, (tf.constant(0), weights, bias, arrays))
+    # In a loop the history is a (T+1, ...) buffer per entry, row i written at step i with
+    # `where` (exact, and a non-finite value stays in its own row).
+    def write(buffers, i, entry):
+        out = {}
+        for name, buffer in buffers.items():
+            row = ops.equal(ops.arange(steps + 1), i)
+            row = ops.reshape(row, (steps + 1,) + (1,) * (len(buffer.shape) - 1))
+            out[name] = ops.where(row, ops.expand_dims(entry[name], 0), buffer)
+        return out
+
+    buffers = {"support_loss": ops.zeros((steps + 1, batch), dtype=dtype)}
+    if record_query:
+        queries = ops.shape(query_features)[1]
+        buffers["query_logits"] = ops.zeros((steps + 1, batch, queries, ways), dtype=dtype)
+    if steps > 0:
+
+        def body(i, weights, bias, buffers):
+            loss, new_weights, new_bias = step(weights, bias)
+            buffers = write(buffers, i, recorded(loss, weights, bias))  # the head before the step
+            return i + 1, new_weights, new_bias, buffers
+
+        _, weights, bias, buffers = ops.while_loop(
+            lambda i, *_: i < steps, body, (0, weights, bias, buffers), maximum_iterations=steps
+        )
     final_loss, _, _ = support_loss_and_grads(support_features, onehot, weights, bias)
-    arrays = record(steps, arrays, final_loss, weights, bias)
-    history = {name: array.stack() for name, array in arrays.items()}
+    history = write(buffers, steps, recorded(final_loss, weights, bias))
     return weights, bias, history

@@ -13,6 +13,7 @@ from mtl_keras.layers.conv import (
     swapped_filter_gradient,
     swapped_input_gradient,
 )
+from mtl_keras.tensorflow_backend import conv as tf_conv
 from tests.helpers import randomise_backbone
 
 
@@ -131,7 +132,7 @@ def test_each_gradient_can_be_swapped_alone(monkeypatch, swap_filter, swap_input
         return tape.gradient(loss, [x, kernel, bias])
 
     want = grads(lambda *a: tf.nn.conv2d(a[0], a[1], 1, "SAME") + a[2])
-    got = grads(conv_module._CONV_WITH_FORWARD_GRADIENTS[swap_filter, swap_input])
+    got = grads(tf_conv.conv_with_forward_gradients(swap_filter, swap_input))
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
@@ -266,13 +267,13 @@ def test_residual_block_end_is_exact_in_a_graph(mode):
 def test_backbone_gradients_agree_under_mixed_bfloat16(monkeypatch):
     """Φ gradients of a bf16 ResNet-12 with the swapped filter gradient ≈ TF's (bf16 rounding)."""
     calls = []
-    original = conv_module.swapped_filter_gradient
+    original = tf_conv.swapped_filter_gradient
 
     def counting(*args):
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(conv_module, "swapped_filter_gradient", counting)
+    monkeypatch.setattr(tf_conv, "swapped_filter_gradient", counting)
     previous = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     try:
