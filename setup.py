@@ -26,6 +26,9 @@ setup(
         "bench": ["torch==2.13.0"],
         # keras-hub CNN backbones for enable_scale_shift (tested with 0.32.0; tests skip without it)
         "hub": ["keras-hub>=0.32"],
+        # the JAX backend (KERAS_BACKEND=jax; episodes from mtl_keras.data.episode_source). The CPU
+        # wheel; for a GPU install jax[cuda12] as JAX documents. Tested with jax 0.10.2
+        "jax": ["jax>=0.4.30"],
     },
     entry_points={"console_scripts": ["mtl-keras=mtl_keras.cli:main"]},
 )

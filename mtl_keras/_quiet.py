@@ -35,6 +35,12 @@ Nothing is changed on a machine with ``/dev/nvidia*``, ``/proc/driver/nvidia`` o
 ``/dev/dxg`` (WSL 2), when TensorFlow is already imported, or when the user set
 ``TF_CPP_MIN_LOG_LEVEL=0`` (everything is shown). A ``TF_CPP_MIN_LOG_LEVEL`` the user set
 is never overridden, and ``CUDA_VISIBLE_DEVICES`` is never touched.
+
+On any other Keras backend (``KERAS_BACKEND=jax``, read without importing Keras: see
+`keras_backend_name`), or where TensorFlow is not installed, `quiet_tensorflow_startup` does
+nothing and imports nothing: TensorFlow is then imported only by the parts that need it
+(tf.data pipelines, SavedModel export, ``tf.distribute``), through `import_tensorflow`, which
+filters the same start-up lines and says what to install when TensorFlow is missing.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ import contextlib
 import dataclasses
 import glob
 import importlib
+import importlib.util
+import json
 import os
 import re
 import sys
@@ -166,8 +174,64 @@ def filtered_stderr(drop: Callable[[str], bool]) -> Iterator[None]:
             os.close(saved)
 
 
+def keras_backend_name(environ: Mapping[str, str] | None = None) -> str:
+    """The Keras backend of this process, found as Keras finds it but without importing Keras.
+
+    Once Keras is imported, its own answer (``keras.config.backend()``). Before: a non-empty
+    ``KERAS_BACKEND``, else the ``"backend"`` of ``keras.json`` in ``KERAS_HOME`` (default
+    ``~/.keras``, or ``/tmp/.keras`` when the home folder is not writable), else
+    ``"tensorflow"``, Keras' default.
+
+    Args:
+        environ: the environment to read (default ``os.environ``).
+    """
+    keras = sys.modules.get("keras")
+    config = getattr(keras, "config", None)
+    if config is not None and hasattr(config, "backend"):
+        return str(config.backend())
+    environ = os.environ if environ is None else environ
+    if environ.get("KERAS_BACKEND"):
+        return environ["KERAS_BACKEND"]
+    if "KERAS_HOME" in environ:
+        home = environ["KERAS_HOME"]
+    else:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    try:
+        with open(os.path.expanduser(os.path.join(home, "keras.json"))) as f:
+            backend = json.load(f).get("backend")
+    except (OSError, ValueError, AttributeError):
+        backend = None
+    return backend or "tensorflow"
+
+
+def tensorflow_installed() -> bool:
+    """Whether ``import tensorflow`` can find TensorFlow (looked up, not imported)."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"] is not None  # None: an import that is blocked
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _import_filtered(environ: MutableMapping[str, str]):
+    """Import TensorFlow (and look up its GPUs) through the start-up filter where `plan_quiet` says so."""
+    plan = plan_quiet(environ, nvidia_present(), "tensorflow" in sys.modules)
+    if plan is None:
+        return importlib.import_module("tensorflow")
+    environ.update(plan.set_env)
+    with filtered_stderr(is_startup_noise):
+        tf = importlib.import_module("tensorflow")
+        tf.config.list_physical_devices("GPU")  # where cuInit is called (not at import)
+    return tf
+
+
 def quiet_tensorflow_startup(environ: MutableMapping[str, str] | None = None) -> bool:
     """Import TensorFlow without its CPU-machine start-up noise (see the module docstring).
+
+    Does nothing (and imports neither TensorFlow nor Keras) when the Keras backend is not
+    TensorFlow (`keras_backend_name`) or TensorFlow is not installed.
 
     Args:
         environ: the environment to read and update (default ``os.environ``).
@@ -176,11 +240,42 @@ def quiet_tensorflow_startup(environ: MutableMapping[str, str] | None = None) ->
         True if it imported TensorFlow with the filter, False if it left everything alone.
     """
     environ = os.environ if environ is None else environ
-    plan = plan_quiet(environ, nvidia_present(), "tensorflow" in sys.modules)
-    if plan is None:
+    if keras_backend_name(environ) != "tensorflow" or not tensorflow_installed():
         return False
-    environ.update(plan.set_env)
-    with filtered_stderr(is_startup_noise):
-        tf = importlib.import_module("tensorflow")
-        tf.config.list_physical_devices("GPU")  # where cuInit is called (not at import)
+    if plan_quiet(environ, nvidia_present(), "tensorflow" in sys.modules) is None:
+        return False
+    _import_filtered(environ)
     return True
+
+
+#: Why mtl_keras imports TensorFlow at all: the parts that exist on TensorFlow only.
+TENSORFLOW_ONLY = (
+    "the tf.data episode and pretraining pipelines (make_episodes, pretrain_dataset), "
+    "SavedModel export and tf.distribute strategies are TensorFlow-only"
+)
+
+
+def import_tensorflow(purpose: str):
+    """TensorFlow, for ``purpose``; imported on first use (quietly, as `quiet_tensorflow_startup`).
+
+    Args:
+        purpose: what needs it, for the error message (e.g. ``"make_episodes' tf.data pipeline"``).
+
+    Returns:
+        The ``tensorflow`` module.
+
+    Raises:
+        ImportError: TensorFlow is not installed (or cannot be imported); the message names
+            ``purpose`` and says to ``pip install tensorflow``.
+    """
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        return tf
+    try:
+        return _import_filtered(os.environ)
+    except ImportError as err:
+        raise ImportError(
+            f"{purpose} needs TensorFlow, which cannot be imported here ({err}). Install it with "
+            f"`pip install tensorflow`: {TENSORFLOW_ONLY}. Models, training and evaluation on "
+            "in-memory episodes (mtl_keras.data.episode_source) run on the JAX backend without it."
+        ) from err

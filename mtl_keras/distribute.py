@@ -5,14 +5,27 @@ there is no GPU; ``make_strategy("multi-worker")`` reads the cluster from
 ``TF_CONFIG``. ``configure_logical_cpus(n)`` splits the CPU into ``n`` logical
 devices, so that ``mirrored`` can be tried (and tested) without GPUs. Both must run
 before TensorFlow's first operation. See ``docs/distributed.md``.
+
+``tf.distribute`` is TensorFlow-only: TensorFlow is imported by the functions that need it
+(not with this module), with an error saying what to install where it is missing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from typing import TYPE_CHECKING
 
-import tensorflow as tf
+from mtl_keras._quiet import import_tensorflow
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+
+def _tf(purpose: str):
+    return import_tensorflow(f"{purpose} (tf.distribute)")
+
 
 #: Names `make_strategy` takes.
 STRATEGIES = ("none", "mirrored", "multi-worker")
@@ -28,6 +41,7 @@ def configure_logical_cpus(count: int) -> None:
     count = int(count)
     if count < 1:
         raise ValueError(f"logical CPU devices must be at least 1, got {count}.")
+    tf = _tf("configure_logical_cpus")
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
@@ -50,12 +64,14 @@ def make_strategy(name: str | None, devices: list[str] | None = None) -> tf.dist
     Raises:
         ValueError: an unknown name, ``devices`` with another strategy, or
             ``"multi-worker"`` without a valid ``TF_CONFIG``.
+        ImportError: a strategy is asked for and TensorFlow is not installed.
     """
     if name in (None, "none"):
         if devices:
             raise ValueError("--devices needs --strategy mirrored.")
         return None
     if name == "mirrored":
+        tf = _tf("--strategy mirrored")
         if not devices:
             gpus = tf.config.list_logical_devices("GPU")
             devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -64,7 +80,7 @@ def make_strategy(name: str | None, devices: list[str] | None = None) -> tf.dist
         if devices:
             raise ValueError("--devices needs --strategy mirrored (multi-worker uses each worker's GPUs).")
         _check_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _tf("--strategy multi-worker").distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"Unknown strategy {name!r}; choose one of {list(STRATEGIES)}.")
 
 
@@ -91,7 +107,10 @@ def _check_tf_config() -> dict:
 
 def worker_index(strategy: tf.distribute.Strategy | None) -> int:
     """This process' worker index under a multi-worker strategy (0 = the chief), else 0."""
-    if strategy is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    if strategy is None:
+        return 0
+    tf = sys.modules.get("tensorflow")  # a strategy was made by TensorFlow: it is imported
+    if tf is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return 0
     resolver = strategy.cluster_resolver
     return int(getattr(resolver, "task_id", 0) or 0)

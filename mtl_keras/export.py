@@ -1,4 +1,9 @@
-"""SavedModel export with an ``adapt_and_classify`` signature (one task per call)."""
+"""SavedModel export with an ``adapt_and_classify`` signature (one task per call).
+
+A SavedModel is a TensorFlow format: this module imports TensorFlow when it exports, not
+when it is imported, and says what to install where TensorFlow is missing. A model trained
+on another backend exports after loading its ``.keras`` file on the TensorFlow backend.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,7 @@ import os
 import shutil
 import tempfile
 
-import tensorflow as tf
-from keras.export import ExportArchive
+from mtl_keras._quiet import import_tensorflow
 
 
 def export_adapt_and_classify(model, filepath: str, verbose: bool = True) -> str:
@@ -26,7 +30,14 @@ def export_adapt_and_classify(model, filepath: str, verbose: bool = True) -> str
 
     Returns:
         ``filepath``.
+
+    Raises:
+        ImportError: TensorFlow is not installed (a SavedModel is written by TensorFlow).
+        ValueError: the model is not built.
     """
+    tf = import_tensorflow("export_adapt_and_classify (SavedModel export)")
+    from keras.export import ExportArchive
+
     if not model.backbone.built or not model.head.built:
         raise ValueError("Cannot export an unbuilt model: build the backbone (call it on images) first.")
     h, w, c = model.image_shape

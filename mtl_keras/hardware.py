@@ -126,8 +126,22 @@ def isa_label(flags: set[str] | None) -> str:
 
 
 def _has_gpu() -> bool:
-    import tensorflow as tf
+    """Whether the backend sees a GPU: TensorFlow's devices on the TensorFlow backend, else
+    JAX's or PyTorch's (TensorFlow is not imported for another backend)."""
+    from mtl_keras._quiet import keras_backend_name
 
+    backend = keras_backend_name()
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    from mtl_keras._quiet import import_tensorflow
+
+    tf = import_tensorflow("resolve_precision's GPU check")
     return bool(tf.config.list_physical_devices("GPU"))
 
 
@@ -138,7 +152,8 @@ def resolve_precision(precision: str, flags: set[str] | None = None, has_gpu: bo
         precision: ``"float32"`` or ``"mixed_bfloat16"`` (`ExperimentConfig.precision`).
         flags: the CPU's flags (default: `cpu_flags`); unknown flags (not Linux) keep
             ``precision``.
-        has_gpu: whether a GPU is visible (default: asks TensorFlow); a GPU keeps it.
+        has_gpu: whether a GPU is visible (default: asks the Keras backend's framework); a GPU
+            keeps it.
 
     Returns:
         ``precision``, or ``"float32"`` for ``mixed_bfloat16`` on a CPU-only machine whose CPU

@@ -1,6 +1,7 @@
-"""Data: class splits, benchmark loaders, episodic pipelines."""
+"""Data: class splits, benchmark loaders, episodic pipelines (tf.data and backend-agnostic)."""
 
 from mtl_keras.data import augment  # noqa: F401
+from mtl_keras.data.episode_source import EpisodeSource, episode_source
 from mtl_keras.data.episodes import EpisodeSampler, make_episodes, pretrain_dataset
 from mtl_keras.data.hard_tasks import HardTaskPool
 from mtl_keras.data.registry import Benchmark, list_benchmarks, load_benchmark
@@ -10,7 +11,9 @@ __all__ = [
     "Benchmark",
     "ClassSplit",
     "EpisodeSampler",
+    "EpisodeSource",
     "HardTaskPool",
+    "episode_source",
     "list_benchmarks",
     "load_benchmark",
     "make_episodes",

@@ -30,7 +30,7 @@ import keras
 
 class EpisodeStream:
     """The position of one episode pipeline (`make_episodes` attaches one as
-    ``dataset.episode_stream``).
+    ``dataset.episode_stream``, `episode_source` as ``source.episode_stream``).
 
     Args:
         sampler: the pipeline's `EpisodeSampler`.

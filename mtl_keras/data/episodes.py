@@ -4,17 +4,35 @@ The sampler (numpy, seedable) draws *indices*; a `tf.data` map turns them into
 pixels: a gather for in-memory splits, parallel file decoding for file-backed
 splits. Same seed ⇒ same episode stream, whatever the parallelism (the map is
 order-preserving).
+
+TensorFlow is imported on first use of `make_episodes` or `pretrain_dataset`, not with
+this module. Without TensorFlow `make_episodes` returns the backend-agnostic
+`mtl_keras.data.episode_source.EpisodeSource` (same elements, numpy arrays).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
+from mtl_keras._quiet import import_tensorflow
 from mtl_keras.data.episode_stream import EpisodeStream
 from mtl_keras.data.split import ClassSplit
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from mtl_keras.data.episode_source import EpisodeSource
+
+
+def _tf(purpose: str = "the tf.data episode pipeline"):
+    return import_tensorflow(purpose)
+
+
+_said_fallback = False
 
 
 class EpisodeSampler:
@@ -126,7 +144,7 @@ def make_episodes(
     augment: Callable | None = None,
     num_parallel_calls: int | None = None,
     prefetch: int | None = 2,
-) -> tf.data.Dataset:
+) -> tf.data.Dataset | EpisodeSource:
     """An episodic `tf.data.Dataset` over ``split``.
 
     Each element is ``(inputs, query_labels)`` with::
@@ -165,8 +183,39 @@ def make_episodes(
     Returns:
         A `tf.data.Dataset` as above, with an ``episode_stream`` attribute (an
         `EpisodeStream`: the position `ResumableCheckpoint` and `HardTaskMining` track so
-        a resumed run continues the same stream).
+        a resumed run continues the same stream). Where TensorFlow cannot be imported, the
+        `EpisodeSource` of `episode_source` with the same arguments instead (the same
+        elements as numpy arrays; ``num_parallel_calls`` and ``prefetch`` do not apply),
+        with a warning, once per process.
     """
+    try:
+        tf = _tf("make_episodes' tf.data pipeline")
+    except ImportError as err:
+        from mtl_keras.data.episode_source import episode_source
+
+        global _said_fallback
+        if not _said_fallback:
+            _said_fallback = True
+            warnings.warn(
+                f"make_episodes: TensorFlow is not available ({err.__cause__ or err}), so it returns "
+                "mtl_keras.data.episode_source(...) instead of a tf.data.Dataset: the same episodes "
+                "as numpy arrays, a keras.utils.PyDataset for fit/evaluate on any backend. "
+                "`pip install tensorflow` for the tf.data pipeline.",
+                stacklevel=2,
+            )
+        return episode_source(
+            split,
+            ways,
+            shots,
+            queries,
+            meta_batch_size=meta_batch_size,
+            num_batches=num_batches,
+            seed=seed,
+            repeatable=repeatable,
+            batch_source=batch_source,
+            hard_tasks=hard_tasks,
+            augment=augment,
+        )
     if hard_tasks is not None:
         if batch_source is not None:
             raise ValueError("Give `hard_tasks` or `batch_source`, not both.")
@@ -230,13 +279,15 @@ def make_episodes(
 
 
 def _apply_flat(fn, images):
+    tf = _tf()
     shape = tf.shape(images)
     flat = tf.reshape(images, tf.concat([[-1], shape[2:]], 0))
     return tf.reshape(fn(flat), shape)
 
 
 def _image_loader(split: ClassSplit):
-    """``items (...,) int64 → images (..., H, W, C) float32 in [0, 1]``."""
+    """``items (...,) int64 → images (..., H, W, C) float32 in [0, 1]`` (TensorFlow ops)."""
+    tf = _tf()
     h, w = split.image_size
     c = split.channels
     if not split.is_file_backed:
@@ -280,6 +331,7 @@ def _check_image_bytes(raw, path):
     end-of-image marker near the end of the file: a truncated download fails here
     with the file's name instead of inside ``decode_image`` with an anonymous error.
     """
+    tf = _tf()
     head = tf.strings.substr(tf.strings.join([tf.strings.substr(raw, 0, 12), b"\0" * 12]), 0, 12)
 
     def starts(prefix):
@@ -328,7 +380,11 @@ def pretrain_dataset(
         shuffle: shuffle the images.
         holdout: fraction of each class's images held out; when > 0 returns
             ``(train_ds, holdout_ds)`` for monitoring pretraining.
+
+    Raises:
+        ImportError: TensorFlow is not installed (this is a `tf.data` pipeline).
     """
+    tf = _tf("pretrain_dataset's tf.data pipeline")
     rng = np.random.default_rng(seed)
     train_items, held_items = [], []
     for c in range(split.num_classes):
