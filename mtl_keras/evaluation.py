@@ -16,7 +16,7 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from mtl_keras.callbacks import format_duration
 from mtl_keras.data.episode_stream import EpisodeStream
@@ -142,12 +142,36 @@ def embed_split(model, split: ClassSplit, batch_size: int = 256) -> np.ndarray:
         split: the images (in memory or file-backed).
         batch_size: images per call (speed and memory only).
     """
-    images = pretrain_dataset(split, batch_size=batch_size, shuffle=False).map(lambda x, y: x)
+    if keras.backend.backend() == "tensorflow" or split.is_file_backed:
+        images = pretrain_dataset(split, batch_size=batch_size, shuffle=False).map(lambda x, y: x)
+    else:  # in memory, no tf.data: the same pixels (uint8 / 255 in float32)
+        images = (
+            split.images[i : i + batch_size].astype(np.float32) / np.float32(255.0)
+            for i in range(0, split.num_images, batch_size)
+        )
     if hasattr(model, "embed"):
-        embed = tf.function(lambda x: model.embed(x, training=False), reduce_retracing=True)
+        embed = _compiled(lambda x: model.embed(x, training=False))
     else:
-        embed = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
+        embed = _compiled(lambda x: ops.cast(model(x, training=False), "float32"))
     return np.concatenate([np.asarray(embed(x)) for x in images]).astype(np.float32)
+
+
+def _compiled(fn):
+    """``fn`` compiled by the backend: `tf.function` (retracing only on new shapes) or `jax.jit`.
+
+    Under JAX the model's variables are read when ``fn`` is traced (constants of the compiled
+    function): compile anew whenever the weights change — each evaluation does.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, reduce_retracing=True)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
 
 
 def head_for_ways(model, ways: int) -> tuple[np.ndarray, np.ndarray]:
@@ -391,11 +415,12 @@ def evaluate_episodes(
 
 def _scores(model, logits, losses, labels, ways):
     """Per-step accuracy ``(T+1, B)``, support loss, final per-class accuracy, predictions, query loss."""
-    preds = tf.argmax(logits, axis=-1, output_type=tf.int32)  # (T+1, B, N*Q)
-    correct = tf.reduce_mean(tf.cast(tf.equal(preds, labels[None]), tf.float32), axis=-1)
+    labels = ops.cast(labels, "int32")
+    preds = ops.cast(ops.argmax(logits, axis=-1), "int32")  # (T+1, B, N*Q)
+    correct = ops.mean(ops.cast(ops.equal(preds, labels[None]), "float32"), axis=-1)
     class_acc = model.per_class_accuracy(logits[-1], labels, ways)  # (B, N)
-    query_loss = tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits[-1]), axis=-1
+    query_loss = ops.mean(
+        ops.sparse_categorical_crossentropy(labels, logits[-1], from_logits=True), axis=-1
     )  # (B,)
     return correct, losses, class_acc, preds[-1], query_loss
 
@@ -413,7 +438,6 @@ def _episode_batches(model, split, ways, shots, queries, num_batches, seed, batc
         repeatable=True,
     )
 
-    @tf.function(reduce_retracing=True)
     def run(inputs, labels):
         _, history = model.adapt(
             inputs["support_images"],
@@ -424,15 +448,18 @@ def _episode_batches(model, split, ways, shots, queries, num_batches, seed, batc
         )
         return _scores(model, history["query_logits"], history["support_loss"], labels, ways)
 
+    run = _compiled(run)
     for inputs, labels in ds:
+        if keras.backend.backend() != "tensorflow":
+            inputs, labels = {k: np.asarray(v) for k, v in inputs.items()}, np.asarray(labels)
         correct, loss, class_acc, preds, query_loss = run(inputs, labels)
         yield {
-            "query_loss": query_loss.numpy(),
-            "correct": correct.numpy(),
-            "loss": loss.numpy(),
-            "class_acc": class_acc.numpy(),
-            "preds": preds.numpy(),
-            "task_classes": inputs["task_classes"].numpy(),
+            "query_loss": np.asarray(query_loss),
+            "correct": np.asarray(correct),
+            "loss": np.asarray(loss),
+            "class_acc": np.asarray(class_acc),
+            "preds": np.asarray(preds),
+            "task_classes": np.asarray(inputs["task_classes"]),
             "sample": lambda inputs=inputs, labels=labels, preds=preds: _sample_episode(
                 inputs, labels, preds
             ),
@@ -454,15 +481,14 @@ def _cached_batches(
         (model.head.kernel, model.head.bias)
         if head is None
         else (
-            tf.constant(head[0], tf.float32),
-            tf.constant(head[1], tf.float32),
+            ops.convert_to_tensor(np.asarray(head[0], np.float32)),
+            ops.convert_to_tensor(np.asarray(head[1], np.float32)),
         )
     )
     drawn = draw_episodes(split, ways, shots, queries, episodes, seed, meta_batch_size=batch)
     support_labels = np.tile(np.repeat(np.arange(ways, dtype=np.int32), shots), (batch, 1))
     query_labels = np.tile(np.repeat(np.arange(ways, dtype=np.int32), queries), (batch, 1))
 
-    @tf.function(reduce_retracing=True)
     def run(support, support_labels, query, labels):
         _, _, history = inner_loop(
             support,
@@ -475,6 +501,7 @@ def _cached_batches(
         )
         return _scores(model, history["query_logits"], history["support_loss"], labels, ways)
 
+    run = _compiled(run)
     for start in range(0, drawn.episodes, batch):
         s_items = drawn.support_items[start : start + batch]
         q_items = drawn.query_items[start : start + batch]
@@ -489,16 +516,16 @@ def _cached_batches(
                 "support_labels": support_labels[0],
                 "query_images": _split_images(split, q_items[0]),
                 "query_labels": query_labels[0],
-                "query_predictions": preds[0].numpy(),
+                "query_predictions": np.asarray(preds[0]),
                 "task_classes": np.asarray(task_classes),
             }
 
         yield {
-            "query_loss": query_loss.numpy(),
-            "correct": correct.numpy(),
-            "loss": loss.numpy(),
-            "class_acc": class_acc.numpy(),
-            "preds": preds.numpy(),
+            "query_loss": np.asarray(query_loss),
+            "correct": np.asarray(correct),
+            "loss": np.asarray(loss),
+            "class_acc": np.asarray(class_acc),
+            "preds": np.asarray(preds),
             "task_classes": drawn.task_classes[start : start + b],
             "sample": sample,
         }
@@ -508,6 +535,8 @@ def _split_images(split: ClassSplit, items: np.ndarray) -> np.ndarray:
     """``(n, H, W, C) uint8`` images ``items`` of ``split`` (decoded as the episodes decode them)."""
     if not split.is_file_backed:
         return split.images[items]
+    import tensorflow as tf  # file-backed splits decode with TensorFlow
+
     pixels = _image_loader(split)(tf.constant(items, tf.int64))
     return np.round(pixels.numpy() * 255).astype(np.uint8)
 
@@ -515,12 +544,12 @@ def _split_images(split: ClassSplit, items: np.ndarray) -> np.ndarray:
 def _sample_episode(inputs, labels, preds) -> dict:
     """The first episode of a meta-batch, images as uint8."""
     return {
-        "support_images": np.round(inputs["support_images"][0].numpy() * 255).astype(np.uint8),
-        "support_labels": inputs["support_labels"][0].numpy(),
-        "query_images": np.round(inputs["query_images"][0].numpy() * 255).astype(np.uint8),
-        "query_labels": labels[0].numpy(),
-        "query_predictions": preds[0].numpy(),
-        "task_classes": inputs["task_classes"][0].numpy(),
+        "support_images": np.round(np.asarray(inputs["support_images"][0]) * 255).astype(np.uint8),
+        "support_labels": np.asarray(inputs["support_labels"][0]),
+        "query_images": np.round(np.asarray(inputs["query_images"][0]) * 255).astype(np.uint8),
+        "query_labels": np.asarray(labels[0]),
+        "query_predictions": np.asarray(preds[0]),
+        "task_classes": np.asarray(inputs["task_classes"][0]),
     }
 
 

@@ -22,8 +22,9 @@ silently). Tested with Keras 3.15 and TensorFlow 2.21 (``setup.py``'s lower boun
 
 from __future__ import annotations
 
+import sys
+
 import keras
-import tensorflow as tf
 
 
 def all_layers(layer: keras.layers.Layer) -> list:
@@ -48,7 +49,8 @@ def set_initial_epoch(model: keras.Model, epoch: int | None) -> None:
 
 def in_multi_worker_mode(strategy) -> bool:
     """Whether a `tf.distribute.MultiWorkerMirroredStrategy` spans several workers."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    tf = sys.modules.get("tensorflow")  # no strategy exists unless TensorFlow was imported
+    if tf is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return False
     hook = getattr(strategy.extended, "_in_multi_worker_mode", None)
     return True if hook is None else bool(hook())

@@ -11,7 +11,7 @@ import copy
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from mtl_keras import keras_private
 from mtl_keras.layers.batch_statistics import batch_statistics_view
@@ -26,8 +26,38 @@ HEAD_INITIALIZERS = ("zeros", "kaiming")
 POOLING_MODES = ("avg", "max")
 
 
+def _backend_steps():
+    """The mixin with `MetaTransferModel`'s train/test steps for the Keras backend in use."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        from mtl_keras.models.steps_tensorflow import TensorFlowSteps
+
+        return TensorFlowSteps
+    if backend == "jax":
+        from mtl_keras.models.steps_jax import JaxSteps
+
+        return JaxSteps
+    return _UnsupportedBackendSteps
+
+
+class _UnsupportedBackendSteps:
+    """Steps on a backend mtl_keras does not train on (PyTorch, NumPy): a clear error."""
+
+    def _fail(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"MetaTransferModel trains on the TensorFlow and JAX backends; Keras runs on "
+            f"'{keras.backend.backend()}'. Set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax before "
+            "importing keras."
+        )
+
+    train_step = test_step = _traced_support_labels = _map_tasks = _fail
+
+    def _is_concrete(self, x) -> bool:
+        return True
+
+
 @keras.saving.register_keras_serializable(package="mtl_keras")
-class MetaTransferModel(keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
+class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
     """Meta-transfer learning (MTL) over a pretrained backbone.
 
     Each training step takes a meta-batch of ``B`` episodes (N-way, K-shot,
@@ -90,7 +120,7 @@ class MetaTransferModel(keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
             queries; ``"transductive"`` with the statistics of each task's support and query
             images together; ``"transductive_separate"`` with the statistics of the support set
             and, separately, of the query set, as the official MTL TensorFlow code
-            (``tf.contrib.layers.batch_norm`` in training mode, support and query embedded in
+            (contrib's ``batch_norm`` in training mode, support and query embedded in
             separate calls). The transductive modes call the backbone once per task (twice for
             ``_separate``) through `mtl_keras.layers.batch_statistics_view`: the moving
             statistics are never updated.
@@ -108,7 +138,7 @@ class MetaTransferModel(keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
             the same function of the same variables, with fewer passes over the
             activations (and, under ``mixed_bfloat16``, no float32 round trip per BN).
         unroll_training: in training, run the inner loop as ``inner_steps`` copies of the step in
-            the graph rather than a ``tf.while_loop``, whose gradient TF 2.21 does not compute
+            the graph rather than a while loop, whose gradient TF 2.21 does not compute
             reproducibly (see `inner_loop`): with it, the same seed gives the same model.
             ``False`` keeps the loop (a smaller graph, for very many inner steps).
         pooling: how a backbone whose output is a feature map ``(batch, H, W, D)`` is reduced
@@ -327,46 +357,44 @@ class MetaTransferModel(keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
         through its BN-folded view (see ``fold_batch_norm``): same function, same variables.
         """
         backbone = self.backbone if training else self._inference_view.value
-        return tf.cast(backbone(images, training=training), tf.float32)
+        return ops.cast(backbone(images, training=training), "float32")
 
     def _embed_episodes(self, support_images, query_images, training=False):
         """Embed ``(B, S, ...)`` and ``(B, Q, ...)`` images → ``(B, S, D)``, ``(B, Q, D)``."""
-        support_images = tf.convert_to_tensor(support_images)
-        query_images = tf.convert_to_tensor(query_images)
+        support_images = ops.convert_to_tensor(support_images)
+        query_images = ops.convert_to_tensor(query_images)
         _check_rank(support_images, 5, "support_images", "(B, N*K, H, W, C)")
         _check_rank(query_images, 5, "query_images", "(B, N*Q, H, W, C)")
         self._check_image_shape(support_images, "support_images")
         self._check_image_shape(query_images, "query_images")
-        batch = tf.shape(support_images)[0]
-        num_support = tf.shape(support_images)[1]
-        num_query = tf.shape(query_images)[1]
-        # Static image shape where known: convolutions run markedly faster with known H, W, C.
-        dynamic = tf.shape(support_images)
+        # Static sizes where known (on TensorFlow `ops.shape` gives a tensor for an unknown one):
+        # convolutions run markedly faster with known H, W, C.
+        batch, num_support = ops.shape(support_images)[:2]
+        num_query = ops.shape(query_images)[1]
+        dynamic = ops.shape(support_images)
         image_shape = [d if d is not None else dynamic[2 + i] for i, d in enumerate(self.image_shape)]
         if self.batch_norm != "frozen":
             # Batch statistics are per task (and per set): one backbone call per task (and set).
             view = self._batch_statistics_view.value
 
             def embed(images):
-                return tf.cast(view(images), tf.float32)
+                return ops.cast(view(images), "float32")
 
             if self.batch_norm == "transductive":
-                both = tf.concat([support_images, query_images], axis=1)
-                feats = tf.map_fn(embed, both, fn_output_signature=tf.float32)
+                both = ops.concatenate([support_images, query_images], axis=1)
+                feats = self._map_tasks(embed, both)
                 return feats[:, :num_support], feats[:, num_support:]
-            support = tf.map_fn(embed, support_images, fn_output_signature=tf.float32)
-            query = tf.map_fn(embed, query_images, fn_output_signature=tf.float32)
-            return support, query
+            return self._map_tasks(embed, support_images), self._map_tasks(embed, query_images)
         # One backbone call for the whole meta-batch (BN frozen ⇒ no cross-task leak).
-        flat = tf.concat(
-            [tf.reshape(support_images, [-1, *image_shape]), tf.reshape(query_images, [-1, *image_shape])],
+        flat = ops.concatenate(
+            [ops.reshape(support_images, [-1, *image_shape]), ops.reshape(query_images, [-1, *image_shape])],
             axis=0,
         )
         feats = self.embed(flat, training=training)
-        dim = tf.shape(feats)[-1]
+        dim = ops.shape(feats)[-1]
         split = batch * num_support
-        support = tf.reshape(feats[:split], tf.stack([batch, num_support, dim]))
-        query = tf.reshape(feats[split:], tf.stack([batch, num_query, dim]))
+        support = ops.reshape(feats[:split], [batch, num_support, dim])
+        query = ops.reshape(feats[split:], [batch, num_query, dim])
         return support, query
 
     def adapt(
@@ -397,7 +425,7 @@ class MetaTransferModel(keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
         """
         steps = self.eval_inner_steps if steps is None else int(steps)
         support, query = self._embed_episodes(support_images, query_images, training=training)
-        support_labels = self._checked_support_labels(tf.cast(support_labels, tf.int32))
+        support_labels = self._checked_support_labels(ops.cast(support_labels, "int32"))
         weights, bias, history = inner_loop(
             support,
             support_labels,
@@ -428,10 +456,12 @@ class MetaTransferModel(keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
         """``support_labels`` after checking they lie in ``0..N-1`` and cover every class.
 
         Eager calls raise a `ValueError` naming the task; in a graph (``fit``,
-        export) the same checks run as `tf.debugging.Assert` ops.
+        export) on TensorFlow the same checks run as assert ops; under JAX's ``jit`` they cannot
+        run (no data-dependent errors in a traced function): `fit` checks each meta-batch's
+        labels in Python before the step instead.
         """
         ways = self.ways
-        if tf.executing_eagerly():
+        if self._is_concrete(support_labels):
             labels = np.asarray(support_labels)
             if labels.ndim != 2:
                 raise ValueError(f"support_labels must be (B, N*K), got shape {labels.shape}.")
@@ -452,19 +482,7 @@ class MetaTransferModel(keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
                         "like the model?"
                     )
             return support_labels
-        in_range = tf.reduce_all((support_labels >= 0) & (support_labels < ways))
-        present = tf.reduce_all(tf.reduce_sum(tf.one_hot(support_labels, ways), axis=-2) > 0)
-        checks = [
-            tf.debugging.Assert(
-                in_range,
-                [f"support_labels must lie in 0..{ways - 1} (episode positions); got", support_labels],
-            ),
-            tf.debugging.Assert(
-                present, [f"every one of the {ways} classes needs a support example; got", support_labels]
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            return tf.identity(support_labels)
+        return self._traced_support_labels(support_labels)
 
     def call(self, inputs, training=False):
         """Adapted query logits ``(B, N*Q, N)`` of an episode dict (see class doc)."""
@@ -495,121 +513,19 @@ class MetaTransferModel(keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
             ``(B, N)`` float32: fraction of class-``n`` queries classified correctly
             (0 for a class without queries).
         """
-        query_labels = tf.cast(query_labels, tf.int32)
-        correct = tf.cast(
-            tf.equal(tf.argmax(query_logits, -1, output_type=tf.int32), query_labels), tf.float32
-        )
-        onehot = tf.one_hot(query_labels, ways, dtype=tf.float32)
-        hits = tf.einsum("bm,bmn->bn", correct, onehot)
-        counts = tf.reduce_sum(onehot, axis=1)
-        return tf.math.divide_no_nan(hits, counts)
+        query_labels = ops.cast(query_labels, "int32")
+        predicted = ops.cast(ops.argmax(query_logits, axis=-1), "int32")
+        correct = ops.cast(ops.equal(predicted, query_labels), "float32")
+        onehot = ops.one_hot(query_labels, ways, dtype="float32")
+        hits = ops.einsum("bm,bmn->bn", correct, onehot)
+        counts = ops.sum(onehot, axis=1)
+        return ops.divide_no_nan(hits, counts)
 
     def _loss_and_accuracy(self, query_logits, query_labels):
-        query_labels = tf.cast(query_labels, tf.int32)
-        loss = tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=query_labels, logits=query_logits)
-        )
-        correct = tf.equal(tf.argmax(query_logits, -1, output_type=tf.int32), query_labels)
-        return loss, tf.reduce_mean(tf.cast(correct, tf.float32))
-
-    def train_step(self, data):
-        inputs, query_labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        if self.head_optimizer is None:
-            raise RuntimeError("Call model.compile() before fit().")
-        backbone_vars = self.backbone.trainable_variables
-        head_vars = self.head.trainable_variables
-        # Under tf.distribute each replica holds B / R tasks and the optimizers *sum*
-        # the replicas' gradients: scale by 1/R so the update is that of the mean
-        # loss over the whole meta-batch.
-        replica = tf.distribute.get_replica_context()
-        replicas = replica.num_replicas_in_sync if replica is not None else 1
-        checks = self._check_training_inputs(inputs, replica, replicas)
-        with tf.GradientTape() as tape, tf.control_dependencies(checks):
-            logits = self(inputs, training=True)
-            loss, accuracy = self._loss_and_accuracy(logits, query_labels)
-            scaled_loss = loss / replicas if replicas > 1 else loss
-        grads = tape.gradient(scaled_loss, backbone_vars + head_vars)
-        if backbone_vars:
-            self.optimizer.apply_gradients(zip(grads[: len(backbone_vars)], backbone_vars))
-        self.head_optimizer.apply_gradients(zip(grads[len(backbone_vars) :], head_vars))
-        self.loss_tracker.update_state(loss)
-        self.accuracy_tracker.update_state(accuracy)
-        # Norms of this replica's gradient of its own tasks' mean loss (undoing the 1/R).
-        if backbone_vars:
-            self.phi_grad_norm_tracker.update_state(
-                tf.linalg.global_norm(grads[: len(backbone_vars)]) * replicas
-            )
-        self.head_grad_norm_tracker.update_state(
-            tf.linalg.global_norm(grads[len(backbone_vars) :]) * replicas
-        )
-        if self.task_feedback is not None and "task_classes" in inputs:
-            class_acc = self.per_class_accuracy(logits, query_labels, self.ways)
-            task_classes = inputs["task_classes"]
-            if replicas > 1:
-                # Report the whole meta-batch (replica order = batch order) once per worker:
-                # every worker's pipeline draws the same stream, so every pool needs it.
-                task_classes = _gather_replicas(replica, task_classes, replicas)
-                class_acc = _gather_replicas(replica, class_acc, replicas)
-            if _reports_here(replica, replicas):
-                tf.numpy_function(self._report_feedback, [task_classes, class_acc], [], stateful=True)
-        return self._metric_logs(self.metrics)
-
-    def _check_training_inputs(self, inputs, replica, replicas: int) -> list:
-        """Checks of a training step's inputs; returns the ops the step must run after.
-
-        While ``fit`` traces the step: the activations must fit in memory
-        (`mtl_keras.models.memory.check_step_memory`, raises `MemoryError` before any step
-        runs). Under a `tf.distribute` strategy whose replicas' shares have no static size (a
-        meta-batch split unevenly, or any multi-worker pipeline), every step asserts that all
-        replicas got the same number of tasks (``tf.errors.InvalidArgumentError`` naming
-        the fix; the loss is a mean of the replicas' means). One 2-float all-reduce per step.
-        """
-        from mtl_keras.models.memory import check_step_memory
-
-        support = inputs["support_images"].shape
-        check_step_memory(self, support, inputs["query_images"].shape, replicas)
-        if replicas <= 1 or support.rank is None or support[0] is not None:
-            return []  # a static per-replica size: the split is even
-        tasks = tf.cast(tf.shape(inputs["support_images"])[0], tf.float32)
-        total = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([tasks, tasks * tasks]))
-        # Σb² · R = (Σb)² exactly when every replica has the same b (Cauchy-Schwarz).
-        even = tf.equal(total[1] * float(replicas), total[0] * total[0])
-        return [
-            tf.debugging.Assert(
-                even,
-                [
-                    f"The meta-batch does not split evenly over the {replicas} replicas: use a "
-                    f"meta_batch_size that is a multiple of {replicas} (make_episodes(..., "
-                    "meta_batch_size=...)). Tasks in all replicas:",
-                    total[0],
-                ],
-            )
-        ]
-
-    def _metric_logs(self, metrics=None) -> dict:
-        """``{name: value}`` of ``metrics`` (default: loss and accuracy, what evaluation reports)."""
-        logs = {m.name: m.result() for m in (metrics or (self.loss_tracker, self.accuracy_tracker))}
-        if keras_private.in_multi_worker_mode(tf.distribute.get_strategy()):
-            # Keras 3.15 reduces multi-worker step logs with strategy.reduce(MEAN, axis=0),
-            # which needs an axis: give each scalar one (the reduced log is a scalar again).
-            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
-        return logs
-
-    def _report_feedback(self, task_classes, class_accuracy):
-        self.task_feedback.report(np.asarray(task_classes), np.asarray(class_accuracy))
-        return []
-
-    def test_step(self, data):
-        inputs, query_labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        logits = self(inputs, training=False)
-        loss, accuracy = self._loss_and_accuracy(logits, query_labels)
-        self.loss_tracker.update_state(loss)
-        self.accuracy_tracker.update_state(accuracy)
-        return self._metric_logs()
-
-    def predict_step(self, data):
-        inputs = data[0] if isinstance(data, tuple) else data
-        return self(inputs, training=False)
+        query_labels = ops.cast(query_labels, "int32")
+        loss = ops.mean(ops.sparse_categorical_crossentropy(query_labels, query_logits, from_logits=True))
+        correct = ops.equal(ops.cast(ops.argmax(query_logits, axis=-1), "int32"), query_labels)
+        return loss, ops.mean(ops.cast(correct, "float32"))
 
     # ----------------------------------------------------------------- export
     def export(self, filepath: str, format: str = "tf_saved_model", verbose: bool = True, **kwargs):
@@ -658,30 +574,6 @@ class MetaTransferModel(keras_private.SkipSymbolicBuildWhenBuilt, keras.Model):
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         config["head"] = keras.saving.deserialize_keras_object(config["head"])
         return cls(**config)
-
-
-def _gather_replicas(replica, x, replicas: int):
-    """Concatenate ``x`` of every replica along axis 0, in replica order.
-
-    Written with ``all_reduce`` (each replica fills its own slot of a zero tensor):
-    ``ReplicaContext.all_gather`` fails under MultiWorkerMirroredStrategy in a
-    graph ("destinations can not be empty", TF 2.21). Values must be exact in
-    float32 (class ids < 2**24, accuracies).
-    """
-    slot = tf.one_hot(replica.replica_id_in_sync_group, replicas, dtype=tf.float32)
-    slot = tf.reshape(slot, [replicas] + [1] * x.shape.rank)
-    spread = slot * tf.cast(x, tf.float32)[None]
-    total = replica.all_reduce(tf.distribute.ReduceOp.SUM, spread)
-    return tf.cast(tf.reshape(total, tf.concat([[-1], tf.shape(x)[1:]], 0)), x.dtype)
-
-
-def _reports_here(replica, replicas: int) -> bool:
-    """True on the first local replica of each worker (always without a strategy)."""
-    if replicas <= 1:
-        return True
-    replica_id = tf.get_static_value(replica.replica_id_in_sync_group)
-    local = len(tf.distribute.get_strategy().extended.worker_devices)
-    return replica_id is None or int(replica_id) % max(1, local) == 0
 
 
 class _Untracked:
@@ -747,7 +639,8 @@ def _folded_view(backbone):
 
 
 def _check_rank(tensor, rank, name, expected):
-    if tensor.shape.rank is not None and tensor.shape.rank != rank:
+    got = getattr(tensor.shape, "rank", len(tensor.shape))  # TensorFlow: None for an unknown rank
+    if got is not None and got != rank:
         raise ValueError(
             f"{name} must have shape {expected} (rank {rank}), got shape {tuple(tensor.shape)}. "
             "For a single task, add a leading batch axis."

@@ -5,14 +5,35 @@ from __future__ import annotations
 import copy
 
 import keras
-import tensorflow as tf
+import numpy as np
 
 from mtl_keras import keras_private
 from mtl_keras.layers.phase import set_phase
 
 
+class _TensorFlowPretrainSteps:
+    """On TensorFlow: Keras's own steps, then the replicas' moving statistics averaged (see
+    `PretrainModel`), and multi-worker logs given the axis Keras 3.15 reduces over."""
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        self._average_moving_statistics()
+        return _with_batch_axis(logs)
+
+    def test_step(self, data):
+        return _with_batch_axis(super().test_step(data))
+
+
+class _KerasSteps:
+    """On JAX (no `tf.distribute`): Keras's own stateless steps, unchanged."""
+
+
 @keras.saving.register_keras_serializable(package="mtl_keras")
-class PretrainModel(keras_private.SymbolicBuildFromZeros, keras.Model):
+class PretrainModel(
+    _TensorFlowPretrainSteps if keras.backend.backend() == "tensorflow" else _KerasSteps,
+    keras_private.SymbolicBuildFromZeros,
+    keras.Model,
+):
     """Backbone + optional augmentation + dropout + ``Dense(num_classes)``.
 
     Trained with ordinary ``compile``/``fit`` on ``(images, labels)`` batches
@@ -62,15 +83,12 @@ class PretrainModel(keras_private.SymbolicBuildFromZeros, keras.Model):
         # never trained, and under MultiWorkerMirroredStrategy reducing it fails ("PerReplica
         # ... to a Tensor"). Build from a one-image zero batch of the right shapes instead.
         shape = tuple(self.backbone.input_shape[1:])
-        return tf.zeros((1, *shape)), tf.zeros((1,), tf.int32)
-
-    def train_step(self, data):
-        logs = super().train_step(data)
-        self._average_moving_statistics()
-        return _with_batch_axis(logs)
+        return np.zeros((1, *shape), "float32"), np.zeros((1,), "int32")
 
     def _average_moving_statistics(self):
         """Set every replica's BN moving statistics to their mean over the replicas."""
+        import tensorflow as tf
+
         context = tf.distribute.get_replica_context()
         if context is None or context.num_replicas_in_sync == 1:
             return
@@ -88,9 +106,6 @@ class PretrainModel(keras_private.SymbolicBuildFromZeros, keras.Model):
             means = tf.split(total / context.num_replicas_in_sync, [int(v.shape[0]) for v in stats])
             for variable, mean in zip(stats, means):
                 variable.assign(mean)  # replica context, aggregation NONE: this replica's copy
-
-    def test_step(self, data):
-        return _with_batch_axis(super().test_step(data))
 
     def call(self, images, training=False):
         if self.augmentation is not None and training:
@@ -144,6 +159,8 @@ def synchronize_batch_norm(model: keras.layers.Layer, synchronized: bool = True)
 def _with_batch_axis(logs):
     """Keras 3.15 reduces multi-worker step logs with ``strategy.reduce(MEAN, axis=0)``,
     which needs an axis: give each scalar log one (the reduced log is a scalar again)."""
+    import tensorflow as tf
+
     if not keras_private.in_multi_worker_mode(tf.distribute.get_strategy()):
         return logs
     return {
