@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: demo test test-slow lint format clean
+.PHONY: demo test test-jax test-slow lint format clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,16 @@ $(STAMP): setup.py pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/mtl-keras demo
 
-## make test: lint, then the whole test suite (slow tests excluded)
+## make test: lint, the whole test suite on TensorFlow (slow tests excluded), then the
+## backend-agnostic tests (marked `backends`) again on JAX
 test: $(STAMP)
 	$(VENV)/bin/ruff check mtl_keras tests scripts benchmarks
 	$(VENV)/bin/python -m pytest -q --durations=15
+	KERAS_BACKEND=jax $(VENV)/bin/python -m pytest -q --durations=10 -m "backends and not slow" tests/unit
+
+## make test-jax: only the JAX pass of make test
+test-jax: $(STAMP)
+	KERAS_BACKEND=jax $(VENV)/bin/python -m pytest -q --durations=10 -m "backends and not slow" tests/unit
 
 ## make test-slow: only the tests marked slow
 test-slow: $(STAMP)

@@ -22,7 +22,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.6", "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"],
+        # make test's second pass runs the backend-agnostic tests on JAX: dev brings jax too
+        "dev": ["pytest>=8", "ruff>=0.6", "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29", "jax>=0.4.30"],
         "bench": ["torch==2.13.0"],
         # keras-hub CNN backbones for enable_scale_shift (tested with 0.32.0; tests skip without it)
         "hub": ["keras-hub>=0.32"],

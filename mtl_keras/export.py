@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 from mtl_keras._quiet import import_tensorflow
@@ -35,6 +37,10 @@ def export_adapt_and_classify(model, filepath: str, verbose: bool = True) -> str
         ImportError: TensorFlow is not installed (a SavedModel is written by TensorFlow).
         ValueError: the model is not built.
     """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return export_through_tensorflow(model, filepath, verbose=verbose)
     tf = import_tensorflow("export_adapt_and_classify (SavedModel export)")
     from keras.export import ExportArchive
 
@@ -75,6 +81,61 @@ def export_adapt_and_classify(model, filepath: str, verbose: bool = True) -> str
     if verbose:
         print(
             f"Saved adapt_and_classify SavedModel to {filepath} "
+            f"(ways={model.ways}, images {h}x{w}x{c}, {model.eval_inner_steps} inner steps)."
+        )
+    return filepath
+
+
+#: What the TensorFlow process of `export_through_tensorflow` runs: load the ``.keras`` file on
+#: the TensorFlow backend and export it as that backend's own models are exported.
+_EXPORT_SCRIPT = """
+import sys
+import keras
+import mtl_keras  # noqa: F401  (registers the classes the file names)
+from mtl_keras.export import export_adapt_and_classify
+model = keras.saving.load_model(sys.argv[1], compile=False)
+export_adapt_and_classify(model, sys.argv[2], verbose=False)
+"""
+
+
+def export_through_tensorflow(model, filepath: str, verbose: bool = True) -> str:
+    """Export a model built on another Keras backend (JAX): through its ``.keras`` file, loaded on
+    the TensorFlow backend in a subprocess, which writes the same SavedModel a TensorFlow-trained
+    model gets (`export_adapt_and_classify`).
+
+    Needs TensorFlow installed beside the other backend (``pip install tensorflow``); the
+    training process itself need not import it.
+
+    Raises:
+        ImportError: TensorFlow is not installed.
+        RuntimeError: the TensorFlow process failed (its last lines of output in the message).
+    """
+    from mtl_keras._quiet import tensorflow_installed
+
+    if not tensorflow_installed():
+        raise ImportError(
+            "Exporting a SavedModel needs TensorFlow (a SavedModel is TensorFlow's format), and it is not "
+            "installed: pip install tensorflow. The model can still be saved with model.save('model.keras') "
+            "and exported later on a machine with TensorFlow."
+        )
+    filepath = os.fspath(filepath)
+    with tempfile.TemporaryDirectory(prefix="mtl-keras-export-") as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        done = subprocess.run(
+            [sys.executable, "-c", _EXPORT_SCRIPT, path, os.path.abspath(filepath)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        raise RuntimeError(f"Export through the TensorFlow backend failed (exit {done.returncode}):\n{tail}")
+    if verbose:
+        h, w, c = model.image_shape
+        print(
+            f"Saved adapt_and_classify SavedModel to {filepath} through the TensorFlow backend "
             f"(ways={model.ways}, images {h}x{w}x{c}, {model.eval_inner_steps} inner steps)."
         )
     return filepath

@@ -14,6 +14,19 @@ import pytest  # noqa: E402
 from mtl_keras.data.split import ClassSplit  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """On a Keras backend other than TensorFlow (``KERAS_BACKEND=jax``, the second pass of
+    ``make test``), run only the tests marked ``backends``: the rest test TensorFlow itself
+    (gradient tapes, tf.data, tf.distribute, SavedModels) or call TensorFlow in the test."""
+    if keras.backend.backend() == "tensorflow":
+        return
+    keep = [item for item in items if item.get_closest_marker("backends")]
+    dropped = [item for item in items if not item.get_closest_marker("backends")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)

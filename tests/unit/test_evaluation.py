@@ -4,6 +4,9 @@ import pytest
 from mtl_keras import MetaTransferModel, evaluate_episodes, load_benchmark, make_episodes, resnet12
 from mtl_keras.evaluation import confidence_interval
 
+#: Backend-agnostic: also run in the second pytest pass, on JAX (conftest.py).
+pytestmark = pytest.mark.backends
+
 
 def test_confidence_interval_is_196_std_over_sqrt_n():
     acc = np.array([0.2, 0.4, 0.6, 0.8])

@@ -18,6 +18,7 @@ def test_resnet12_structure_and_output():
     assert out.shape == (2, 16)
 
 
+@pytest.mark.backends
 def test_conv4_and_resnet18_shapes():
     assert conv4((32, 32, 1), filters=8).output_shape == (None, 8 * 2 * 2)
     r18 = resnet18((32, 32, 3), widths=(4, 8, 8, 8))
@@ -25,6 +26,7 @@ def test_conv4_and_resnet18_shapes():
     assert _count_ss(r18) == 1 + 16
 
 
+@pytest.mark.backends
 def test_meta_phase_leaves_only_phi_trainable():
     model = resnet12((16, 16, 1), widths=(4, 4, 4, 4))
     set_phase(model, "meta")
@@ -33,6 +35,7 @@ def test_meta_phase_leaves_only_phi_trainable():
     assert len(model.trainable_weights) == 24
 
 
+@pytest.mark.backends
 def test_backbone_rejects_too_small_images():
     with pytest.raises(ValueError, match="too small"):
         resnet12((8, 8, 3))

@@ -231,6 +231,9 @@ def test_keras_fit_and_evaluate_take_the_source(proto_split):
 #: which imports the models).
 PRELUDE = f"""
 import os, sys, types, warnings
+
+#: Backend-agnostic: also run in the second pytest pass, on JAX (conftest.py).
+pytestmark = pytest.mark.backends
 sys.modules["tensorflow"] = None
 package = types.ModuleType("mtl_keras")
 package.__path__ = [{str(ROOT / "mtl_keras")!r}]

@@ -4,6 +4,9 @@ import pytest
 from mtl_keras.data import EpisodeSampler, make_episodes, pretrain_dataset
 from tests.conftest import make_prototype_split
 
+#: Backend-agnostic: also run in the second pytest pass, on JAX (conftest.py).
+pytestmark = pytest.mark.backends
+
 
 def _items_to_rows(split):
     return {split.images[i].tobytes(): i for i in range(split.num_images)}

@@ -12,6 +12,7 @@ def _x(shape=(2, 8, 8, 3), seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype("float32")
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("phase,trainable", [("pretrain", 2), ("meta", 2)])
 def test_layer_contract(tmp_path, phase, trainable):
     layer = run_layer_test(
@@ -27,6 +28,7 @@ def test_layer_contract(tmp_path, phase, trainable):
     assert names == ({"kernel", "bias"} if phase == "pretrain" else {"scale", "shift"})
 
 
+@pytest.mark.backends
 def test_identity_phi_equals_conv2d():
     x = _x()
     conv = keras.layers.Conv2D(5, 3, strides=2, padding="same")
@@ -38,6 +40,7 @@ def test_identity_phi_equals_conv2d():
     np.testing.assert_array_equal(ss.shift.numpy(), 0.0)
 
 
+@pytest.mark.backends
 def test_output_is_scaled_kernel_plus_shift():
     x = _x()
     ss = ScaleShiftConv2D(4, 3, padding="valid")
@@ -74,6 +77,7 @@ def test_meta_phase_gradients_reach_phi_not_theta():
         np.testing.assert_array_equal(before, v.numpy())
 
 
+@pytest.mark.backends
 def test_pretrain_phase_trains_theta_only():
     model = keras.Sequential([keras.Input((8, 8, 3)), ScaleShiftConv2D(4, 3)])
     set_phase(model, "meta")
@@ -81,6 +85,7 @@ def test_pretrain_phase_trains_theta_only():
     assert {w.name for w in model.trainable_weights} == {"kernel", "bias"}
 
 
+@pytest.mark.backends
 def test_phase_survives_keras_round_trip(tmp_path):
     model = keras.Sequential([keras.Input((8, 8, 3)), ScaleShiftConv2D(4, 3)])
     set_phase(model, "meta")
@@ -90,11 +95,13 @@ def test_phase_survives_keras_round_trip(tmp_path):
     assert {w.name for w in loaded.trainable_weights} == {"scale", "shift"}
 
 
+@pytest.mark.backends
 def test_bad_phase_is_rejected():
     with pytest.raises(ValueError, match="phase"):
         ScaleShiftConv2D(4, phase="finetune")
 
 
+@pytest.mark.backends
 def test_from_conv2d_rejects_unbuilt_channels_first_and_subclasses():
     with pytest.raises(ValueError, match="not built"):
         ScaleShiftConv2D.from_conv2d(keras.layers.Conv2D(4, 3))
@@ -112,6 +119,7 @@ def test_from_conv2d_rejects_unbuilt_channels_first_and_subclasses():
         ScaleShiftConv2D.from_conv2d(mine)
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -161,6 +169,7 @@ def test_grouped_and_dilated_kernel_gradients_equal_keras(mode, kwargs):
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.backends
 def test_layer_contract_with_groups_dilation_and_activation(tmp_path):
     run_layer_test(
         ScaleShiftConv2D,

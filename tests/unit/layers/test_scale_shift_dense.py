@@ -11,6 +11,7 @@ def _x(shape=(4, 6), seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype("float32")
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("phase", ["pretrain", "meta"])
 def test_layer_contract(tmp_path, phase):
     layer = run_layer_test(
@@ -25,6 +26,7 @@ def test_layer_contract(tmp_path, phase):
     assert layer.scale.shape == (6, 5) and layer.shift.shape == (5,)
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("shape", [(4, 6), (2, 3, 3, 6)])  # ConvNeXt applies Dense to feature maps
 def test_from_dense_is_exact_at_identity_phi(shape):
     x = _x(shape)
@@ -35,6 +37,7 @@ def test_from_dense_is_exact_at_identity_phi(shape):
     assert ss.compute_output_shape(x.shape) == expected.shape
 
 
+@pytest.mark.backends
 def test_output_is_the_scaled_kernel_plus_shift():
     x = _x()
     ss = ScaleShiftDense(5)
@@ -46,6 +49,7 @@ def test_output_is_the_scaled_kernel_plus_shift():
     np.testing.assert_allclose(ss(x), expected, atol=1e-5)
 
 
+@pytest.mark.backends
 def test_set_phase_trains_only_phi_of_dense_layers():
     model = keras.Sequential([keras.Input((6,)), ScaleShiftDense(5), keras.layers.Dense(3)])
     set_phase(model, "meta")

@@ -12,6 +12,7 @@ def _x(shape=(2, 8, 8, 3), seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype("float32")
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("phase", ["pretrain", "meta"])
 def test_layer_contract(tmp_path, phase):
     layer = run_layer_test(
@@ -28,6 +29,7 @@ def test_layer_contract(tmp_path, phase):
     assert layer.scale.shape == (1, 1, 3, 2) and layer.shift.shape == (6,)
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -47,6 +49,7 @@ def test_from_depthwise_conv2d_is_exact_at_identity_phi(kwargs):
     assert ss.phase == "meta" and ss.name == "ss_" + conv.name
 
 
+@pytest.mark.backends
 def test_output_is_the_scaled_kernel_plus_shift_per_output_channel():
     """Output channel c*M + m: input channel c, multiplier m (scale[0, 0, c, m], shift[c*M + m])."""
     x = _x((2, 6, 6, 3))
@@ -60,6 +63,7 @@ def test_output_is_the_scaled_kernel_plus_shift_per_output_channel():
     np.testing.assert_allclose(ss(x), expected, atol=1e-5)
 
 
+@pytest.mark.backends
 def test_set_phase_trains_only_phi_of_depthwise_layers():
     inputs = keras.Input((8, 8, 3))
     x = ScaleShiftDepthwiseConv2D(3)(inputs)
@@ -74,6 +78,7 @@ def test_set_phase_trains_only_phi_of_depthwise_layers():
     assert {w.name for w in model.layers[1].trainable_weights} == {"kernel", "bias"}
 
 
+@pytest.mark.backends
 def test_from_depthwise_conv2d_rejects_channels_first():
     conv = keras.layers.DepthwiseConv2D(3, data_format="channels_first")
     conv.build((None, 3, 8, 8))

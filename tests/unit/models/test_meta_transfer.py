@@ -19,6 +19,7 @@ def _episodes(split, ways=4, batches=3, seed=0):
     return make_episodes(split, ways, 2, 3, meta_batch_size=2, num_batches=batches, seed=seed)
 
 
+@pytest.mark.backends
 def test_fit_leaves_theta_bit_identical_and_moves_phi_and_head(proto_split):
     model = _model()
     model.compile(phi_learning_rate=1e-2, head_learning_rate=1e-2)
@@ -46,6 +47,7 @@ def test_meta_gradients_reach_phi_and_head_init_and_nothing_else(proto_split):
     assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
 
 
+@pytest.mark.backends
 def test_two_learning_rates_reach_two_optimizers():
     model = _model()
     model.compile(phi_learning_rate=3e-4, head_learning_rate=2e-2)
@@ -55,6 +57,7 @@ def test_two_learning_rates_reach_two_optimizers():
         model.compile(loss="mse")
 
 
+@pytest.mark.backends
 def test_fit_reports_per_class_accuracy_to_task_feedback(proto_split):
     class Recorder:
         def __init__(self):
@@ -96,6 +99,7 @@ def test_keras_round_trip_reproduces_outputs(proto_split, tmp_path):
     assert {w.name for w in loaded.backbone.trainable_weights} == {"scale", "shift"}
 
 
+@pytest.mark.backends
 def test_from_pretrained_shares_backbone_and_switches_phase(proto_split):
     pre = PretrainModel(resnet12((16, 16, 1), widths=(4, 8, 8, 8)), num_classes=8)
     assert "kernel" in {w.name for w in pre.backbone.trainable_weights}
@@ -142,6 +146,7 @@ def test_transductive_modes_normalise_per_task_and_per_set(proto_split):
         )
 
 
+@pytest.mark.backends
 def test_transductive_fit_keeps_the_pretrained_moving_statistics(proto_split):
     model = _model(batch_norm="transductive", train_batch_norm=True)
     model.compile(phi_learning_rate=1e-2, head_learning_rate=1e-2)
@@ -153,6 +158,7 @@ def test_transductive_fit_keeps_the_pretrained_moving_statistics(proto_split):
             np.testing.assert_array_equal(stats[v.path], v.numpy(), err_msg=v.path)
 
 
+@pytest.mark.backends
 def test_train_batch_norm_meta_trains_gamma_and_beta_with_phi(proto_split):
     model = _model(train_batch_norm=True)
     names = {w.name for w in model.backbone.trainable_weights}
@@ -168,6 +174,7 @@ def test_train_batch_norm_meta_trains_gamma_and_beta_with_phi(proto_split):
     assert config["train_batch_norm"] is True
 
 
+@pytest.mark.backends
 def test_head_initializer_kaiming_as_the_official_base_learner():
     keras.utils.set_random_seed(0)
     backbone = resnet12((16, 16, 1), widths=(8, 8, 16, 256))
@@ -181,6 +188,7 @@ def test_head_initializer_kaiming_as_the_official_base_learner():
         _model(head_initializer="xavier")
 
 
+@pytest.mark.backends
 def test_bad_inputs_are_named(proto_split):
     model = _model()
     with pytest.raises(ValueError, match="missing"):
@@ -193,6 +201,7 @@ def test_bad_inputs_are_named(proto_split):
         _model(batch_norm="train")
 
 
+@pytest.mark.backends
 def test_keras_round_trip_restores_both_optimizers(proto_split, tmp_path):
     model = _model()
     model.compile(phi_learning_rate=2e-3, head_learning_rate=3e-2)
@@ -245,6 +254,7 @@ def test_mixed_bfloat16_logits_are_close_to_float32(proto_split):
     assert np.mean(a.argmax(-1) == b.argmax(-1)) >= 0.9
 
 
+@pytest.mark.backends
 def test_train_step_compiles_with_xla(proto_split):
     model = _model()
     model.compile(jit_compile=True)
@@ -380,6 +390,7 @@ def test_fit_logs_the_outer_gradient_norms_and_evaluation_does_not(proto_split):
     }
 
 
+@pytest.mark.backends
 def test_compile_sets_each_rate_one_way():
     model = _model()
     model.compile()  # "auto": the official code's two Adams

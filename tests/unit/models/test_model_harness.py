@@ -13,6 +13,9 @@ from mtl_keras import MetaTransferModel, PretrainModel, make_episodes
 from mtl_keras.backbones import BACKBONES, get_backbone
 from tests.helpers import randomise_backbone, run_model_test
 
+#: Backend-agnostic: also run in the second pytest pass, on JAX (conftest.py).
+pytestmark = pytest.mark.backends
+
 IMAGE_SHAPE = (16, 16, 1)  # the smallest image every built-in backbone takes (resnet12, conv4: 16)
 
 #: The narrowest build of each built-in backbone.
