@@ -1,4 +1,4 @@
-"""mtl_keras: meta-transfer learning (Sun et al., CVPR 2019) for Keras 3 / TensorFlow.
+"""mtl_keras: meta-transfer learning (Sun et al., CVPR 2019) for Keras 3, on TensorFlow or JAX.
 
 Public API (flat)::
 
@@ -9,10 +9,16 @@ Public API (flat)::
     resnet12, conv4, resnet18            # backbones
     PretrainModel, MetaTransferModel     # models
     ClassSplit, load_benchmark, list_benchmarks, make_episodes, pretrain_dataset
+    episode_source, EpisodeSource       # episodes without TensorFlow (any backend)
     evaluate_episodes, EvaluationResult
 
-Importing it on a machine without an NVIDIA GPU imports TensorFlow without the CUDA
-errors and INFO lines TensorFlow prints there at start-up (`mtl_keras._quiet`).
+Backends: the layers, backbones, models and evaluation run on Keras's TensorFlow and JAX
+backends (``KERAS_BACKEND``, read by Keras at its first import). On JAX ``import mtl_keras``
+imports no TensorFlow; tf.data pipelines, `tf.distribute`, the workflow/CLI and SavedModel
+export need it (export from JAX runs in a TensorFlow subprocess).
+
+On the TensorFlow backend, importing it on a machine without an NVIDIA GPU imports TensorFlow
+without the CUDA errors and INFO lines TensorFlow prints there at start-up (`mtl_keras._quiet`).
 """
 
 # ruff: noqa: E402  (TensorFlow's start-up output is filtered before anything else imports it)
@@ -26,7 +32,9 @@ from mtl_keras import backbones, callbacks, data, layers, models  # noqa: F401
 from mtl_keras.backbones import conv4, resnet12, resnet18
 from mtl_keras.data import (
     ClassSplit,
+    EpisodeSource,
     HardTaskPool,
+    episode_source,
     list_benchmarks,
     load_benchmark,
     make_episodes,
@@ -46,6 +54,7 @@ from mtl_keras.models import LinearBaseLearner, MetaTransferModel, PretrainModel
 
 __all__ = [
     "ClassSplit",
+    "EpisodeSource",
     "EvaluationResult",
     "HardTaskPool",
     "LinearBaseLearner",
@@ -56,6 +65,7 @@ __all__ = [
     "ScaleShiftDepthwiseConv2D",
     "conv4",
     "enable_scale_shift",
+    "episode_source",
     "evaluate_episodes",
     "list_benchmarks",
     "load_benchmark",

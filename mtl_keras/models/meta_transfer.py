@@ -147,6 +147,13 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
             `keras.layers.GlobalAveragePooling2D` (``GlobalMaxPooling2D``), sharing its layers;
             ``None``: a feature-map output is refused. A ``(batch, D)`` output is used as it is.
 
+    Backends: on TensorFlow the steps are `steps_tensorflow.TensorFlowSteps` (a gradient tape,
+    `tf.distribute`); on JAX `steps_jax.JaxSteps` (stateless: ``stateless_call``,
+    ``jax.value_and_grad`` through the unrolled inner loop, both optimizers' ``stateless_apply``).
+    The forward pass is the same `keras.ops` code; the two give the same steps to float precision
+    (`tests/unit/models/test_backends.py`). Under JAX's ``jit`` support labels are checked in
+    Python before each training step, not in the compiled step.
+
     Mixed precision: build the backbone under ``keras.mixed_precision.set_dtype_policy(
     "mixed_bfloat16")`` (CPUs with AVX512-BF16, TPUs) or ``"mixed_float16"`` (GPUs): the
     backbone then computes in 16 bits while its variables, the embeddings, the inner loop,
@@ -541,6 +548,9 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
         ``eval_inner_steps`` inner steps. Load it anywhere with
         ``tf.saved_model.load(path).signatures["adapt_and_classify"]`` — no
         mtl_keras needed.
+
+        On the JAX backend the model is saved as ``.keras`` and exported by a TensorFlow
+        subprocess (`mtl_keras.export.export_through_tensorflow`): TensorFlow must be installed.
         """
         from mtl_keras.export import export_adapt_and_classify
 

@@ -191,3 +191,23 @@ def test_mtl_keras_imports_and_meta_trains_on_jax_without_tensorflow():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].startswith("ok")
+
+
+@pytest.mark.backends
+def test_layers_backbones_and_the_base_learner_call_no_tensorflow():
+    """Issue 17: the layers, backbones and inner loop are keras.ops only (TensorFlow's kernels
+    live in mtl_keras/tensorflow_backend/, imported only on that backend)."""
+    import re
+
+    package = os.path.join(ROOT, "mtl_keras")
+    paths = [os.path.join(package, "models", "base_learner.py")]
+    for folder in ("layers", "backbones"):
+        paths += [os.path.join(package, folder, f) for f in os.listdir(os.path.join(package, folder))]
+    offending = []
+    for path in paths:
+        if not path.endswith(".py"):
+            continue
+        for number, line in enumerate(open(path, encoding="utf-8"), 1):
+            if re.search(r"\btf\.|import tensorflow|from tensorflow", line):
+                offending.append(f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}")
+    assert not offending, "\n".join(offending)
