@@ -114,7 +114,7 @@ def export_through_tensorflow(model, filepath: str, verbose: bool = True) -> str
 
     if not tensorflow_installed():
         raise ImportError(
-            "Exporting a SavedModel needs TensorFlow (a SavedModel is TensorFlow's format), and it is not "
+            "SavedModel export needs TensorFlow (a SavedModel is TensorFlow's format), and it is not "
             "installed: pip install tensorflow. The model can still be saved with model.save('model.keras') "
             "and exported later on a machine with TensorFlow."
         )

@@ -87,22 +87,23 @@ class JaxSteps:
             list(trainable)
         )
         trainable = list(trainable)
+
+        def apply(optimizer, optimizer_state, index):
+            """One optimizer's update of the weights at ``index``: its new state and gradient norm."""
+            part = [grads[i] for i in index]
+            new, optimizer_state = optimizer.stateless_apply(
+                optimizer_state, part, [trainable[i] for i in index]
+            )
+            for i, value in zip(index, new):
+                trainable[i] = value
+            return optimizer_state, _global_norm(part)
+
         updates = [(self.loss_tracker, loss), (self.accuracy_tracker, accuracy)]
         if phi_index:
-            phi_grads = [grads[i] for i in phi_index]
-            new_phi, optimizer_variables = self.optimizer.stateless_apply(
-                optimizer_variables, phi_grads, [trainable[i] for i in phi_index]
-            )
-            for i, value in zip(phi_index, new_phi):
-                trainable[i] = value
-            updates.append((self.phi_grad_norm_tracker, _global_norm(phi_grads)))
-        head_grads = [grads[i] for i in head_index]
-        new_head, head_optimizer_variables = self.head_optimizer.stateless_apply(
-            head_optimizer_variables, head_grads, [trainable[i] for i in head_index]
-        )
-        for i, value in zip(head_index, new_head):
-            trainable[i] = value
-        updates.append((self.head_grad_norm_tracker, _global_norm(head_grads)))
+            optimizer_variables, norm = apply(self.optimizer, optimizer_variables, phi_index)
+            updates.append((self.phi_grad_norm_tracker, norm))
+        head_optimizer_variables, norm = apply(self.head_optimizer, head_optimizer_variables, head_index)
+        updates.append((self.head_grad_norm_tracker, norm))
         logs, metrics_variables = self._stateless_metrics(metrics_variables, updates, self.metrics)
         if self.task_feedback is not None and "task_classes" in inputs:
             logs[_FEEDBACK_KEYS[0]] = inputs["task_classes"]

@@ -17,6 +17,9 @@ from PIL import Image
 from mtl_keras.data import ClassSplit, EpisodeSource, HardTaskPool, episode_source, make_episodes
 from tests.conftest import make_prototype_split
 
+#: Backend-agnostic: also run in the second pytest pass, on JAX (conftest.py).
+pytestmark = pytest.mark.backends
+
 ROOT = Path(__file__).resolve().parents[3]
 KEYS = ("support_images", "support_labels", "query_images", "task_classes")
 
@@ -232,8 +235,6 @@ def test_keras_fit_and_evaluate_take_the_source(proto_split):
 PRELUDE = f"""
 import os, sys, types, warnings
 
-#: Backend-agnostic: also run in the second pytest pass, on JAX (conftest.py).
-pytestmark = pytest.mark.backends
 sys.modules["tensorflow"] = None
 package = types.ModuleType("mtl_keras")
 package.__path__ = [{str(ROOT / "mtl_keras")!r}]
