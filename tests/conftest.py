@@ -17,11 +17,16 @@ from mtl_keras.data.split import ClassSplit  # noqa: E402
 def pytest_collection_modifyitems(config, items):
     """On a Keras backend other than TensorFlow (``KERAS_BACKEND=jax``, the second pass of
     ``make test``), run only the tests marked ``backends``: the rest test TensorFlow itself
-    (gradient tapes, tf.data, tf.distribute, SavedModels) or call TensorFlow in the test."""
+    (gradient tapes, tf.data, tf.distribute, SavedModels) or call TensorFlow in the test.
+    ``tensorflow_only`` takes a case of a marked test back out (a parameter, for time)."""
     if keras.backend.backend() == "tensorflow":
         return
-    keep = [item for item in items if item.get_closest_marker("backends")]
-    dropped = [item for item in items if not item.get_closest_marker("backends")]
+
+    def on_this_backend(item):
+        return item.get_closest_marker("backends") and not item.get_closest_marker("tensorflow_only")
+
+    keep = [item for item in items if on_this_backend(item)]
+    dropped = [item for item in items if not on_this_backend(item)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep

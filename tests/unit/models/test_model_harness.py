@@ -13,8 +13,12 @@ from mtl_keras import MetaTransferModel, PretrainModel, make_episodes
 from mtl_keras.backbones import BACKBONES, get_backbone
 from tests.helpers import randomise_backbone, run_model_test
 
-#: Backend-agnostic: also run in the second pytest pass, on JAX (conftest.py).
+#: Backend-agnostic: also run in the second pytest pass, on JAX (conftest.py) — for ResNet-12
+#: only there, within the CI budget (all three passed on JAX on 2026-12-03).
 pytestmark = pytest.mark.backends
+ON_JAX_TOO = [
+    n if n == "resnet12" else pytest.param(n, marks=pytest.mark.tensorflow_only) for n in sorted(BACKBONES)
+]
 
 IMAGE_SHAPE = (16, 16, 1)  # the smallest image every built-in backbone takes (resnet12, conv4: 16)
 
@@ -35,7 +39,7 @@ def test_every_built_in_backbone_has_a_tiny_build():
     assert set(TINY) == set(BACKBONES)
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("name", ON_JAX_TOO)
 def test_meta_transfer_model(name, proto_split, tmp_path):
     model = MetaTransferModel(
         _backbone(name), ways=2, inner_steps=1, eval_inner_steps=2, inner_lr=0.5, head_initializer="kaiming"
@@ -46,7 +50,7 @@ def test_meta_transfer_model(name, proto_split, tmp_path):
     assert isinstance(loaded, MetaTransferModel) and loaded.eval_inner_steps == 2
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("name", ON_JAX_TOO)
 def test_pretrain_model(name, proto_split, tmp_path):
     model = PretrainModel(_backbone(name), num_classes=proto_split.num_classes)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
