@@ -224,6 +224,7 @@ def test_each_instruction_set_keeps_its_own_table(tmp_path):
     assert json_name({"machine": {}}) == "results.json"  # reports from before the ISA was recorded
 
 
+@pytest.mark.slow  # 40-55 s of the CI budget (2026-12-03): `make test-slow` runs it
 def test_quick_benchmark_writes_json_and_table(tmp_path):
     """``benchmarks/benchmark.py --quick`` runs end to end (nothing is asserted about speed)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

@@ -14,6 +14,7 @@ from tests.helpers import patient
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
+@pytest.mark.slow  # 40-55 s of the CI budget (2026-12-03): `make test-slow` runs it
 def test_quick_backend_ratio_reports_both_backends(tmp_path):
     pytest.importorskip("jax")
     pytest.importorskip("tensorflow")
