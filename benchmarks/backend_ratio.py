@@ -142,15 +142,10 @@ def same_initial_weights(model, seed: int, gain: float = KERNEL_GAIN) -> None:
 
 def machine_facts() -> dict:
     """CPU model, cores and the instruction set oneDNN runs on (read in a worker: it imports mtl_keras)."""
+    from benchmarks.harness.suite import cpu_model
     from mtl_keras.hardware import cpu_flags, isa_label
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "isa": isa_label(cpu_flags())}
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "isa": isa_label(cpu_flags())}
 
 
 def build_steps(spec: dict) -> tuple[dict, dict]:

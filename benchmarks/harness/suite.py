@@ -275,14 +275,20 @@ def torch_available() -> bool:
 
 
 # --------------------------------------------------------------------------- the run
-def machine_info() -> dict:
-    """Date, CPU model, cores, load, library versions (read without importing TF into the driver)."""
-    cpu = "unknown"
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``"unknown"`` where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            return next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown"
+            )
     except OSError:
-        pass
+        return "unknown"
+
+
+def machine_info() -> dict:
+    """Date, CPU model, cores, load, library versions (read without importing TF into the driver)."""
+    cpu = cpu_model()
     flags = ""
     try:
         with open("/proc/cpuinfo") as f:
