@@ -88,7 +88,13 @@ def main(argv=None) -> dict:
 
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    except RuntimeError:  # TensorFlow already ran in this process (called from a test suite)
+        print(
+            f"TensorFlow was initialised before this script: its {tf.config.threading.get_intra_op_parallelism_threads()} "
+            f"intra-op threads (0: one per core) stay, not --threads {args.threads}"
+        )
     from mtl_keras.backbones.resnet12 import resnet12
     from mtl_keras.evaluation import evaluate_episodes
     from mtl_keras.hardware import cpu_flags, isa_label

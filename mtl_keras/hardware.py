@@ -62,8 +62,10 @@ def onednn_allows_bfloat16() -> bool:
     return _cap_allows_bf16(onednn_isa_cap())
 
 
-#: The levels `isa_label` names, lowest first.
-ISA_LEVELS = ("older", "AVX2", "AVX-512", "AVX512-BF16")
+#: The levels `isa_label` names, lowest first. ``"AMX-BF16"``: AVX-512 with AMX tiles
+#: (Sapphire Rapids and later), where oneDNN runs bfloat16 convolutions (filter gradients too)
+#: on AMX kernels, several times faster than on AVX512-BF16 alone (``benchmarks/RESULTS.md``).
+ISA_LEVELS = ("older", "AVX2", "AVX-512", "AVX512-BF16", "AMX-BF16")
 
 
 def native_bf16_flags(flags: set[str]) -> bool:
@@ -83,6 +85,7 @@ def _native_level(flags: set[str]) -> str:
     return next(
         level
         for level, holds in (
+            ("AMX-BF16", "amx_bf16" in flags and "avx512f" in flags),
             ("AVX512-BF16", native_bf16_flags(flags)),
             ("AVX-512", "avx512f" in flags),
             ("AVX2", "avx2" in flags),
@@ -96,6 +99,7 @@ def _capped_level(cap: str) -> str:
     return next(
         level
         for level, holds in (
+            ("AMX-BF16", "AMX" in cap),
             ("AVX512-BF16", _cap_allows_bf16(cap)),
             ("AVX-512", cap.startswith("AVX512")),
             ("AVX2", cap.startswith("AVX2")),
@@ -107,7 +111,7 @@ def _capped_level(cap: str) -> str:
 
 def isa_level(flags: set[str] | None) -> str:
     """The vector instruction set oneDNN runs on with these CPU flags: one of `ISA_LEVELS`
-    (``"AVX512-BF16"``, ``"AVX-512"``, ``"AVX2"``, ``"older"``), lowered by an
+    (``"AMX-BF16"``, ``"AVX512-BF16"``, ``"AVX-512"``, ``"AVX2"``, ``"older"``), lowered by an
     ``ONEDNN_MAX_CPU_ISA`` cap; ``"unknown"`` without flags (not Linux)."""
     if flags is None:
         return "unknown"

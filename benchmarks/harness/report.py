@@ -9,23 +9,28 @@ import statistics
 BEGIN = "<!-- benchmark:begin (written by benchmarks/benchmark.py; edit outside these markers) -->"
 END = "<!-- benchmark:end -->"
 #: One table per instruction set (issue 19): the AVX-512 table between `BEGIN`/`END` (and
-#: ``results.json``), the AVX2 one between these (and ``results-avx2.json``).
+#: ``results.json``), the AVX2 and AMX-BF16 ones between these (and ``results-<isa>.json``).
 ISA_MARKERS = {
     "avx512": (BEGIN, END),
     "avx2": (
         "<!-- benchmark:begin isa=avx2 (written by benchmarks/benchmark.py; edit outside these markers) -->",
         "<!-- benchmark:end isa=avx2 -->",
     ),
+    "amx": (
+        "<!-- benchmark:begin isa=amx (written by benchmarks/benchmark.py; edit outside these markers) -->",
+        "<!-- benchmark:end isa=amx -->",
+    ),
 }
 
 
 def isa_table(report: dict) -> str:
-    """Which table a report belongs to: ``"avx2"`` or ``"avx512"`` (reports before 2026-12-02: AVX-512)."""
+    """Which table a report belongs to: ``"avx2"``, ``"avx512"`` or ``"amx"`` (reports before
+    2026-12-02: AVX-512)."""
     return report.get("machine", {}).get("isa_table", "avx512")
 
 
 def json_name(report: dict) -> str:
-    """``results.json`` for the AVX-512 table, ``results-avx2.json`` for the AVX2 one."""
+    """``results.json`` for the AVX-512 table, ``results-avx2.json`` / ``results-amx.json`` for the others."""
     return "results.json" if isa_table(report) == "avx512" else f"results-{isa_table(report)}.json"
 
 
@@ -124,11 +129,12 @@ def format_scaling(report: dict) -> str:
 
 def format_machine(report: dict) -> str:
     m = report["machine"]
+    amx = f", AMX-BF16: {m['amx_bf16']}" if "amx_bf16" in m else ""
     return "\n".join(
         [
             f"- date: {m['date']}; command: `{report.get('command', '?')}`",
             f"- CPU: {m['cpu_model']}, {m['cpu_count']} logical cores (AVX-512F: {m['avx512f']}, "
-            f"AVX512-BF16: {m['avx512_bf16']}); oneDNN runs on: **{m.get('isa', 'not recorded')}**; load average at start {m['load_average_start'][0]:.2f}, "
+            f"AVX512-BF16: {m['avx512_bf16']}{amx}); oneDNN runs on: **{m.get('isa', 'not recorded')}**; load average at start {m['load_average_start'][0]:.2f}, "
             f"at end {m['load_average_end'][0]:.2f} (other jobs share this machine)",
             f"- TensorFlow {m['tensorflow']}, Keras {m['keras']}, PyTorch {m['torch'] or 'not installed'}, "
             f"NumPy {m['numpy']}, Python {m['python']}",

@@ -286,6 +286,15 @@ def cpu_model() -> str:
         return "unknown"
 
 
+def isa_table_of(isa: str) -> str:
+    """The RESULTS.md table (`benchmarks.harness.report.ISA_MARKERS`) of a run on instruction set
+    ``isa`` (`mtl_keras.hardware.isa_label`): ``"avx2"`` (AVX2 and older, capped ones too),
+    ``"amx"`` (AMX-BF16) or ``"avx512"`` (the rest: AVX-512, AVX512-BF16, unknown)."""
+    if isa.startswith(("AVX2", "older")):
+        return "avx2"
+    return "amx" if isa.startswith("AMX") else "avx512"
+
+
 def machine_info() -> dict:
     """Date, CPU model, cores, load, library versions (read without importing TF into the driver)."""
     cpu = cpu_model()
@@ -309,12 +318,13 @@ def machine_info() -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "isa": isa,
-        "isa_table": "avx2" if isa.startswith(("AVX2", "older")) else "avx512",
+        "isa_table": isa_table_of(isa),
         "onednn_max_cpu_isa": onednn_isa_cap(),
         "cpu_model": cpu,
         "cpu_count": os.cpu_count(),
         "avx512f": " avx512f" in flags,
         "avx512_bf16": " avx512_bf16" in flags,
+        "amx_bf16": " amx_bf16" in flags,
         "load_average_start": os.getloadavg(),
         "python": platform.python_version(),
         "platform": platform.platform(),

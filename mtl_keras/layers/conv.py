@@ -37,14 +37,20 @@ from keras import ops
 #: oneDNN runs on (`mtl_keras.hardware.isa_level`): for the filter gradient (``"filter"``) and the
 #: input gradient (``"input"``), the largest feature map (H·W) per compute dtype (absent: never,
 #: TensorFlow's kernel; ``None``: any size). ``"AVX-512"``'s entry also serves AVX512-BF16,
-#: older and unknown CPUs. Why these limits: on AVX-512 the filter gradient pays as a forward
-#: convolution on small maps only and TF's input gradient runs at the forward rate; on AVX2
+#: older and unknown CPUs; AMX-BF16 CPUs have their own. Why these limits: on AVX-512 the
+#: filter gradient pays as a forward convolution on small maps only and TF's input gradient runs
+#: at the forward rate; on AVX2
 #: oneDNN's backward-data kernel is much slower than its forward one, so there both gradients run
 #: as forward convolutions (the measurements, per ISA and map size: ``benchmarks/RESULTS.md``;
 #: ``benchmarks/probes/input_gradient_alternatives.py``).
 FORWARD_GRADIENT_MAX_PIXELS = {
     "AVX-512": {"filter": {"bfloat16": 100, "float16": 100, "float32": 16}, "input": {}},
     "AVX2": {"filter": {"float32": 100}, "input": {"float32": None}},
+    # AMX (oneDNN's avx10_1_512_amx kernels): the bf16 filter gradient runs on AMX tiles at
+    # 0.3-0.8x the forward rate on maps of 8x8 and up, faster than the swapped one there; on 4x4
+    # maps it falls to 191 GFLOP/s and the swapped one reaches 581. float32 gets no AMX and its
+    # 4x4 swap no longer pays (157 vs 175 GFLOP/s). float16 is not measured: it follows bfloat16.
+    "AMX-BF16": {"filter": {"bfloat16": 16, "float16": 16}, "input": {}},
 }
 
 #: The filter-gradient limits of AVX-512 CPUs (`FORWARD_GRADIENT_MAX_PIXELS`), by their old name.

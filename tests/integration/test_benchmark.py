@@ -204,13 +204,16 @@ def test_each_instruction_set_keeps_its_own_table(tmp_path):
     path = tmp_path / "RESULTS.md"
     avx512 = {"machine": {"isa_table": "avx512"}}
     avx2 = {"machine": {"isa_table": "avx2"}}
+    amx = {"machine": {"isa_table": "amx"}}
     original = report_module.format_report
     try:
         for report, text in (
             (avx512, "wide-1\n"),
             (avx2, "narrow-1\n"),
+            (amx, "tiles-1\n"),
             (avx512, "wide-2\n"),
             (avx2, "narrow-2\n"),
+            (amx, "tiles-2\n"),
         ):
             report_module.format_report = lambda r, text=text: text
             write_results(report, None, str(path))
@@ -220,13 +223,17 @@ def test_each_instruction_set_keeps_its_own_table(tmp_path):
     for begin, end in ISA_MARKERS.values():
         assert text.count(begin) == 1 and text.count(end) == 1
     assert "wide-2" in text and "narrow-2" in text and "wide-1" not in text and "narrow-1" not in text
+    assert "tiles-2" in text and "tiles-1" not in text
     assert json_name(avx512) == "results.json" and json_name(avx2) == "results-avx2.json"
+    assert json_name(amx) == "results-amx.json"
     assert json_name({"machine": {}}) == "results.json"  # reports from before the ISA was recorded
 
 
 @pytest.mark.slow  # 40-55 s of the CI budget (2026-12-03): `make test-slow` runs it
 def test_quick_benchmark_writes_json_and_table(tmp_path):
     """``benchmarks/benchmark.py --quick`` runs end to end (nothing is asserted about speed)."""
+    from benchmarks.harness.report import json_name
+
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "benchmark.py"), "--quick", "--out", str(tmp_path)],
@@ -239,7 +246,7 @@ def test_quick_benchmark_writes_json_and_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (written,) = [p for p in os.listdir(tmp_path) if p.startswith("results") and p.endswith(".json")]
     report = json.loads((tmp_path / written).read_text())
-    assert written == ("results.json" if report["machine"]["isa_table"] == "avx512" else "results-avx2.json")
+    assert written == json_name(report)
     assert {"machine", "results", "targets", "scaling", "command"} <= set(report)
     assert report["machine"]["cpu_model"] and report["machine"]["tensorflow"] and report["machine"]["isa"]
     assert len(report["results"]) == 3
@@ -380,3 +387,22 @@ def test_render_re_evaluates_the_targets_of_a_stored_report_without_measuring(tm
     assert any(n.startswith("float32 training >= 85% of the run's float32 conv ceiling") for n in names)
     text = (tmp_path / "RESULTS.md").read_text()
     assert "targets re-evaluated on the stored measurements" in text and before["command"] in text
+
+
+@pytest.mark.parametrize(
+    "isa, table",
+    [
+        ("AVX2", "avx2"),
+        ("AVX2 (capped by ONEDNN_MAX_CPU_ISA=AVX2 on an AMX-BF16 CPU)", "avx2"),
+        ("older", "avx2"),
+        ("AVX-512", "avx512"),
+        ("AVX512-BF16", "avx512"),
+        ("AVX512-BF16 (capped by ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 on an AMX-BF16 CPU)", "avx512"),
+        ("unknown", "avx512"),
+        ("AMX-BF16", "amx"),
+    ],
+)
+def test_a_run_goes_to_the_table_of_the_isa_it_ran_on(isa, table):
+    from benchmarks.harness.suite import isa_table_of
+
+    assert isa_table_of(isa) == table

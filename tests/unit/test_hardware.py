@@ -8,6 +8,7 @@ from mtl_keras.workflow import build_meta_model
 
 AVX2_ONLY = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx fma avx2\n\n"
 AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16\n\n"
+AMX = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile\n\n"
 
 
 @pytest.fixture
@@ -90,3 +91,31 @@ def test_a_onednn_isa_cap_counts_as_the_cpu_oneDNN_runs_on(fake_cpu, monkeypatch
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     assert hardware.isa_label(hardware.cpu_flags()) == "AVX2"
     assert hardware.isa_label(None) == "unknown"
+
+
+def test_amx_is_its_own_level_and_a_cap_below_it_counts(fake_cpu, monkeypatch):
+    """An AMX-BF16 CPU (Sapphire Rapids and later) is its own level: oneDNN runs bfloat16
+    convolutions on AMX tiles there, with other kernels than AVX512-BF16's (issue 19)."""
+    fake_cpu(AMX)
+    assert hardware.isa_level(hardware.cpu_flags()) == "AMX-BF16"
+    assert hardware.isa_label(hardware.cpu_flags()) == "AMX-BF16"
+    assert hardware.native_bfloat16(hardware.cpu_flags())
+    for cap, level in (
+        ("AVX512_CORE_AMX", "AMX-BF16"),
+        ("avx10_1_512_amx", "AMX-BF16"),
+        ("AVX512_CORE_AMX_FP16", "AMX-BF16"),
+        ("AVX10_1_512", "AVX512-BF16"),
+        ("AVX512_CORE_BF16", "AVX512-BF16"),
+        ("AVX512_CORE", "AVX-512"),
+        ("AVX2", "AVX2"),
+    ):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert hardware.isa_level(hardware.cpu_flags()) == level, cap
+    assert (
+        hardware.isa_label(hardware.cpu_flags())
+        == "AVX2 (capped by ONEDNN_MAX_CPU_ISA=AVX2 on an AMX-BF16 CPU)"
+    )
+    # an AMX cap on a CPU without AMX does not raise it
+    fake_cpu(AVX512_BF16)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert hardware.isa_level(hardware.cpu_flags()) == "AVX512-BF16"

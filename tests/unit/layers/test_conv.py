@@ -166,6 +166,7 @@ def test_where_the_swapped_gradient_is_used(dtype, side, kernel, strides, paddin
 
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx fma avx2\n\n"
 AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16\n\n"
+AMX = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile\n\n"
 
 
 @pytest.mark.parametrize(
@@ -181,6 +182,13 @@ AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx
         (AVX512_BF16, None, "bfloat16", 8, ("AVX-512", True, False)),
         (AVX512_BF16, "AVX2", "float32", 8, ("AVX2", True, True)),  # the cap makes oneDNN an AVX2 one
         ("processor\t: 0\n\n", None, "float32", 4, ("AVX-512", True, False)),  # unknown: as before
+        # AMX: oneDNN's brgemm filter gradient outruns the swapped one but on 4×4 bf16 maps
+        (AMX, None, "bfloat16", 4, ("AMX-BF16", True, False)),
+        (AMX, None, "bfloat16", 8, ("AMX-BF16", False, False)),
+        (AMX, None, "bfloat16", 10, ("AMX-BF16", False, False)),
+        (AMX, None, "float32", 4, ("AMX-BF16", False, False)),
+        (AMX, "AVX512_CORE_BF16", "bfloat16", 8, ("AVX-512", True, False)),  # capped below AMX
+        (AMX, "AVX10_1_512_AMX", "bfloat16", 8, ("AMX-BF16", False, False)),
     ],
 )
 def test_auto_follows_the_instruction_set_the_cpu_reports(
