@@ -114,7 +114,11 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
     conv.set_filter_gradient(spec.get("filter_gradient", "auto"))
     # A/B knobs (benchmarks/probes/step_ab.py): another ISA's plan, and the limits of the plan in use
     conv.set_gradient_isa(spec.get("gradient_isa"))
-    for knob, kind in (("swapped_max_pixels", "filter"), ("input_max_pixels", "input")):
+    for knob, kind in (
+        ("swapped_max_pixels", "filter"),
+        ("input_max_pixels", "input"),
+        ("matmul_max_pixels", "filter_matmul"),
+    ):
         if knob in spec:  # every dtype's limit; "none": any size, 0: never
             limits = conv.gradient_plan()[1][kind]
             value = None if str(spec[knob]).lower() == "none" else int(spec[knob])

@@ -13,7 +13,8 @@ swapped, `mtl_keras.layers.conv.set_filter_gradient`), ``gradient_isa`` (AVX2 | 
 instruction set's plan of `mtl_keras.layers.conv.FORWARD_GRADIENT_MAX_PIXELS` instead of this
 CPU's), ``swapped_max_pixels`` / ``input_max_pixels`` (the largest map, H·W, whose filter /
 input gradient the ``auto`` mode computes as a forward convolution, for every dtype, in the
-plan in use; ``none``: any size, 0: never), ``jit_compile`` (true | false), ``unroll_training``
+plan in use; ``none``: any size, 0: never), ``matmul_max_pixels`` (likewise for the filter
+gradient as nine shifted matmuls, which takes precedence), ``jit_compile`` (true | false), ``unroll_training``
 (true | false: the training inner loop unrolled or a ``tf.while_loop``), ``fold_batch_norm``
 (true | false: frozen batch norm folded into the convolutions or run as it is). Give a knob in
 every variant that changes it: limits set by one variant stay for the next.

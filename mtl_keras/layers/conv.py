@@ -15,6 +15,10 @@ maps. Likewise the input gradient is a forward convolution of ``∂Y`` with the 
 reversed and its channel axes swapped (`swapped_input_gradient`), which matters on AVX2-only
 CPUs, where oneDNN's backward-data kernel runs well below its forward one (issue 19).
 
+On AMX CPUs a third formulation wins on small maps: nine matrix products, one per kernel tap,
+``∂W[i, j] = X_(i, j)ᵀ · G`` over the ``N·H·W`` pixels of the zero-padded input shifted by the
+tap (`shifted_matmul_filter_gradient`), which oneDNN runs on AMX tiles.
+
 Where each pays depends on the instruction set: `conv2d` follows the plan of the CPU it runs on
 (`FORWARD_GRADIENT_MAX_PIXELS`, chosen at trace time from `mtl_keras.hardware.isa_level`) and
 is ``keras.ops.conv(...) + bias`` with TensorFlow's gradients everywhere else.
@@ -46,12 +50,22 @@ from keras import ops
 FORWARD_GRADIENT_MAX_PIXELS = {
     "AVX-512": {"filter": {"bfloat16": 100, "float16": 100, "float32": 16}, "input": {}},
     "AVX2": {"filter": {"float32": 100}, "input": {"float32": None}},
-    # AMX (oneDNN's avx10_1_512_amx kernels): the bf16 filter gradient runs on AMX tiles at
-    # 0.3-0.8x the forward rate on maps of 8x8 and up, faster than the swapped one there; on 4x4
-    # maps it falls to 191 GFLOP/s and the swapped one reaches 581. float32 gets no AMX and its
-    # 4x4 swap no longer pays (157 vs 175 GFLOP/s). float16 is not measured: it follows bfloat16.
-    "AMX-BF16": {"filter": {"bfloat16": 16, "float16": 16}, "input": {}},
+    # AMX (oneDNN's avx10_1_512_amx kernels): TF's bf16 filter gradient runs on AMX tiles at
+    # 0.3-0.8x the forward rate, faster than the swapped one on maps of 8x8 and up; on maps of at
+    # most 10x10 nine shifted matmuls (`SHIFTED_MATMUL_MAX_PIXELS`) beat both. float32 gets no AMX
+    # and neither its 4x4 swap nor the matmuls pay there.
+    "AMX-BF16": {"filter": {}, "input": {}},
 }
+
+#: The largest feature map (H·W) per compute dtype whose filter gradient the ``"auto"`` mode
+#: computes as nine shifted matrix products (`shifted_matmul_filter_gradient`), per instruction
+#: set; where it applies it takes precedence over the swapped convolution. Absent: never.
+#: On AMX CPUs (bf16 GFLOP/s of one filter gradient over 160 images, TF's kernel / swapped
+#: convolution / shifted matmuls: 10x10x512 691 / 341 / 1095, 8x8x256 472 / 332 / 723, 4x4x512
+#: 191 / 581 / 937; whole bf16 steps 2.4-9.1% faster than the swapped 4x4 plan). float16 is not
+#: measured: it follows bfloat16. Elsewhere the swapped convolution is faster (AVX-512) or the
+#: matmuls are not measured (AVX2).
+SHIFTED_MATMUL_MAX_PIXELS = {"AVX-512": {}, "AVX2": {}, "AMX-BF16": {"bfloat16": 100, "float16": 100}}
 
 #: The filter-gradient limits of AVX-512 CPUs (`FORWARD_GRADIENT_MAX_PIXELS`), by their old name.
 SWAPPED_FILTER_GRAD_MAX_PIXELS = FORWARD_GRADIENT_MAX_PIXELS["AVX-512"]["filter"]
@@ -61,7 +75,10 @@ SWAPPED_FILTER_GRAD_MAX_PIXELS = FORWARD_GRADIENT_MAX_PIXELS["AVX-512"]["filter"
 SWAPPED_SLICE_PIXELS = {"bfloat16": 160 * 64, "float16": 160 * 64, "float32": 160 * 16}
 
 _mode = {"filter_gradient": "auto", "isa": None}
-FILTER_GRADIENT_MODES = ("auto", "native", "swapped")
+FILTER_GRADIENT_MODES = ("auto", "native", "swapped", "matmul")
+#: How `conv2d` computes a filter gradient: TensorFlow's kernel, a swapped forward convolution,
+#: or nine shifted matrix products.
+FILTER_METHODS = ("native", "swapped", "matmul")
 
 
 def set_filter_gradient(mode: str) -> None:
@@ -69,9 +86,10 @@ def set_filter_gradient(mode: str) -> None:
 
     Args:
         mode: ``"auto"`` (default: as `gradient_plan` says for this CPU), ``"native"``
-            (TensorFlow's kernels always) or ``"swapped"`` (both gradients as forward
+            (TensorFlow's kernels always), ``"swapped"`` (both gradients as forward
             convolutions wherever they apply: stride 1, ``"same"`` padding, odd kernel, neither
-            grouped nor dilated).
+            grouped nor dilated) or ``"matmul"`` (the filter gradient as nine shifted matrix
+            products and the input gradient as a forward convolution, wherever they apply).
 
     Takes effect for functions traced afterwards.
     """
@@ -94,8 +112,11 @@ def set_gradient_isa(isa: str | None) -> None:
 
 
 def gradient_plan() -> tuple[str, dict]:
-    """``(isa, limits)``: the `FORWARD_GRADIENT_MAX_PIXELS` entry the ``"auto"`` mode uses here
-    (the CPU's, as `mtl_keras.hardware.isa_level` reads it, unless `set_gradient_isa` chose one)."""
+    """``(isa, limits)``: the plan the ``"auto"`` mode uses here (the CPU's, as
+    `mtl_keras.hardware.isa_level` reads it, unless `set_gradient_isa` chose one): that
+    instruction set's `FORWARD_GRADIENT_MAX_PIXELS` entry (``"filter"``, ``"input"``) with its
+    `SHIFTED_MATMUL_MAX_PIXELS` entry as ``"filter_matmul"`` (the same dicts: editing them edits
+    the plan)."""
     isa = _mode["isa"]
     if isa is None:
         from mtl_keras import hardware
@@ -103,7 +124,7 @@ def gradient_plan() -> tuple[str, dict]:
         isa = hardware.isa_level(hardware.cpu_flags())
     if isa not in FORWARD_GRADIENT_MAX_PIXELS:
         isa = "AVX-512"
-    return isa, FORWARD_GRADIENT_MAX_PIXELS[isa]
+    return isa, {**FORWARD_GRADIENT_MAX_PIXELS[isa], "filter_matmul": SHIFTED_MATMUL_MAX_PIXELS[isa]}
 
 
 def conv2d(inputs, kernel, bias, strides=(1, 1), padding: str = "same", dilation_rate=(1, 1)):
@@ -121,38 +142,44 @@ def conv2d(inputs, kernel, bias, strides=(1, 1), padding: str = "same", dilation
 
     Returns:
         ``(N, H', W', Cout)``; on the TensorFlow backend the gradients with respect to
-        ``kernel`` and ``inputs`` are computed as forward convolutions where
-        `forward_gradients` says so.
+        ``kernel`` and ``inputs`` are computed as `gradient_methods` says.
     """
     if keras.backend.backend() == "tensorflow":
-        swap_filter, swap_input = forward_gradients(inputs, kernel, strides, padding, dilation_rate)
-        if swap_filter or swap_input:
+        filter_method, swap_input = gradient_methods(inputs, kernel, strides, padding, dilation_rate)
+        if filter_method != "native" or swap_input:
             from mtl_keras.tensorflow_backend.conv import conv_with_forward_gradients
 
-            return conv_with_forward_gradients(swap_filter, swap_input)(inputs, kernel, bias)
+            return conv_with_forward_gradients(filter_method, swap_input)(inputs, kernel, bias)
     # A broadcast add, not TensorFlow's bias_add: TF 2.21's CPU graph optimizer fuses
     # leaky_relu(bias_add(conv2d(x, k), b) + r) — a residual block's last convolution — into
     # one oneDNN op that computes wrong values (benchmarks/probes/tf_fusion_bug.py); with AddV2 it does not.
     return ops.conv(inputs, kernel, strides=strides, padding=padding, dilation_rate=dilation_rate) + bias
 
 
-def forward_gradients(inputs, kernel, strides, padding, dilation_rate=(1, 1)) -> tuple[bool, bool]:
-    """``(filter, input)``: whether `conv2d` computes the filter gradient and the input gradient
-    of this convolution as forward convolutions (the mode of `set_filter_gradient`; in ``"auto"``,
-    `gradient_plan`'s limits for the compute dtype and the map size)."""
+def gradient_methods(inputs, kernel, strides, padding, dilation_rate=(1, 1)) -> tuple[str, bool]:
+    """``(filter_method, swap_input)``: how `conv2d` computes this convolution's filter gradient
+    (one of `FILTER_METHODS`) and whether its input gradient is a forward convolution — the mode
+    of `set_filter_gradient`; in ``"auto"``, `gradient_plan`'s limits for the compute dtype and
+    the map size. Only stride-1 ``"same"`` convolutions with odd kernels, neither grouped nor
+    dilated, get anything but TensorFlow's kernels.
+
+    Args:
+        inputs: ``(N, H, W, Cin)`` (a tensor or anything with ``shape`` and ``dtype``).
+        kernel: ``(kh, kw, Cin, Cout)``.
+    """
     mode = _mode["filter_gradient"]
     if mode == "native":
-        return False, False
+        return "native", False
     kh, kw = kernel.shape[0], kernel.shape[1]
     if tuple(strides) != (1, 1) or padding != "same" or kh is None or kw is None or not (kh % 2 and kw % 2):
-        return False, False
+        return "native", False
     if tuple(dilation_rate) != (1, 1) or kernel.shape[2] != inputs.shape[-1]:  # dilated or grouped
-        return False, False
-    if mode == "swapped":
-        return True, True
+        return "native", False
+    if mode in ("swapped", "matmul"):
+        return mode, True
     h, w = inputs.shape[1], inputs.shape[2]
     if h is None or w is None:
-        return False, False
+        return "native", False
     dtype = keras.backend.standardize_dtype(inputs.dtype)
     _, limits = gradient_plan()
 
@@ -160,7 +187,16 @@ def forward_gradients(inputs, kernel, strides, padding, dilation_rate=(1, 1)) ->
         per_dtype = limits[kind]
         return dtype in per_dtype and (per_dtype[dtype] is None or h * w <= per_dtype[dtype])
 
-    return applies("filter"), applies("input")
+    filter_method = "matmul" if applies("filter_matmul") else "swapped" if applies("filter") else "native"
+    return filter_method, applies("input")
+
+
+def forward_gradients(inputs, kernel, strides, padding, dilation_rate=(1, 1)) -> tuple[bool, bool]:
+    """``(filter, input)``: whether `conv2d` computes the filter gradient and the input gradient
+    of this convolution as forward convolutions (`gradient_methods`; a filter gradient of nine
+    shifted matrix products counts as not)."""
+    filter_method, swap_input = gradient_methods(inputs, kernel, strides, padding, dilation_rate)
+    return filter_method == "swapped", swap_input
 
 
 def _swapped(inputs, kernel, strides, padding, dilation_rate=(1, 1)) -> bool:
@@ -168,7 +204,12 @@ def _swapped(inputs, kernel, strides, padding, dilation_rate=(1, 1)) -> bool:
     return forward_gradients(inputs, kernel, strides, padding, dilation_rate)[0]
 
 
-_TENSORFLOW_NAMES = ("swapped_filter_gradient", "swapped_input_gradient", "_swapped_conv")
+_TENSORFLOW_NAMES = (
+    "swapped_filter_gradient",
+    "swapped_input_gradient",
+    "shifted_matmul_filter_gradient",
+    "_swapped_conv",
+)
 
 
 def __getattr__(name):

@@ -10,7 +10,7 @@ import functools
 
 import tensorflow as tf
 
-from mtl_keras.layers.conv import SWAPPED_SLICE_PIXELS
+from mtl_keras.layers.conv import FILTER_METHODS, SWAPPED_SLICE_PIXELS
 
 
 def swapped_filter_gradient(inputs, out_grad, kernel_size):
@@ -59,6 +59,34 @@ def swapped_input_gradient(out_grad, kernel):
     return tf.nn.conv2d(out_grad, flipped, strides=1, padding="SAME")
 
 
+def shifted_matmul_filter_gradient(inputs, out_grad, kernel_size):
+    """``∂L/∂W`` of a stride-1 ``"same"`` convolution as ``kh·kw`` matrix products.
+
+    ``∂W[i, j] = X_(i, j)ᵀ · G``: for each kernel tap, the zero-padded input shifted by the tap,
+    as an ``(N·H·W, Cin)`` matrix, times ``∂L/∂output`` as an ``(N·H·W, Cout)`` one. On AMX
+    CPUs oneDNN runs these products on AMX tiles, faster than its filter-gradient kernel on small
+    maps (``benchmarks/RESULTS.md``).
+
+    Args:
+        inputs: ``(N, H, W, Cin)``, the convolution's input.
+        out_grad: ``(N, H, W, Cout)``, ``∂L/∂output``.
+        kernel_size: ``(kh, kw)``, both odd.
+
+    Returns:
+        ``(kh, kw, Cin, Cout)`` in the dtype of ``inputs``.
+    """
+    kh, kw = kernel_size
+    h, w, cin, cout = inputs.shape[1], inputs.shape[2], inputs.shape[3], out_grad.shape[3]
+    padded = tf.pad(inputs, [[0, 0], [kh // 2, kh // 2], [kw // 2, kw // 2], [0, 0]])
+    grads = tf.reshape(out_grad, (-1, cout))
+    taps = [
+        tf.matmul(tf.reshape(padded[:, i : i + h, j : j + w, :], (-1, cin)), grads, transpose_a=True)
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return tf.reshape(tf.stack(taps), (kh, kw, cin, cout))
+
+
 def _swapped_conv(inputs, out_grad, kernel_size):
     kh, kw = kernel_size
     x_t = tf.transpose(inputs, [3, 1, 2, 0])  # (Cin, H, W, N): channels as batch, batch as channels
@@ -68,9 +96,11 @@ def _swapped_conv(inputs, out_grad, kernel_size):
     return tf.transpose(grad, [1, 2, 0, 3])
 
 
-def _conv_with_forward_gradients(swap_filter: bool, swap_input: bool):
-    """A stride-1 ``"same"`` convolution plus bias whose filter and/or input gradient is a forward
-    convolution (`swapped_filter_gradient`, `swapped_input_gradient`)."""
+def _conv_with_forward_gradients(filter_method: str, swap_input: bool):
+    """A stride-1 ``"same"`` convolution plus bias whose filter gradient is ``filter_method``'s
+    (``"native"``, ``"swapped"``: `swapped_filter_gradient`, ``"matmul"``:
+    `shifted_matmul_filter_gradient`) and whose input gradient is a forward convolution
+    (`swapped_input_gradient`) if ``swap_input``."""
 
     @tf.custom_gradient
     def conv(inputs, kernel, bias):
@@ -88,9 +118,12 @@ def _conv_with_forward_gradients(swap_filter: bool, swap_input: bool):
                     strides=[1, 1, 1, 1],
                     padding="SAME",
                 )
-            if swap_filter:
+            if filter_method == "swapped":
                 with tf.name_scope("swapped_filter_gradient"):
                     d_kernel = swapped_filter_gradient(inputs, out_grad, kernel.shape[:2])
+            elif filter_method == "matmul":
+                with tf.name_scope("shifted_matmul_filter_gradient"):
+                    d_kernel = shifted_matmul_filter_gradient(inputs, out_grad, kernel.shape[:2])
             else:
                 d_kernel = tf.raw_ops.Conv2DBackpropFilter(
                     input=inputs,
@@ -107,9 +140,26 @@ def _conv_with_forward_gradients(swap_filter: bool, swap_input: bool):
     return conv
 
 
+def conv_with_forward_gradients(filter_method, swap_input: bool):
+    """The convolution of `_conv_with_forward_gradients`, made once per combination.
+
+    Args:
+        filter_method: one of `mtl_keras.layers.conv.FILTER_METHODS`, or a bool (True:
+            ``"swapped"``, False: ``"native"``).
+        swap_input: whether the input gradient is a forward convolution.
+    """
+    if isinstance(filter_method, bool):
+        filter_method = "swapped" if filter_method else "native"
+    if filter_method not in FILTER_METHODS:
+        raise ValueError(f"filter_method must be one of {FILTER_METHODS}, got {filter_method!r}.")
+    if filter_method == "native" and not swap_input:
+        raise ValueError(
+            "conv_with_forward_gradients: TensorFlow's kernels for both gradients is plain tf.nn.conv2d; "
+            "change the filter gradient, the input gradient or both."
+        )
+    return _cached_conv(filter_method, bool(swap_input))
+
+
 @functools.cache
-def conv_with_forward_gradients(swap_filter: bool, swap_input: bool):
-    """The convolution of `_conv_with_forward_gradients`, made once per combination."""
-    if not (swap_filter or swap_input):
-        raise ValueError("conv_with_forward_gradients: swap the filter gradient, the input gradient or both.")
-    return _conv_with_forward_gradients(bool(swap_filter), bool(swap_input))
+def _cached_conv(filter_method: str, swap_input: bool):
+    return _conv_with_forward_gradients(filter_method, swap_input)

@@ -10,6 +10,7 @@ from mtl_keras.layers.conv import (
     conv2d,
     set_filter_gradient,
     set_gradient_isa,
+    shifted_matmul_filter_gradient,
     swapped_filter_gradient,
     swapped_input_gradient,
 )
@@ -55,6 +56,35 @@ def test_swapped_filter_gradient_equals_tensorflows(shape, kernel_size):
     want = _native_filter_gradient(x, g, kernel_size)
     assert got.shape == (*kernel_size, shape[-1], 6)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel_size",
+    [
+        ((3, 4, 4, 5), (3, 3)),
+        ((2, 7, 5, 3), (3, 3)),
+        ((2, 6, 6, 4), (5, 5)),
+        ((2, 4, 4, 3), (1, 1)),
+        ((2, 5, 8, 2), (3, 5)),
+    ],
+)
+def test_shifted_matmul_filter_gradient_equals_tensorflows(shape, kernel_size):
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.normal(size=shape), tf.float32)
+    g = tf.constant(rng.normal(size=(*shape[:3], 6)), tf.float32)
+    got = shifted_matmul_filter_gradient(x, g, kernel_size)
+    assert got.shape == (*kernel_size, shape[-1], 6) and got.dtype == tf.float32
+    np.testing.assert_allclose(got, _native_filter_gradient(x, g, kernel_size), rtol=1e-5, atol=1e-5)
+
+
+def test_shifted_matmul_filter_gradient_in_bfloat16_stays_close_to_float32():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(4, 4, 4, 16)).astype(np.float32)
+    g = rng.normal(size=(4, 4, 4, 8)).astype(np.float32)
+    got = shifted_matmul_filter_gradient(tf.constant(x, tf.bfloat16), tf.constant(g, tf.bfloat16), (3, 3))
+    assert got.dtype == tf.bfloat16
+    want = _native_filter_gradient(tf.constant(x), tf.constant(g), (3, 3))
+    np.testing.assert_allclose(tf.cast(got, tf.float32), want, rtol=0.05, atol=0.25)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +138,8 @@ def test_swapped_conv_has_the_same_value_and_gradients(jit):
         return run(x, kernel, bias)
 
     y_native, grads_native = value_and_grads("native")
-    for mode, isa in (("swapped", "AVX-512"), ("auto", "AVX2")):  # AVX2: both gradients swapped
+    # AVX2: both gradients swapped; matmul: the filter gradient as nine shifted matmuls
+    for mode, isa in (("swapped", "AVX-512"), ("auto", "AVX2"), ("matmul", "AVX-512")):
         set_gradient_isa(isa)
         y_swapped, grads_swapped = value_and_grads(mode)
         np.testing.assert_allclose(y_swapped, y_native, rtol=1e-5, atol=1e-5)
@@ -117,7 +148,9 @@ def test_swapped_conv_has_the_same_value_and_gradients(jit):
 
 
 @pytest.mark.parametrize(
-    "swap_filter, swap_input", [(True, False), (False, True), (True, True)], ids=["filter", "input", "both"]
+    "swap_filter, swap_input",
+    [(True, False), (False, True), (True, True), ("matmul", False), ("matmul", True), ("swapped", False)],
+    ids=["filter", "input", "both", "matmul", "matmul-and-input", "by-name"],
 )
 def test_each_gradient_can_be_swapped_alone(monkeypatch, swap_filter, swap_input):
     rng = np.random.default_rng(6)
@@ -182,13 +215,8 @@ AMX = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16
         (AVX512_BF16, None, "bfloat16", 8, ("AVX-512", True, False)),
         (AVX512_BF16, "AVX2", "float32", 8, ("AVX2", True, True)),  # the cap makes oneDNN an AVX2 one
         ("processor\t: 0\n\n", None, "float32", 4, ("AVX-512", True, False)),  # unknown: as before
-        # AMX: oneDNN's brgemm filter gradient outruns the swapped one but on 4×4 bf16 maps
-        (AMX, None, "bfloat16", 4, ("AMX-BF16", True, False)),
-        (AMX, None, "bfloat16", 8, ("AMX-BF16", False, False)),
-        (AMX, None, "bfloat16", 10, ("AMX-BF16", False, False)),
-        (AMX, None, "float32", 4, ("AMX-BF16", False, False)),
+        (AMX, None, "float32", 4, ("AMX-BF16", False, False)),  # no swap on AMX (matmuls: below)
         (AMX, "AVX512_CORE_BF16", "bfloat16", 8, ("AVX-512", True, False)),  # capped below AMX
-        (AMX, "AVX10_1_512_AMX", "bfloat16", 8, ("AMX-BF16", False, False)),
     ],
 )
 def test_auto_follows_the_instruction_set_the_cpu_reports(
@@ -209,6 +237,78 @@ def test_auto_follows_the_instruction_set_the_cpu_reports(
     w = tf.zeros((3, 3, 2, 3), dtype)
     isa, _ = conv_module.gradient_plan()
     assert (isa, *conv_module.forward_gradients(x, w, (1, 1), "same")) == expected
+
+
+@pytest.mark.parametrize(
+    "cap, dtype, side, expected",
+    [
+        (None, "bfloat16", 4, ("AMX-BF16", "matmul", False)),
+        (None, "bfloat16", 8, ("AMX-BF16", "matmul", False)),
+        (None, "bfloat16", 10, ("AMX-BF16", "matmul", False)),  # ResNet-12's last block at 84×84
+        (None, "bfloat16", 16, ("AMX-BF16", "native", False)),  # AMX's own kernel on larger maps
+        (None, "float32", 4, ("AMX-BF16", "native", False)),
+        ("AVX10_1_512_AMX", "bfloat16", 8, ("AMX-BF16", "matmul", False)),
+        ("AVX512_CORE_BF16", "bfloat16", 8, ("AVX-512", "swapped", False)),  # capped below AMX
+    ],
+)
+def test_auto_on_amx_computes_small_bf16_filter_gradients_as_matmuls(
+    tmp_path, monkeypatch, cap, dtype, side, expected
+):
+    from mtl_keras import hardware
+
+    path = tmp_path / "cpuinfo"
+    path.write_text(AMX)
+    monkeypatch.setattr(hardware, "CPUINFO", str(path))
+    for name in hardware.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    set_gradient_isa(None)
+    x, w = tf.zeros((1, side, side, 2), dtype), tf.zeros((3, 3, 2, 3), dtype)
+    isa, _ = conv_module.gradient_plan()
+    assert (isa, *conv_module.gradient_methods(x, w, (1, 1), "same")) == expected
+
+
+def test_auto_on_amx_builds_matmul_filter_gradients_for_small_bf16_maps(tmp_path, monkeypatch):
+    """In a bf16 ResNet-12's traced gradient on an AMX CPU, the blocks with maps ≤ 10×10 have no
+    filter-gradient kernel of their own: at 32×32 input blocks 3 and 4 (8×8 and 4×4 maps), whose
+    6 scaled 3×3 convolutions get nine matmuls each."""
+    from mtl_keras import hardware
+
+    path = tmp_path / "cpuinfo"
+    path.write_text(AMX)
+    monkeypatch.setattr(hardware, "CPUINFO", str(path))
+    for name in hardware.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    set_gradient_isa(None)
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        backbone = set_phase(resnet12((32, 32, 3), widths=(4, 4, 4, 4)), "meta")
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    phi = phi_weights(backbone)
+
+    @tf.function
+    def grad(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.cast(backbone(x, training=False), tf.float32))
+        return tape.gradient(loss, phi)
+
+    ops_ = grad.get_concrete_function(tf.zeros((2, 32, 32, 3))).graph.get_operations()
+    # maps 32, 16, 8, 4: blocks 3 and 4 (6 scaled convs) on matmuls, blocks 1 and 2 on TF's kernel
+    kernels = [op.name.split("/")[2] for op in ops_ if op.type == "Conv2DBackpropFilter"]
+    # the 1×1 residual convolutions are not `conv2d`'s: TF's kernel on every CPU
+    assert sorted(k for k in kernels if "res_conv" not in k) == sorted(
+        f"block{b}_conv{c}_1" for b in (1, 2) for c in (1, 2, 3)
+    )
+    assert (
+        sum(
+            "shifted_matmul_filter_gradient" in op.name
+            for op in ops_
+            if op.type in ("MatMul", "BatchMatMulV2")
+        )
+        == 6 * 9
+    )
 
 
 def test_auto_on_avx2_builds_forward_convolutions_only(tmp_path, monkeypatch):
@@ -242,6 +342,31 @@ def test_auto_on_avx2_builds_forward_convolutions_only(tmp_path, monkeypatch):
     # 12 scaled 3×3 convolutions and 4 plain 1×1 residual ones (not `conv2d`: TF's kernel in both)
     assert avx512.count("Conv2DBackpropInput") == 16
     assert avx2.count("Conv2DBackpropInput") == 4
+
+
+def test_shifted_matmuls_take_precedence_where_the_plan_has_them(monkeypatch):
+    monkeypatch.setitem(conv_module.SHIFTED_MATMUL_MAX_PIXELS, "AVX-512", {"bfloat16": 16})
+    set_gradient_isa("AVX-512")
+
+    def methods(dtype, side):
+        x, w = tf.zeros((1, side, side, 2), dtype), tf.zeros((3, 3, 2, 3), dtype)
+        return conv_module.gradient_methods(x, w, (1, 1), "same")
+
+    assert methods("bfloat16", 4) == ("matmul", False)
+    assert methods("bfloat16", 8) == ("swapped", False)  # beyond the matmul limit: the swapped plan's
+    assert methods("bfloat16", 16) == ("native", False)
+    assert methods("float32", 4) == ("swapped", False)  # no matmul entry for float32
+    set_filter_gradient("matmul")
+    assert methods("float32", 32) == ("matmul", True)
+    set_filter_gradient("native")
+    assert methods("bfloat16", 4) == ("native", False)
+
+
+def test_conv_with_forward_gradients_rejects_what_it_cannot_build():
+    with pytest.raises(ValueError, match="one of"):
+        tf_conv.conv_with_forward_gradients("winograd", False)
+    with pytest.raises(ValueError, match="plain tf.nn.conv2d"):
+        tf_conv.conv_with_forward_gradients("native", False)
 
 
 def test_bad_gradient_isa_is_rejected():
