@@ -38,41 +38,26 @@ def _native_filter_gradient(x, g, kernel_size):
     )
 
 
+FILTER_GRADIENT_SHAPES = [
+    ((3, 4, 4, 5), (3, 3)),
+    ((2, 7, 5, 3), (3, 3)),
+    ((2, 6, 6, 4), (5, 5)),
+    ((2, 4, 4, 3), (1, 1)),
+    ((2, 5, 8, 2), (3, 5)),
+]
+
+
+@pytest.mark.parametrize("shape, kernel_size", FILTER_GRADIENT_SHAPES)
 @pytest.mark.parametrize(
-    "shape, kernel_size",
-    [
-        ((3, 4, 4, 5), (3, 3)),
-        ((2, 7, 5, 3), (3, 3)),
-        ((2, 6, 6, 4), (5, 5)),
-        ((2, 4, 4, 3), (1, 1)),
-        ((2, 5, 8, 2), (3, 5)),
-    ],
+    "formulation",
+    [swapped_filter_gradient, shifted_matmul_filter_gradient],
+    ids=["swapped", "shifted_matmuls"],
 )
-def test_swapped_filter_gradient_equals_tensorflows(shape, kernel_size):
+def test_filter_gradient_formulations_equal_tensorflows(formulation, shape, kernel_size):
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=shape), tf.float32)
     g = tf.constant(rng.normal(size=(*shape[:3], 6)), tf.float32)
-    got = swapped_filter_gradient(x, g, kernel_size)
-    want = _native_filter_gradient(x, g, kernel_size)
-    assert got.shape == (*kernel_size, shape[-1], 6)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    "shape, kernel_size",
-    [
-        ((3, 4, 4, 5), (3, 3)),
-        ((2, 7, 5, 3), (3, 3)),
-        ((2, 6, 6, 4), (5, 5)),
-        ((2, 4, 4, 3), (1, 1)),
-        ((2, 5, 8, 2), (3, 5)),
-    ],
-)
-def test_shifted_matmul_filter_gradient_equals_tensorflows(shape, kernel_size):
-    rng = np.random.default_rng(7)
-    x = tf.constant(rng.normal(size=shape), tf.float32)
-    g = tf.constant(rng.normal(size=(*shape[:3], 6)), tf.float32)
-    got = shifted_matmul_filter_gradient(x, g, kernel_size)
+    got = formulation(x, g, kernel_size)
     assert got.shape == (*kernel_size, shape[-1], 6) and got.dtype == tf.float32
     np.testing.assert_allclose(got, _native_filter_gradient(x, g, kernel_size), rtol=1e-5, atol=1e-5)
 
@@ -197,6 +182,25 @@ def test_where_the_swapped_gradient_is_used(dtype, side, kernel, strides, paddin
     )
 
 
+@pytest.fixture
+def fake_cpu(tmp_path, monkeypatch):
+    """``fake_cpu(cpuinfo, cap=None)``: `mtl_keras.hardware` reads ``cpuinfo`` as /proc/cpuinfo,
+    oneDNN's ISA cap is ``cap`` (none: no cap), and ``auto`` follows that CPU's own plan."""
+    from mtl_keras import hardware
+
+    def use(cpuinfo: str, cap: str | None = None) -> None:
+        path = tmp_path / "cpuinfo"
+        path.write_text(cpuinfo)
+        monkeypatch.setattr(hardware, "CPUINFO", str(path))
+        for name in hardware.ISA_CAP_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        if cap:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        set_gradient_isa(None)
+
+    return use
+
+
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx fma avx2\n\n"
 AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16\n\n"
 AMX = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile\n\n"
@@ -219,20 +223,9 @@ AMX = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16
         (AMX, "AVX512_CORE_BF16", "bfloat16", 8, ("AVX-512", True, False)),  # capped below AMX
     ],
 )
-def test_auto_follows_the_instruction_set_the_cpu_reports(
-    tmp_path, monkeypatch, cpuinfo, cap, dtype, side, expected
-):
+def test_auto_follows_the_instruction_set_the_cpu_reports(fake_cpu, cpuinfo, cap, dtype, side, expected):
     """The plan is chosen at trace time from /proc/cpuinfo (faked here) and ONEDNN_MAX_CPU_ISA."""
-    from mtl_keras import hardware
-
-    path = tmp_path / "cpuinfo"
-    path.write_text(cpuinfo)
-    monkeypatch.setattr(hardware, "CPUINFO", str(path))
-    for name in hardware.ISA_CAP_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    if cap:
-        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-    set_gradient_isa(None)
+    fake_cpu(cpuinfo, cap)
     x = tf.zeros((1, side, side, 2), dtype)
     w = tf.zeros((3, 3, 2, 3), dtype)
     isa, _ = conv_module.gradient_plan()
@@ -251,36 +244,18 @@ def test_auto_follows_the_instruction_set_the_cpu_reports(
         ("AVX512_CORE_BF16", "bfloat16", 8, ("AVX-512", "swapped", False)),  # capped below AMX
     ],
 )
-def test_auto_on_amx_computes_small_bf16_filter_gradients_as_matmuls(
-    tmp_path, monkeypatch, cap, dtype, side, expected
-):
-    from mtl_keras import hardware
-
-    path = tmp_path / "cpuinfo"
-    path.write_text(AMX)
-    monkeypatch.setattr(hardware, "CPUINFO", str(path))
-    for name in hardware.ISA_CAP_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    if cap:
-        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-    set_gradient_isa(None)
+def test_auto_on_amx_computes_small_bf16_filter_gradients_as_matmuls(fake_cpu, cap, dtype, side, expected):
+    fake_cpu(AMX, cap)
     x, w = tf.zeros((1, side, side, 2), dtype), tf.zeros((3, 3, 2, 3), dtype)
     isa, _ = conv_module.gradient_plan()
     assert (isa, *conv_module.gradient_methods(x, w, (1, 1), "same")) == expected
 
 
-def test_auto_on_amx_builds_matmul_filter_gradients_for_small_bf16_maps(tmp_path, monkeypatch):
+def test_auto_on_amx_builds_matmul_filter_gradients_for_small_bf16_maps(fake_cpu):
     """In a bf16 ResNet-12's traced gradient on an AMX CPU, the blocks with maps ≤ 10×10 have no
     filter-gradient kernel of their own: at 32×32 input blocks 3 and 4 (8×8 and 4×4 maps), whose
     6 scaled 3×3 convolutions get nine matmuls each."""
-    from mtl_keras import hardware
-
-    path = tmp_path / "cpuinfo"
-    path.write_text(AMX)
-    monkeypatch.setattr(hardware, "CPUINFO", str(path))
-    for name in hardware.ISA_CAP_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    set_gradient_isa(None)
+    fake_cpu(AMX)
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     try:
         backbone = set_phase(resnet12((32, 32, 3), widths=(4, 4, 4, 4)), "meta")
@@ -311,15 +286,9 @@ def test_auto_on_amx_builds_matmul_filter_gradients_for_small_bf16_maps(tmp_path
     )
 
 
-def test_auto_on_avx2_builds_forward_convolutions_only(tmp_path, monkeypatch):
+def test_auto_on_avx2_builds_forward_convolutions_only(fake_cpu):
     """On an AVX2-only CPU a ResNet-12's gradient has no backward-data kernel for its SS convs."""
-    from mtl_keras import hardware
-
-    path = tmp_path / "cpuinfo"
-    path.write_text(AVX2_ONLY)
-    monkeypatch.setattr(hardware, "CPUINFO", str(path))
-    for name in hardware.ISA_CAP_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    fake_cpu(AVX2_ONLY)
 
     def op_types(isa):
         set_gradient_isa(isa)
