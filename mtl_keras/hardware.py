@@ -63,8 +63,8 @@ def onednn_allows_bfloat16() -> bool:
 
 
 #: The levels `isa_label` names, lowest first. ``"AMX-BF16"``: AVX-512 with AMX tiles
-#: (Sapphire Rapids and later), where oneDNN runs bfloat16 convolutions (filter gradients too)
-#: on AMX kernels, several times faster than on AVX512-BF16 alone (``benchmarks/RESULTS.md``).
+#: (Sapphire Rapids and later), where oneDNN runs bfloat16 convolutions and matmuls on AMX
+#: kernels, faster than AVX512-BF16's and with other relative speeds (``benchmarks/RESULTS.md``).
 ISA_LEVELS = ("older", "AVX2", "AVX-512", "AVX512-BF16", "AMX-BF16")
 
 

@@ -43,10 +43,9 @@ from keras import ops
 #: TensorFlow's kernel; ``None``: any size). ``"AVX-512"``'s entry also serves AVX512-BF16,
 #: older and unknown CPUs; AMX-BF16 CPUs have their own. Why these limits: on AVX-512 the
 #: filter gradient pays as a forward convolution on small maps only and TF's input gradient runs
-#: at the forward rate; on AVX2
-#: oneDNN's backward-data kernel is much slower than its forward one, so there both gradients run
-#: as forward convolutions (the measurements, per ISA and map size: ``benchmarks/RESULTS.md``;
-#: ``benchmarks/probes/input_gradient_alternatives.py``).
+#: at the forward rate; on AVX2 oneDNN's backward-data kernel is much slower than its forward
+#: one, so there both gradients run as forward convolutions (the measurements, per ISA and map
+#: size: ``benchmarks/RESULTS.md``; ``benchmarks/probes/input_gradient_alternatives.py``).
 FORWARD_GRADIENT_MAX_PIXELS = {
     "AVX-512": {"filter": {"bfloat16": 100, "float16": 100, "float32": 16}, "input": {}},
     "AVX2": {"filter": {"float32": 100}, "input": {"float32": None}},
