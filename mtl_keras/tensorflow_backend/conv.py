@@ -96,6 +96,7 @@ def _swapped_conv(inputs, out_grad, kernel_size):
     return tf.transpose(grad, [1, 2, 0, 3])
 
 
+@functools.cache
 def _conv_with_forward_gradients(filter_method: str, swap_input: bool):
     """A stride-1 ``"same"`` convolution plus bias whose filter gradient is ``filter_method``'s
     (``"native"``, ``"swapped"``: `swapped_filter_gradient`, ``"matmul"``:
@@ -141,7 +142,7 @@ def _conv_with_forward_gradients(filter_method: str, swap_input: bool):
 
 
 def conv_with_forward_gradients(filter_method, swap_input: bool):
-    """The convolution of `_conv_with_forward_gradients`, made once per combination.
+    """The convolution of `_conv_with_forward_gradients` (made once per combination, cached).
 
     Args:
         filter_method: one of `mtl_keras.layers.conv.FILTER_METHODS`, or a bool (True:
@@ -157,9 +158,4 @@ def conv_with_forward_gradients(filter_method, swap_input: bool):
             "conv_with_forward_gradients: TensorFlow's kernels for both gradients is plain tf.nn.conv2d; "
             "change the filter gradient, the input gradient or both."
         )
-    return _cached_conv(filter_method, bool(swap_input))
-
-
-@functools.cache
-def _cached_conv(filter_method: str, swap_input: bool):
-    return _conv_with_forward_gradients(filter_method, swap_input)
+    return _conv_with_forward_gradients(filter_method, bool(swap_input))
