@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import keras
 
-from mtl_keras.backbones.resnet12 import _check_input_shape
+from mtl_keras.backbones.resnet12 import BN_MOMENTUM, _check_input_shape
 from mtl_keras.layers.scale_shift_conv2d import ScaleShiftConv2D
 
 
@@ -15,6 +15,7 @@ def conv4(
     filters: int = 64,
     phase: str = "pretrain",
     name: str = "conv4",
+    bn_momentum: float = BN_MOMENTUM,
 ) -> keras.Model:
     """Four blocks of ``ScaleShiftConv2D 3×3 → BN → ReLU → max-pool 2``, flattened.
 
@@ -23,6 +24,7 @@ def conv4(
         filters: channels of every block.
         phase: initial phase of the `ScaleShiftConv2D` layers.
         name: model name.
+        bn_momentum: momentum of the batch norms' moving statistics (see `resnet12`).
 
     Returns:
         A `keras.Model` ``(batch, H, W, C) → (batch, filters * (H//16) * (W//16))``.
@@ -33,7 +35,7 @@ def conv4(
     for i in range(4):
         p = f"block{i + 1}_"
         x = ScaleShiftConv2D(filters, 3, phase=phase, name=p + "conv")(x)
-        x = keras.layers.BatchNormalization(name=p + "bn")(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum, name=p + "bn")(x)
         x = keras.layers.ReLU(name=p + "relu")(x)
         x = keras.layers.MaxPooling2D(2, name=p + "pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)

@@ -6,9 +6,12 @@
   the episode stream and the hard-task pool; exact resume after a crash.
 * `StopOnNonFiniteLoss`: stop at the first NaN/inf loss, naming epoch, batch and fix.
 * `BestCheckpoint`: the best epoch's weights, written atomically (`save_weights_atomic`).
+* `ReestimateBatchNorm`: batch norm's moving statistics recomputed before every evaluation
+  (pretraining on small sets).
 * `TimeEstimate`: how long a ``fit`` will take, once its speed is known, and how long it took.
 """
 
+from mtl_keras.callbacks.batch_norm import ReestimateBatchNorm
 from mtl_keras.callbacks.checkpoint import BestCheckpoint, save_weights_atomic
 from mtl_keras.callbacks.hard_tasks import HardTaskLogger, HardTaskMining
 from mtl_keras.callbacks.resumable import ResumableCheckpoint
@@ -19,6 +22,7 @@ __all__ = [
     "BestCheckpoint",
     "HardTaskLogger",
     "HardTaskMining",
+    "ReestimateBatchNorm",
     "ResumableCheckpoint",
     "StopOnNonFiniteLoss",
     "TimeEstimate",

@@ -1,6 +1,6 @@
 """Layers of mtl_keras: the scale-and-shift layers, phases, BN folding, model conversion."""
 
-from mtl_keras.layers.batch_statistics import batch_statistics_view
+from mtl_keras.layers.batch_statistics import batch_statistics_view, reestimate_batch_norm
 from mtl_keras.layers.conversion import enable_scale_shift
 from mtl_keras.layers.folding import fold_batch_norm
 from mtl_keras.layers.phase import phi_weights, set_phase, theta_weights
@@ -16,6 +16,7 @@ __all__ = [
     "ScaleShiftDepthwiseConv2D",
     "ScaleShiftLayer",
     "batch_statistics_view",
+    "reestimate_batch_norm",
     "enable_scale_shift",
     "fold_batch_norm",
     "load_scale_shift_weights",

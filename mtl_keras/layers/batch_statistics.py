@@ -77,3 +77,57 @@ def batch_statistics_view(model: keras.Model) -> keras.Model:
             "nothing. Use batch_norm='frozen'."
         )
     return view
+
+
+def reestimate_batch_norm(model: keras.Model, batches, max_batches: int | None = None) -> int:
+    """Set every batch norm's moving statistics to the mean of its batch statistics over ``batches``.
+
+    After training, each `keras.layers.BatchNormalization` holds an exponential moving average
+    of the statistics it saw; on a small set (a few steps per epoch) that average still
+    remembers the start of training, and inference-mode features are wrong. This recomputes it
+    from the current weights ("precise batch norm", Wu & Johnson 2021, arXiv 2105.07576): for
+    the ``i``-th batch (from 0) each layer's momentum is ``i / (i + 1)``, so after the last batch
+    its moving mean and variance are the plain averages of the batch means and variances.
+
+    Only the moving statistics change; γ, β and every other weight stay. Layers that do not
+    use batch statistics in training (``trainable=False``) are left as they are. Runs eagerly,
+    batch by batch (``model(images, training=True)``): give it un-augmented images of the
+    training distribution, a few thousand are plenty.
+
+    Args:
+        model: a `keras.Model` (e.g. a backbone) ``images → ...``; called with ``training=True``,
+            so a dropout inside it is active (pass the backbone, not a model with augmentation).
+        batches: an iterable of image batches ``(b, H, W, C)``, or of ``(images, labels)`` pairs
+            (labels are ignored), e.g. `mtl_keras.data.pretrain_dataset`.
+        max_batches: use at most this many batches (default: all).
+
+    Returns:
+        The number of batches used (0: nothing changed).
+
+    Example:
+        >>> reestimate_batch_norm(backbone, pretrain_dataset(train, 128), max_batches=20)
+    """
+    from mtl_keras import keras_private
+
+    norms = [
+        layer
+        for layer in keras_private.all_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
+    if not norms:
+        return 0
+    momenta = [layer.momentum for layer in norms]
+    used = 0
+    try:
+        for batch in batches:
+            if max_batches is not None and used >= max_batches:
+                break
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            for layer in norms:
+                layer.momentum = used / (used + 1.0)
+            model(images, training=True)
+            used += 1
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+    return used

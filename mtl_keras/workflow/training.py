@@ -14,6 +14,7 @@ import tensorflow as tf
 from mtl_keras.callbacks import (
     BestCheckpoint,
     HardTaskMining,
+    ReestimateBatchNorm,
     ResumableCheckpoint,
     StopOnNonFiniteLoss,
     TimeEstimate,
@@ -80,6 +81,10 @@ def pretrain(
             metrics=["accuracy"],
         )
     backup = ResumableCheckpoint(backup_dir, verbose=int(verbose), chief_only=False) if backup_dir else None
+    # Batch norm's moving statistics recomputed from the un-augmented training images before every
+    # held-out evaluation and at the end: on a small set (a few steps per epoch) they lag the
+    # weights, and the held-out accuracy — early stopping's signal — would measure the lag.
+    refresh = ReestimateBatchNorm(model.backbone, train_ds, max_batches=PRECISE_BN_BATCHES)
     # No held-out images when classes are tiny (10% of 2 rounds to 0): then no validation.
     held = held_ds if int(held_ds.cardinality()) != 0 else None
     stop = []
@@ -107,6 +112,7 @@ def pretrain(
         verbose=verbose_mode(verbose),
         callbacks=[
             *([TimeEstimate("pretraining")] if verbose else []),
+            refresh,  # before early stopping: its on_train_end may restore the best epoch's weights
             *stop,
             *([backup] if backup else []),
             *(callbacks or []),
@@ -114,6 +120,9 @@ def pretrain(
     )
     return model, _full_history(history.history, backup)
 
+
+#: Batches of training images batch norm's statistics are recomputed from (`ReestimateBatchNorm`).
+PRECISE_BN_BATCHES = 20
 
 #: Below this accuracy on the base classes a pretrained backbone is reported as weak.
 WEAK_PRETRAINING_ACCURACY = 0.5
