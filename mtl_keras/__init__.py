@@ -11,6 +11,7 @@ Public API (flat)::
     ClassSplit, load_benchmark, list_benchmarks, make_episodes, pretrain_dataset
     episode_source, EpisodeSource       # episodes without TensorFlow (any backend)
     evaluate_episodes, EvaluationResult
+    evaluate_nearest_centroid, base_feature_mean   # the SimpleShot baseline on the same episodes
 
 Backends: the layers, backbones, models and evaluation run on Keras's TensorFlow and JAX
 backends (``KERAS_BACKEND``, read by Keras at its first import). On JAX ``import mtl_keras``
@@ -40,7 +41,12 @@ from mtl_keras.data import (
     make_episodes,
     pretrain_dataset,
 )
-from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
+from mtl_keras.evaluation import (
+    EvaluationResult,
+    base_feature_mean,
+    evaluate_episodes,
+    evaluate_nearest_centroid,
+)
 from mtl_keras.layers import (
     ScaleShiftConv2D,
     ScaleShiftDense,
@@ -64,9 +70,11 @@ __all__ = [
     "ScaleShiftDense",
     "ScaleShiftDepthwiseConv2D",
     "conv4",
+    "base_feature_mean",
     "enable_scale_shift",
     "episode_source",
     "evaluate_episodes",
+    "evaluate_nearest_centroid",
     "list_benchmarks",
     "load_benchmark",
     "load_scale_shift_weights",

@@ -55,9 +55,28 @@ class EvaluationResult:
         return len(self.episode_accuracies)
 
     def __str__(self) -> str:
+        steps = f"{self.inner_steps} inner steps" if self.inner_steps else "no inner loop"
         return (
             f"{self.ways}-way {self.shots}-shot: {100 * self.mean:.2f} ± {100 * self.ci95:.2f}% "
-            f"({self.episodes} episodes, {self.inner_steps} inner steps)"
+            f"({self.episodes} episodes, {steps})"
+        )
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EvaluationResult:
+        """The result `to_dict` wrote (e.g. read back from a run folder's ``metrics.json``)."""
+        accuracies = np.asarray(values["episode_accuracies"], np.float64)
+        curve = np.asarray(values.get("per_step_accuracy") or [values["mean"]], np.float64)
+        return cls(
+            mean=float(values["mean"]),
+            ci95=float(values["ci95"]),
+            episode_accuracies=accuracies,
+            per_step_accuracy=curve,
+            per_step_support_loss=np.full(len(curve), np.nan),
+            ways=int(values["ways"]),
+            shots=int(values["shots"]),
+            queries=int(values["queries"]),
+            inner_steps=int(values["inner_steps"]),
+            query_loss=float(values.get("query_loss", float("nan"))),
         )
 
     def to_dict(self) -> dict:
@@ -411,6 +430,124 @@ def evaluate_episodes(
     class_acc = np.concatenate(class_acc_all, axis=0)[:episodes]  # (E, N)
     task_classes = np.concatenate(classes_all, axis=0)[:episodes]  # (E, N) global ids
     return result, _class_details(split, class_acc, task_classes, sample)
+
+
+#: Feature normalisations of `evaluate_nearest_centroid` (SimpleShot's names).
+CENTROID_NORMALIZATIONS = ("UN", "L2N", "CL2N")
+
+
+def base_feature_mean(model, split: ClassSplit, max_images: int = 5000, seed: int = 0) -> np.ndarray:
+    """The mean embedding ``(D,)`` float32 of ``split``'s images (the base classes): SimpleShot's
+    centring vector for ``"CL2N"``.
+
+    Args:
+        model: a `MetaTransferModel` or a backbone (as `embed_split`).
+        split: the base (training) classes.
+        max_images: embed at most this many images, spread evenly over the classes (chosen with
+            ``seed``): the mean of a few thousand is the mean of all to a fraction of a percent,
+            at a fraction of the cost on a large split.
+        seed: which images when subsampled.
+    """
+    if split.num_images > max_images:
+        rng = np.random.default_rng(seed)
+        per_class = max(1, max_images // split.num_classes)
+        items = np.sort(
+            np.concatenate([rng.permutation(split.items_of(c))[:per_class] for c in range(split.num_classes)])
+        )
+        split = dataclasses.replace(
+            split,
+            labels=split.labels[items],
+            images=None if split.images is None else split.images[items],
+            paths=None if split.paths is None else split.paths[items],
+        )
+    return embed_split(model, split).mean(axis=0).astype(np.float32)
+
+
+def evaluate_nearest_centroid(
+    model,
+    split: ClassSplit,
+    ways: int,
+    shots: int,
+    queries: int = 15,
+    episodes: int = 600,
+    seed: int = 0,
+    normalization: str = "CL2N",
+    mean_feature: np.ndarray | None = None,
+    features: np.ndarray | None = None,
+    meta_batch_size: int = 10,
+) -> EvaluationResult:
+    """Nearest-centroid accuracy on the embeddings of ``model``: the simple baseline beside MTL.
+
+    SimpleShot (Wang et al. 2019, arXiv 1911.04623): embed every image, normalise the embeddings,
+    classify each query by the nearest (Euclidean) mean of its episode's support embeddings per
+    class. No training and no inner loop; the episodes are `evaluate_episodes`' for the same
+    ``(split, ways, shots, queries, seed)`` (`draw_episodes`), so the two results pair episode by
+    episode (`paired_difference`).
+
+    Args:
+        model: a `MetaTransferModel` (embedded as `embed_split` does: batch norm on its stored
+            statistics) or a backbone ``keras.Model``.
+        split: test (or validation) classes.
+        ways, shots, queries, episodes, seed: the episodes, as in `evaluate_episodes`.
+        normalization: ``"UN"`` (the embeddings as they are), ``"L2N"`` (each divided by its L2
+            norm) or ``"CL2N"`` (``mean_feature`` subtracted, then L2-normalised; SimpleShot's
+            best).
+        mean_feature: ``(D,)`` the mean embedding of the *base* classes (`base_feature_mean` of
+            the training split); required for ``"CL2N"``.
+        features: ``(num_images, D)`` embeddings of ``split`` already computed (`embed_split`).
+        meta_batch_size: how the episodes are drawn (results do not depend on it).
+
+    Returns:
+        An `EvaluationResult` with ``inner_steps=0`` (``per_step_accuracy`` holds the one accuracy).
+
+    Raises:
+        ValueError: an unknown ``normalization``; ``"CL2N"`` without ``mean_feature``; features
+            that do not match the split.
+    """
+    if normalization not in CENTROID_NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {CENTROID_NORMALIZATIONS}, got {normalization!r}.")
+    if normalization == "CL2N" and mean_feature is None:
+        raise ValueError(
+            "normalization='CL2N' centres the embeddings on the base classes' mean: pass "
+            "mean_feature=base_feature_mean(model, train_split)."
+        )
+    if features is None:
+        features = embed_split(model, split)
+    elif len(features) != split.num_images:
+        raise ValueError(
+            f"features: {len(features)} embeddings for the {split.num_images} images of split '{split.name}'; "
+            "compute them with embed_split(model, split)."
+        )
+    feats = np.asarray(features, np.float64)
+    if normalization == "CL2N":
+        feats = feats - np.asarray(mean_feature, np.float64)[None]
+    if normalization in ("L2N", "CL2N"):
+        feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    batch = max(1, min(meta_batch_size, episodes))
+    drawn = draw_episodes(split, ways, shots, queries, episodes, seed, meta_batch_size=batch)
+    support = feats[drawn.support_items].reshape(drawn.episodes, ways, shots, -1)  # class-major
+    centroids = support.mean(axis=2)  # (E, N, D)
+    query = feats[drawn.query_items]  # (E, N*Q, D)
+    # ‖q − c‖² = ‖q‖² − 2 q·c + ‖c‖² (no (E, N*Q, N, D) intermediate).
+    distances = (
+        (query**2).sum(-1)[:, :, None]
+        - 2 * np.einsum("emd,end->emn", query, centroids)
+        + (centroids**2).sum(-1)[:, None, :]
+    )  # (E, N*Q, N)
+    labels = np.repeat(np.arange(ways), queries)
+    accuracies = (distances.argmin(-1) == labels[None]).mean(axis=1)
+    mean, ci = confidence_interval(accuracies)
+    return EvaluationResult(
+        mean=mean,
+        ci95=ci,
+        episode_accuracies=accuracies,
+        per_step_accuracy=np.array([mean]),
+        per_step_support_loss=np.array([np.nan]),
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        inner_steps=0,
+    )
 
 
 def _scores(model, logits, losses, labels, ways):

@@ -57,6 +57,9 @@ def plot_accuracy_vs_inner_steps(
 ) -> str:
     """Mean query accuracy after 0..T inner steps, one line per `EvaluationResult`.
 
+    A result without an inner loop (one accuracy, e.g. nearest centroid) is drawn as a dashed
+    horizontal line: the level the inner loop has to reach.
+
     Args:
         results: ``{label: EvaluationResult}``.
         path: PNG to write.
@@ -64,6 +67,9 @@ def plot_accuracy_vs_inner_steps(
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, result in results.items():
         acc = 100 * np.asarray(result.per_step_accuracy)
+        if len(acc) == 1:
+            ax.axhline(acc[0], linestyle="--", linewidth=1, color="0.4", label=f"{label} ({acc[0]:.1f}%)")
+            continue
         ax.plot(np.arange(len(acc)), acc, label=f"{label} ({acc[-1]:.1f}%)")
     ax.set_xlabel("inner steps on the support set")
     ax.set_ylabel("query accuracy (%)")

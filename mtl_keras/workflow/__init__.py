@@ -43,6 +43,8 @@ from mtl_keras.workflow.run_folder import (
 )
 from mtl_keras.workflow.stages import (
     BASELINE_ROW,
+    CENTROID_ROW,
+    CENTROID_ROWS,
     MTL_ROW,
     evaluate_stage,
     export_stage,
@@ -60,6 +62,8 @@ from mtl_keras.workflow.training import (
 
 __all__ = [
     "BASELINE_ROW",
+    "CENTROID_ROW",
+    "CENTROID_ROWS",
     "MTL_ROW",
     "PRETRAINED_WEIGHTS",
     "WEAK_PRETRAINING_ACCURACY",

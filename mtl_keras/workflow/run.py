@@ -24,6 +24,8 @@ from mtl_keras.workflow.run_folder import (
 )
 from mtl_keras.workflow.stages import (
     BASELINE_ROW,
+    CENTROID_ROW,
+    CENTROID_ROWS,
     MTL_ROW,
     evaluate_stage,
     export_stage,
@@ -31,33 +33,48 @@ from mtl_keras.workflow.stages import (
     pretrain_stage,
 )
 
+#: The paired columns of a run's table: ``{column label: row it subtracts}``.
+PAIRED_AGAINST = {"pretrained": BASELINE_ROW, "SimpleShot": CENTROID_ROW}
+
 
 def format_table(
-    rows: dict[str, dict[int, EvaluationResult]], ways: int, baseline: str | None = BASELINE_ROW
+    rows: dict[str, dict[int, EvaluationResult]],
+    ways: int,
+    baseline: str | dict[str, str] | None = None,
 ) -> str:
-    """A Markdown table: one row per method; per shot setting the accuracy (mean ± 95% CI) and,
-    when a ``baseline`` row is given, the paired difference against it.
+    """A Markdown table: one row per method; per shot setting the accuracy (mean ± 95% CI) and
+    the paired difference against each baseline row.
 
-    The paired column is the mean ± 95% CI of the per-episode accuracy differences (every row
-    is evaluated on the same episodes): a CI that excludes 0 is a difference the episodes
-    support, however much the two rows' own CIs overlap.
+    A paired column is the mean ± 95% CI of the per-episode accuracy differences (every row is
+    evaluated on the same episodes): a CI that excludes 0 is a difference the episodes support,
+    however much the two rows' own CIs overlap.
+
+    Args:
+        rows: ``{method: {shots: EvaluationResult}}``, in display order.
+        ways: ``N`` (for the header).
+        baseline: ``{column label: row name}`` of the rows to pair against (default
+            `PAIRED_AGAINST`: the pretrained row and SimpleShot CL2N); one row name (labelled
+            "pretrained"); ``{}`` for none. Baselines absent from ``rows`` get no column.
     """
+    if baseline is None:
+        baseline = PAIRED_AGAINST
+    elif isinstance(baseline, str):
+        baseline = {"pretrained": baseline}
+    baselines = {label: row for label, row in baseline.items() if row in rows}
     shots = sorted({s for r in rows.values() for s in r})
-    paired = baseline is not None and baseline in rows
     header = ["method"]
     for s in shots:
         header.append(f"{ways}-way {s}-shot")
-        if paired:
-            header.append(f"{s}-shot − pretrained (paired)")
+        header += [f"{s}-shot − {label} (paired)" for label in baselines]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
     for name, by_shot in rows.items():
         cells = []
         for s in shots:
             result = by_shot.get(s)
             cells.append(f"{100 * result.mean:.2f} ± {100 * result.ci95:.2f}" if result else "–")
-            if paired:
-                base = rows[baseline].get(s)
-                if name == baseline or result is None or base is None:
+            for row in baselines.values():
+                base = rows[row].get(s)
+                if name == row or result is None or base is None:
                     cells.append("–")
                 else:
                     mean, ci = paired_difference(result, base)
@@ -145,12 +162,19 @@ def run_workflow(
     say("[2/4] Pretraining")
     with timed("pretraining", progress.finished("pretrain", os.path.join(out, PRETRAINED_WEIGHTS))):
         pretrain_stage(config, run_dir, strategy=strategy, splits=splits, **common)
-    rows: dict[str, dict[int, EvaluationResult]] = {BASELINE_ROW: {}, MTL_ROW: {}}
+    rows: dict[str, dict[int, EvaluationResult]] = {
+        BASELINE_ROW: {},
+        **{name: {} for name in CENTROID_ROWS.values()},
+        MTL_ROW: {},
+    }
     for k in config.shots:
         one = {"shots": (k,), "splits": splits, **common}
-        say(f"[3/4] {config.ways}-way {k}-shot: baseline evaluation, then meta-training")
+        say(f"[3/4] {config.ways}-way {k}-shot: baseline evaluations, then meta-training")
         with timed(f"baseline evaluation {k}-shot"):
             rows[BASELINE_ROW][k] = evaluate_stage(config, out, pretrained=True, **one)[k]
+            written = read_metrics(out)["results"]
+            for name in CENTROID_ROWS.values():
+                rows[name][k] = EvaluationResult.from_dict(written[name][f"{k}-shot"])
         with timed(f"meta-training {k}-shot", progress.finished(f"mtl_{k}shot", checkpoint_path(out, k))):
             meta_train_stage(config, run_dir, strategy=strategy, **one)
         say(f"[4/4] {config.ways}-way {k}-shot: test evaluation ({config.test_episodes} episodes)")
@@ -169,6 +193,10 @@ def run_workflow(
                 f"{k}-shot": dict(zip(("mean", "ci95"), paired_difference(r, rows[BASELINE_ROW][k])))
                 for k, r in rows[MTL_ROW].items()
             },
+            "paired_difference_simpleshot": {
+                f"{k}-shot": dict(zip(("mean", "ci95"), paired_difference(r, rows[CENTROID_ROW][k])))
+                for k, r in rows[MTL_ROW].items()
+            },
             "seconds": round(time.time() - start, 1),
             "stage_seconds": stage_seconds,
         },
@@ -177,8 +205,9 @@ def run_workflow(
     say("")
     say(
         f"Test accuracy (%) on {splits.test.num_classes} unseen {config.benchmark} classes, "
-        f"{config.test_episodes} episodes (the same for both rows), mean ± 95% CI; the paired columns: "
-        "mean ± 95% CI of the per-episode difference against the pretrained row:"
+        f"{config.test_episodes} episodes (the same for every row), mean ± 95% CI; the paired columns: "
+        "mean ± 95% CI of the per-episode difference against the pretrained row (inner loop) and "
+        "against nearest centroid on the same pretrained features (SimpleShot CL2N):"
     )
     say(table)
     say("\n" + format_stage_times(stage_seconds, metrics["seconds"]))

@@ -19,7 +19,13 @@ import tensorflow as tf
 
 from mtl_keras.callbacks import save_weights_atomic
 from mtl_keras.config import ExperimentConfig
-from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
+from mtl_keras.evaluation import (
+    EvaluationResult,
+    base_feature_mean,
+    embed_split,
+    evaluate_episodes,
+    evaluate_nearest_centroid,
+)
 from mtl_keras.plots import plot_episode_grid, plot_run
 from mtl_keras.workflow.builders import build_meta_model, load_config_benchmark
 from mtl_keras.workflow.run_folder import (
@@ -35,9 +41,17 @@ from mtl_keras.workflow.run_folder import (
 from mtl_keras.workflow.tensorboard import tensorboard_callbacks, write_episode_image
 from mtl_keras.workflow.training import meta_train, pretrain, weak_pretraining
 
-#: The names of the two rows of a run's results table (and of ``metrics.json`` → ``results``).
+#: The names of the rows of a run's results table (and of ``metrics.json`` → ``results``).
 BASELINE_ROW = "pretrained + inner loop (no meta-training)"
 MTL_ROW = "MTL (SS, meta-trained)"
+#: Nearest centroid on the pretrained backbone's features (SimpleShot), by normalisation: the
+#: simple baseline a run's table always shows beside MTL (`evaluate_nearest_centroid`).
+CENTROID_ROWS = {
+    "L2N": "SimpleShot L2N (pretrained features)",
+    "CL2N": "SimpleShot CL2N (pretrained features)",
+}
+#: The SimpleShot row MTL is paired against in the table (SimpleShot's own best normalisation).
+CENTROID_ROW = CENTROID_ROWS["CL2N"]
 
 
 def _say(verbose: bool):
@@ -257,15 +271,18 @@ def evaluate_stage(
     plots: bool = True,
 ) -> dict[int, EvaluationResult]:
     """Evaluate on test episodes (``mtl-keras evaluate``): the meta-trained model, or the
-    pretrained baseline (``pretrained=True``).
+    pretrained baselines (``pretrained=True``).
 
     For each K: builds the model (`build_meta_model`), loads ``mtl_{K}shot.weights.h5`` (or
     ``weights_path``; with ``pretrained`` the backbone weights ``pretrained_backbone.weights.h5``
     or ``weights_path``, no meta-training), runs `evaluate_episodes` on ``episodes`` (default
     ``config.test_episodes``) test episodes of seed ``config.seed + 100`` — the same episodes
-    for both rows — and writes the result into ``metrics.json`` (``results`` → `MTL_ROW` or
-    `BASELINE_ROW`). For the meta-trained model also the per-class accuracy, failure-class
-    counts and a sample episode (and that episode into TensorBoard, ``logs/test_{K}shot``).
+    for every row — and writes the result into ``metrics.json`` (``results`` → `MTL_ROW` or
+    `BASELINE_ROW`). With ``pretrained`` also nearest centroid on the same features and
+    episodes (SimpleShot, `evaluate_nearest_centroid`, L2N and CL2N centred on the training
+    classes' mean feature: `CENTROID_ROWS`). For the meta-trained model also the per-class
+    accuracy, failure-class counts and a sample episode (and that episode into TensorBoard,
+    ``logs/test_{K}shot``).
 
     Returns:
         ``{K: EvaluationResult}``.
@@ -294,18 +311,38 @@ def evaluate_stage(
         else:
             model = build_meta_model(config, splits.test.channels)
             model.load_weights(path)
+        episode_setting = dict(
+            ways=config.ways,
+            shots=k,
+            queries=config.test_queries,
+            episodes=episodes or config.test_episodes,
+            seed=config.seed + 100,
+        )
+        # One embedding pass for the inner loop and the nearest centroid (batch norm frozen; the
+        # transductive modes embed each episode on its own, nearest centroid the split).
+        features = embed_split(model, splits.test) if pretrained or model.batch_norm == "frozen" else None
         result, details = evaluate_episodes(
             model,
             splits.test,
-            config.ways,
-            k,
-            config.test_queries,
-            episodes=episodes or config.test_episodes,
-            seed=config.seed + 100,
+            **episode_setting,
             verbose=verbose,
             return_details=True,
+            features=features if model.batch_norm == "frozen" else None,
         )
         update_metrics(run_dir, {"results": {row: {f"{k}-shot": result.to_dict()}}})
+        if pretrained:
+            mean = base_feature_mean(model, splits.train, seed=config.seed)
+            for normalization, name in CENTROID_ROWS.items():
+                centroid = evaluate_nearest_centroid(
+                    model,
+                    splits.test,
+                    **episode_setting,
+                    normalization=normalization,
+                    mean_feature=mean,
+                    features=features,
+                )
+                update_metrics(run_dir, {"results": {name: {f"{k}-shot": centroid.to_dict()}}})
+                say(f"    {name}: {centroid}")
         if not pretrained:
             _save_evaluation(run_dir, k, details, config.benchmark, tensorboard)
         say(f"    {'pretrained + inner loop' if pretrained else 'MTL'}: {result}")

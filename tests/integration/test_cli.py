@@ -71,6 +71,14 @@ def test_run_writes_a_complete_run_folder(run_folder):
     result = metrics["results"]["MTL (SS, meta-trained)"]["1-shot"]
     assert result["episodes"] == 10 and 0 <= result["mean"] <= 1
     assert len(result["per_step_accuracy"]) == 4  # 0..3 inner steps
+    # The simple baseline beside MTL: nearest centroid on the pretrained features, same episodes.
+    for row in ("SimpleShot L2N (pretrained features)", "SimpleShot CL2N (pretrained features)"):
+        centroid = metrics["results"][row]["1-shot"]
+        assert centroid["episodes"] == 10 and centroid["inner_steps"] == 0 and 0 <= centroid["mean"] <= 1
+    assert set(metrics["paired_difference_simpleshot"]["1-shot"]) == {"mean", "ci95"}
+    table = (run_folder / "results.md").read_text()
+    assert "| SimpleShot CL2N (pretrained features) |" in table
+    assert "1-shot − SimpleShot (paired)" in table and "1-shot − pretrained (paired)" in table
     per_class = metrics["per_class"]["1-shot"]
     assert sum(per_class["episodes"]) == 10 * 5  # 10 episodes x 5 classes
     assert len(per_class["class_names"]) == len(per_class["accuracy"])

@@ -154,3 +154,84 @@ def test_the_one_model_selection_rule():
     assert kept_epoch([0.70, float("nan"), 0.71]) == 2  # NaN is never kept
     with pytest.raises(ValueError):
         kept_epoch([])
+
+
+def _naive_nearest_centroid(features, split, ways, shots, queries, episodes, seed, center=None):
+    """Episode by episode, class by class, with explicit loops: the reference."""
+    from mtl_keras.evaluation import draw_episodes
+
+    drawn = draw_episodes(split, ways, shots, queries, episodes, seed)
+    feats = features.astype(np.float64)
+    if center is not None:
+        feats = feats - center
+    feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    out = []
+    for e in range(episodes):
+        support = feats[drawn.support_items[e]]
+        centroids = [support[k * shots : (k + 1) * shots].mean(0) for k in range(ways)]
+        hits = 0
+        for j, item in enumerate(drawn.query_items[e]):
+            d = [np.sum((feats[item] - c) ** 2) for c in centroids]
+            hits += int(np.argmin(d) == j // queries)
+        out.append(hits / (ways * queries))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("normalization", ["L2N", "CL2N"])
+def test_nearest_centroid_equals_the_loop_over_episodes_and_classes(proto_split, normalization):
+    from mtl_keras.evaluation import evaluate_nearest_centroid
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(proto_split.num_images, 6)).astype(np.float32) + 0.5
+    center = features.mean(0) if normalization == "CL2N" else None
+    result = evaluate_nearest_centroid(
+        None,
+        proto_split,
+        4,
+        2,
+        3,
+        episodes=9,
+        seed=3,
+        normalization=normalization,
+        mean_feature=center,
+        features=features,
+        meta_batch_size=4,
+    )
+    expected = _naive_nearest_centroid(features, proto_split, 4, 2, 3, 9, 3, center)
+    np.testing.assert_allclose(result.episode_accuracies, expected)
+    assert result.inner_steps == 0 and result.episodes == 9
+    assert result.mean == pytest.approx(expected.mean())
+
+
+def test_nearest_centroid_pairs_with_evaluate_episodes_on_the_same_episodes(proto_split):
+    from mtl_keras.evaluation import base_feature_mean, evaluate_nearest_centroid, paired_difference
+
+    model = _model()
+    mtl = evaluate_episodes(model, proto_split, 4, 1, 3, episodes=10, seed=5, verbose=False)
+    centroid = evaluate_nearest_centroid(
+        model,
+        proto_split,
+        4,
+        1,
+        3,
+        episodes=10,
+        seed=5,
+        mean_feature=base_feature_mean(model, proto_split, max_images=20),
+    )
+    mean, ci = paired_difference(mtl, centroid)
+    assert np.isfinite(mean) and np.isfinite(ci)
+    # On pixels a prototype + noise split is easy: nearest centroid is near perfect.
+    pixels = proto_split.images.reshape(proto_split.num_images, -1).astype(np.float32)
+    easy = evaluate_nearest_centroid(
+        None, proto_split, 4, 1, 3, 10, seed=5, normalization="UN", features=pixels
+    )
+    assert easy.mean > 0.9
+
+
+def test_nearest_centroid_names_what_cl2n_needs(proto_split):
+    from mtl_keras.evaluation import evaluate_nearest_centroid
+
+    with pytest.raises(ValueError, match="base_feature_mean"):
+        evaluate_nearest_centroid(_model(), proto_split, 4, 1, 3, episodes=2, normalization="CL2N")
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        evaluate_nearest_centroid(_model(), proto_split, 4, 1, 3, episodes=2, normalization="cosine")
