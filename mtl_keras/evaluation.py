@@ -22,7 +22,6 @@ from mtl_keras.callbacks import format_duration
 from mtl_keras.data.episode_stream import EpisodeStream
 from mtl_keras.data.episodes import EpisodeSampler, _image_loader, make_episodes, pretrain_dataset
 from mtl_keras.data.split import ClassSplit
-from mtl_keras.models.base_learner import inner_loop
 
 
 @dataclasses.dataclass
@@ -614,8 +613,8 @@ def _cached_batches(
             f"features: {len(features)} embeddings for the {split.num_images} images of split '{split.name}'; "
             "compute them with embed_split(model, split)."
         )
-    w0, b0 = (
-        (model.head.kernel, model.head.bias)
+    given = (
+        None
         if head is None
         else (
             ops.convert_to_tensor(np.asarray(head[0], np.float32)),
@@ -627,14 +626,8 @@ def _cached_batches(
     query_labels = np.tile(np.repeat(np.arange(ways, dtype=np.int32), queries), (batch, 1))
 
     def run(support, support_labels, query, labels):
-        _, _, history = inner_loop(
-            support,
-            support_labels,
-            w0,
-            b0,
-            steps=steps,
-            learning_rate=model.inner_lr,
-            query_features=query,
+        _, history = model.adapt_features(
+            support, support_labels, query, steps=steps, return_history=True, head=given
         )
         return _scores(model, history["query_logits"], history["support_loss"], labels, ways)
 

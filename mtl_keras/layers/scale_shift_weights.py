@@ -9,6 +9,7 @@ pretrained model (``keras.applications.*(weights="imagenet")``, a keras-hub pres
     phi/<layer path>/scale  (1, 1, Cin, Cout), (1, 1, Cin, M) or (Din, units) float32
     phi/<layer path>/shift  (Cout,) float32
     head/kernel, head/bias  (D, N), (N,) float32   (a `MetaTransferModel`'s head only)
+    head/feature_scale      () float32             (a cosine head only)
 
 ``<layer path>`` is the layer's name, ``"sub/layer"`` inside nested models (see
 `named_scale_shift_layers`). Size: one float per k×k kernel (a ninth of a 3×3
@@ -52,6 +53,8 @@ def scale_shift_weights(model, include_head: bool = True) -> dict[str, np.ndarra
     if include_head and head is not None:
         arrays["head/kernel"] = np.asarray(head.kernel, np.float32)
         arrays["head/bias"] = np.asarray(head.bias, np.float32)
+        if getattr(head, "feature_scale", None) is not None:
+            arrays["head/feature_scale"] = np.asarray(head.feature_scale, np.float32)
     return arrays
 
 
@@ -121,6 +124,8 @@ def load_scale_shift_weights(model, filepath: str, include_head: bool = True) ->
     if include_head and head is not None:
         targets["head/kernel"] = head.kernel
         targets["head/bias"] = head.bias
+        if getattr(head, "feature_scale", None) is not None:
+            targets["head/feature_scale"] = head.feature_scale
     stored_phi = {k for k in stored if k.startswith("phi/")}
     problems = []
     missing = list(dict.fromkeys(_layer_of(k) for k in targets if k not in stored))  # model order

@@ -21,6 +21,11 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+#: Initial value of the learned feature scale of cosine logits: the prototype head's logits are
+#: then ``2 · 5 · cos(f, c_k)`` plus a per-class constant, the temperature 10 of Meta-Baseline
+#: (Chen et al., ICCV 2021) on cosine similarity.
+INITIAL_FEATURE_SCALE = 5.0**0.5
+
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
 class LinearBaseLearner(keras.layers.Layer):
@@ -31,12 +36,18 @@ class LinearBaseLearner(keras.layers.Layer):
         kernel_initializer: initializer of ``W0`` (default zeros: the inner loop
             alone then decides the first predictions, and an un-meta-trained head is
             a plain linear probe of the features).
+        cosine: the head works on L2-normalised features times a learned scale ``s`` (weight
+            ``feature_scale``, initialised to `INITIAL_FEATURE_SCALE`): logits are then a
+            temperature times a cosine-like similarity, whatever the backbone's feature scale
+            ("A Closer Look at Few-shot Classification", Chen et al., ICLR 2019). See
+            `head_features`.
     """
 
-    def __init__(self, ways: int, kernel_initializer="zeros", **kwargs):
+    def __init__(self, ways: int, kernel_initializer="zeros", cosine: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.ways = int(ways)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.cosine = bool(cosine)
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
@@ -44,6 +55,15 @@ class LinearBaseLearner(keras.layers.Layer):
             name="kernel", shape=(dim, self.ways), initializer=self.kernel_initializer
         )
         self.bias = self.add_weight(name="bias", shape=(self.ways,), initializer="zeros")
+        self.feature_scale = (
+            self.add_weight(
+                name="feature_scale",
+                shape=(),
+                initializer=keras.initializers.Constant(INITIAL_FEATURE_SCALE),
+            )
+            if self.cosine
+            else None
+        )
 
     def call(self, features):
         """Logits of the *initial* head: ``(..., D) → (..., N)``."""
@@ -59,8 +79,44 @@ class LinearBaseLearner(keras.layers.Layer):
         config.update(
             ways=self.ways,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            cosine=self.cosine,
         )
         return config
+
+
+def head_features(features, scale=None):
+    """The features the head sees: ``features`` as they are, or — with a ``scale`` (cosine
+    logits) — each divided by its L2 norm and multiplied by ``scale``: ``(..., D) → (..., D)``.
+
+    Normalised features make the head's logits, and the inner loop's step, independent of how
+    far meta-training stretches the backbone's features.
+    """
+    if scale is None:
+        return features
+    norm = ops.sqrt(ops.maximum(ops.sum(ops.square(features), axis=-1, keepdims=True), 1e-12))
+    return features / norm * ops.cast(scale, features.dtype)
+
+
+def prototype_head(support_features, support_labels, ways: int):
+    """The linear head that *is* nearest centroid: ``W_k = 2 c_k``, ``b_k = −‖c_k‖²``.
+
+    With ``c_k`` the mean support embedding of class ``k``, the logits ``f·W_k + b_k =
+    −‖f − c_k‖² + ‖f‖²`` rank the classes as the squared Euclidean distance to their prototype
+    does (Proto-MAML: Triantafillou et al., "Meta-Dataset", ICLR 2020). As the inner loop's
+    starting point, step 0 is a prototype classifier and the inner loop refines it.
+
+    Args:
+        support_features: ``(B, S, D)``.
+        support_labels: ``(B, S)`` int in ``0..N-1`` (every class present).
+        ways: ``N``.
+
+    Returns:
+        ``weights (B, D, N)``, ``bias (B, N)``; differentiable in the features.
+    """
+    onehot = ops.one_hot(ops.cast(support_labels, "int32"), ways, dtype=support_features.dtype)
+    counts = ops.maximum(ops.sum(onehot, axis=1), 1.0)  # (B, N)
+    centroids = ops.einsum("bsn,bsd->bnd", onehot, support_features) / counts[:, :, None]
+    return 2.0 * ops.transpose(centroids, (0, 2, 1)), -ops.sum(ops.square(centroids), axis=-1)
 
 
 def head_logits(features, weights, bias):
@@ -102,16 +158,28 @@ def inner_loop(
     query_features=None,
     record_history: bool = True,
     unroll: bool = False,
+    normalize_step: bool = False,
 ):
     """Adapt the head on each task's support set by ``steps`` gradient steps.
 
     Args:
         support_features: ``(B, S, D)`` float32.
         support_labels: ``(B, S)`` int32 in ``0..N-1``.
-        init_weights: ``(D, N)`` initial head weights (shared by all tasks).
-        init_bias: ``(N,)``.
+        init_weights: ``(D, N)`` initial head weights shared by all tasks, or ``(B, D, N)``
+            one per task (e.g. `prototype_head`).
+        init_bias: ``(N,)``, or ``(B, N)``.
         steps: number of gradient steps ``T`` (0 returns the initial head).
-        learning_rate: inner-loop step size.
+        learning_rate: inner-loop step size (with ``normalize_step``: see there).
+        normalize_step: divide each task's step on ``W`` by the mean squared norm of its support
+            features, ``ρ² = mean_s ‖f_s‖²`` (a constant for the outer gradient); ``b``'s step
+            stays ``learning_rate``. That is plain gradient descent on the head of the features
+            ``f / ρ`` (with ``ρ W`` in place of ``W``): the logits after every step do not change
+            when the features are scaled by any factor, and since the support loss's curvature
+            there is at most 1 (`softmax` cross-entropy: ≤ ½ λ_max of the inputs' second moment,
+            ``‖[f / ρ, 1]‖²`` averaging 2), any ``learning_rate < 2`` keeps the inner loop
+            stable however meta-training scales the features. Without it the step is stable
+            only while ``learning_rate · ρ²`` stays small: meta-training that grows the features
+            can turn the inner loop — and its second-order gradients — unstable.
         first_order: stop gradients through the inner gradients.
         query_features: optional ``(B, Q, D)``; when given, the query logits after
             every step are recorded.
@@ -134,9 +202,19 @@ def inner_loop(
     batch = ops.shape(support_features)[0]
     dtype = support_features.dtype
     onehot = ops.one_hot(support_labels, ways, dtype=dtype)
-    weights = ops.tile(ops.cast(init_weights, dtype)[None], [batch, 1, 1])
-    bias = ops.tile(ops.cast(init_bias, dtype)[None], [batch, 1])
+    weights = ops.cast(init_weights, dtype)
+    bias = ops.cast(init_bias, dtype)
+    if len(weights.shape) == 2:
+        weights = ops.tile(weights[None], [batch, 1, 1])
+    if len(bias.shape) == 1:
+        bias = ops.tile(bias[None], [batch, 1])
     lr = ops.cast(learning_rate, dtype)
+    if normalize_step:
+        squared_norm = ops.mean(ops.sum(ops.square(support_features), axis=-1), axis=-1)  # (B,)
+        lr_w = (lr / ops.stop_gradient(ops.maximum(squared_norm, 1e-12)))[:, None, None]
+        lr_b = lr
+    else:
+        lr_w = lr_b = lr
     record_query = query_features is not None and record_history
 
     def step(weights, bias, with_loss=True):
@@ -144,7 +222,7 @@ def inner_loop(
         loss, grad_w, grad_b = support_loss_and_grads(support_features, onehot, weights, bias, with_loss)
         if first_order:
             grad_w, grad_b = ops.stop_gradient(grad_w), ops.stop_gradient(grad_b)
-        return loss, weights - lr * grad_w, bias - lr * grad_b
+        return loss, weights - lr_w * grad_w, bias - lr_b * grad_b
 
     if not record_history:
         if unroll:

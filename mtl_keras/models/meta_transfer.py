@@ -17,12 +17,22 @@ from mtl_keras import keras_private
 from mtl_keras.layers.batch_statistics import batch_statistics_view
 from mtl_keras.layers.folding import fold_batch_norm
 from mtl_keras.layers.phase import set_phase
-from mtl_keras.models.base_learner import LinearBaseLearner, head_logits, inner_loop
+from mtl_keras.models.base_learner import (
+    LinearBaseLearner,
+    head_features,
+    head_logits,
+    inner_loop,
+    prototype_head,
+)
 
 EPISODE_KEYS = ("support_images", "support_labels", "query_images")
 BATCH_NORM_MODES = ("frozen", "transductive", "transductive_separate")
-#: Head initialisations by name (`LinearBaseLearner` ``kernel_initializer``).
-HEAD_INITIALIZERS = ("zeros", "kaiming")
+#: Head initialisations by name: the meta-learned ``(W0, b0)`` starting from zeros or
+#: Kaiming-normal, or each task's prototype head plus the meta-learned ``(W0, b0)`` (zeros at first).
+HEAD_INITIALIZERS = ("zeros", "kaiming", "prototypes")
+#: How the head turns features into logits: a linear map of the features, or of the
+#: L2-normalised features times a learned scale (`LinearBaseLearner` ``cosine``).
+LOGITS = ("linear", "cosine")
 POOLING_MODES = ("avg", "max")
 
 
@@ -127,10 +137,22 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
         train_batch_norm: in the meta phase also meta-train batch norm's γ and β with Φ (by
             the backbone's ``optimizer``), as the official PyTorch code does (they are in its
             first Adam group); ``False`` (default) trains Φ only, as the paper describes.
-        head_initializer: the head initialisation before meta-training: ``"zeros"`` (default:
-            an un-meta-trained model is then a plain linear probe, and the first inner step a
-            prototype classifier) or ``"kaiming"`` (Kaiming-normal, fan-in, as the official
-            ``BaseLearner``). Ignored when ``head`` is given.
+        head_initializer: where each task's inner loop starts: ``"zeros"`` (default: the
+            meta-learned ``(W0, b0)``, zeros before meta-training — an un-meta-trained model is
+            then a plain linear probe, and the first inner step a prototype classifier),
+            ``"kaiming"`` (the meta-learned ``(W0, b0)``, ``W0`` Kaiming-normal, fan-in, before
+            meta-training, as the official ``BaseLearner``) or ``"prototypes"`` (Proto-MAML: the
+            task's own nearest-centroid head `prototype_head` plus the meta-learned ``(W0, b0)``,
+            zeros before meta-training — step 0 *is* nearest centroid on the features, and the
+            inner loop refines it). The initializer of ``W0`` is ignored when ``head`` is given.
+        logits: ``"linear"`` (default: the head is linear in the backbone's features, as in the
+            paper) or ``"cosine"``: in the L2-normalised features times a learned scale
+            (`head_features`; the scale is meta-trained with the head by ``head_optimizer``).
+        normalize_inner_step: divide each task's inner-loop step on ``W`` by the mean squared
+            norm of its support features (`inner_loop` ``normalize_step``): the adapted logits no
+            longer depend on the features' scale, and any ``inner_lr < 2`` keeps the inner loop
+            stable however meta-training scales the features. ``False`` (default): the paper's
+            plain step.
         set_meta_phase: call ``set_phase(backbone, "meta")`` on construction.
         fold_batch_norm: run the backbone, whenever its batch norm uses stored
             statistics (``batch_norm="frozen"``, evaluation), through a view with each
@@ -185,6 +207,8 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
         pooling: str | None = "avg",
         train_batch_norm: bool = False,
         head_initializer: str = "zeros",
+        logits: str = "linear",
+        normalize_inner_step: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -192,6 +216,8 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
             raise ValueError(
                 f"head_initializer must be one of {HEAD_INITIALIZERS}, got {head_initializer!r}."
             )
+        if logits not in LOGITS:
+            raise ValueError(f"logits must be one of {LOGITS}, got {logits!r}.")
         if batch_norm not in BATCH_NORM_MODES:
             raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}.")
         if ways < 2:
@@ -212,6 +238,8 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
         self.unroll_training = bool(unroll_training)
         self.train_batch_norm = bool(train_batch_norm)
         self.head_initializer = head_initializer
+        self.logits = logits
+        self.normalize_inner_step = bool(normalize_inner_step)
         try:
             feature_dim = backbone.output_shape[-1]
         except (AttributeError, ValueError) as err:
@@ -232,8 +260,16 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
                     "instead, pass set_meta_phase=False.)"
                 )
         self.head = head or LinearBaseLearner(
-            self.ways, kernel_initializer=_head_initializer(head_initializer), name="head"
+            self.ways,
+            kernel_initializer=_head_initializer(head_initializer),
+            cosine=logits == "cosine",
+            name="head",
         )
+        if bool(getattr(self.head, "cosine", False)) != (logits == "cosine"):
+            raise ValueError(
+                f"logits={logits!r} needs a head built with cosine={logits == 'cosine'}: "
+                f"LinearBaseLearner(ways, cosine={logits == 'cosine'})."
+            )
         if not self.head.built:
             self.head.build((None, feature_dim))
         self._inference_view = _Untracked(_folded_view(backbone) if self.fold_batch_norm else backbone)
@@ -433,23 +469,65 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
             ``query_logits (B, N*Q, N)``; with ``return_history`` also a dict
             ``support_loss (T+1, B)``, ``query_logits (T+1, B, N*Q, N)``.
         """
-        steps = self.eval_inner_steps if steps is None else int(steps)
         support, query = self._embed_episodes(support_images, query_images, training=training)
         support_labels = self._checked_support_labels(ops.cast(support_labels, "int32"))
+        logits, history = self.adapt_features(
+            support, support_labels, query, steps=steps, return_history=return_history, unroll=unroll
+        )
+        return (logits, history) if return_history else logits
+
+    def adapt_features(
+        self,
+        support_features,
+        support_labels,
+        query_features,
+        steps: int | None = None,
+        return_history: bool = False,
+        unroll: bool = False,
+        head=None,
+    ):
+        """The head's part of `adapt`, on embeddings: start the head, run the inner loop, classify.
+
+        The one place the head is set up — feature normalisation (``logits="cosine"``), the
+        initial head (``head_initializer``, e.g. each task's prototypes) and the inner loop's step
+        — for training, `adapt`, export and `mtl_keras.evaluation` (on cached embeddings).
+
+        Args:
+            support_features: ``(B, S, D)`` float32 backbone embeddings; support_labels: ``(B, S)``
+                int32 in ``0..N-1``; query_features: ``(B, M, D)``.
+            steps: inner steps (default ``eval_inner_steps``).
+            return_history: record the inner loop's history (`inner_loop`).
+            unroll: unroll the inner loop (see `adapt`).
+            head: ``(W0 (D, N'), b0 (N',))`` to use instead of the meta-learned initialisation
+                (e.g. for ``N'``-way episodes; see `mtl_keras.evaluation.head_for_ways`).
+
+        Returns:
+            ``(query_logits (B, M, N), history)`` (``history`` empty without ``return_history``).
+        """
+        steps = self.eval_inner_steps if steps is None else int(steps)
+        weights, bias = (self.head.kernel, self.head.bias) if head is None else head
+        scale = self.head.feature_scale if self.logits == "cosine" else None
+        support = head_features(support_features, scale)
+        query = head_features(query_features, scale)
+        if self.head_initializer == "prototypes":
+            ways = weights.shape[-1]
+            proto_weights, proto_bias = prototype_head(support, support_labels, ways)
+            weights = proto_weights + ops.cast(weights, support.dtype)[None]
+            bias = proto_bias + ops.cast(bias, support.dtype)[None]
         weights, bias, history = inner_loop(
             support,
             support_labels,
-            self.head.kernel,
-            self.head.bias,
+            weights,
+            bias,
             steps=steps,
             learning_rate=self.inner_lr,
             first_order=self.first_order,
             query_features=query if return_history else None,
             record_history=return_history,
             unroll=unroll,
+            normalize_step=self.normalize_inner_step,
         )
-        logits = head_logits(query, weights, bias)
-        return (logits, history) if return_history else logits
+        return head_logits(query, weights, bias), history
 
     def _check_image_shape(self, images, name):
         got = tuple(images.shape[2:])
@@ -578,6 +656,8 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
             pooling=self.pooling,
             train_batch_norm=self.train_batch_norm,
             head_initializer=self.head_initializer,
+            logits=self.logits,
+            normalize_inner_step=self.normalize_inner_step,
         )
         return config
 

@@ -1,0 +1,106 @@
+"""The head's options beyond the paper: a prototype start, cosine logits, a normalised inner step."""
+
+import keras
+import numpy as np
+import pytest
+
+from mtl_keras import MetaTransferModel, evaluate_episodes, resnet12
+from mtl_keras.evaluation import embed_split, evaluate_nearest_centroid
+from mtl_keras.models.base_learner import head_logits, inner_loop, prototype_head
+
+pytestmark = pytest.mark.backends
+
+
+def _task(batch=3, ways=4, shots=3, dim=6, seed=0):
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(batch, ways * shots, dim)).astype("float32")
+    labels = np.tile(np.repeat(np.arange(ways), shots), (batch, 1)).astype("int32")
+    query = rng.normal(size=(batch, 10, dim)).astype("float32")
+    return feats, labels, query
+
+
+def test_prototype_head_ranks_classes_by_distance_to_the_class_means():
+    feats, labels, query = _task()
+    weights, bias = prototype_head(feats, labels, 4)
+    logits = keras.ops.convert_to_numpy(head_logits(query, weights, bias))
+    centroids = feats.reshape(3, 4, 3, 6).mean(axis=2)
+    distances = ((query[:, :, None] - centroids[:, None]) ** 2).sum(-1)
+    np.testing.assert_allclose(logits, -distances + (query**2).sum(-1)[..., None], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(logits.argmax(-1), distances.argmin(-1))
+
+
+def test_normalised_inner_step_makes_the_adapted_logits_independent_of_the_feature_scale():
+    feats, labels, query = _task()
+    w0, b0 = np.zeros((6, 4), "float32"), np.zeros((4,), "float32")
+
+    def logits(scale, normalize):
+        w, b, _ = inner_loop(
+            feats * scale, labels, w0, b0, steps=20, learning_rate=1.0, normalize_step=normalize
+        )
+        return keras.ops.convert_to_numpy(head_logits(query * scale, w, b))
+
+    np.testing.assert_allclose(logits(30.0, True), logits(1.0, True), rtol=1e-4, atol=1e-4)
+    # The plain step at the same rate diverges once the features are large.
+    assert not np.allclose(logits(30.0, False), logits(1.0, False), atol=1e-2)
+
+
+def test_normalised_inner_step_lowers_the_support_loss_at_any_feature_scale():
+    feats, labels, _ = _task()
+    w0, b0 = np.zeros((6, 4), "float32"), np.zeros((4,), "float32")
+    for scale in (0.01, 1.0, 1e3):
+        _, _, history = inner_loop(
+            feats * scale, labels, w0, b0, steps=30, learning_rate=1.9, normalize_step=True
+        )
+        losses = keras.ops.convert_to_numpy(history["support_loss"])
+        assert np.all(np.diff(losses, axis=0) < 1e-5), scale
+        assert np.all(losses[-1] < 0.7 * losses[0]), scale
+
+
+def _model(**kwargs):
+    return MetaTransferModel(
+        resnet12((16, 16, 1), widths=(4, 8, 8, 8)), ways=4, inner_steps=2, eval_inner_steps=0, **kwargs
+    )
+
+
+@pytest.mark.parametrize(("logits", "normalization"), [("linear", "UN"), ("cosine", "L2N")])
+def test_a_prototype_head_before_any_inner_step_is_nearest_centroid(proto_split, logits, normalization):
+    model = _model(head_initializer="prototypes", logits=logits)
+    features = embed_split(model, proto_split)
+    inner = evaluate_episodes(
+        model, proto_split, 4, 2, 3, episodes=12, seed=4, verbose=False, features=features
+    )
+    centroid = evaluate_nearest_centroid(
+        model, proto_split, 4, 2, 3, episodes=12, seed=4, normalization=normalization, features=features
+    )
+    np.testing.assert_allclose(inner.episode_accuracies, centroid.episode_accuracies)
+
+
+def test_cosine_head_learns_its_feature_scale_and_saves_it(proto_split, tmp_path):
+    from mtl_keras import load_scale_shift_weights, make_episodes, save_scale_shift_weights
+
+    model = _model(head_initializer="prototypes", logits="cosine", normalize_inner_step=True, inner_lr=0.5)
+    model.compile(head_learning_rate=0.1)
+    before = float(keras.ops.convert_to_numpy(model.head.feature_scale))
+    episodes = make_episodes(proto_split, 4, 1, 2, meta_batch_size=2, seed=0)
+    model.fit(episodes, steps_per_epoch=3, epochs=1, verbose=0)
+    after = float(keras.ops.convert_to_numpy(model.head.feature_scale))
+    assert after != before and np.isfinite(after)
+    path = str(tmp_path / "phi.npz")
+    save_scale_shift_weights(model, path)
+    other = _model(head_initializer="prototypes", logits="cosine")
+    load_scale_shift_weights(other, path)
+    assert float(keras.ops.convert_to_numpy(other.head.feature_scale)) == pytest.approx(after)
+    # The config round trip keeps the options.
+    clone = MetaTransferModel.from_config(model.get_config())
+    assert (clone.head_initializer, clone.logits, clone.normalize_inner_step) == (
+        "prototypes",
+        "cosine",
+        True,
+    )
+
+
+def test_head_options_are_checked():
+    with pytest.raises(ValueError, match="logits must be one of"):
+        _model(logits="softmax")
+    with pytest.raises(ValueError, match="head_initializer must be one of"):
+        _model(head_initializer="centroids")
