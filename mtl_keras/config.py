@@ -50,6 +50,14 @@ class ExperimentConfig:
         meta_lr_decay_rate (both outer rates × rate every that many epochs; 0 = constant; the
         official code: ×0.5 every 10), batch_norm (``frozen`` | ``transductive`` |
         ``transductive_separate``, see `MetaTransferModel`).
+    The head and the outer loop's safeguards (beyond the paper; see `MetaTransferModel`):
+        head_init ``prototypes`` (each task's inner loop starts at its nearest-centroid head,
+        Proto-MAML), logits (``linear`` | ``cosine``: L2-normalised features times a learned
+        scale), normalize_inner_step (the inner step on ``W`` divided by the support features'
+        mean squared norm: stable for any inner_lr < 2), outer_clipnorm (each outer optimizer's
+        gradient clipped to this global norm; 0 = off), divergence_guard (`DivergenceGuard`: an
+        epoch whose outer gradient norm or loss exceeds 10× the first epoch's is undone and both
+        outer rates halved).
     Hard tasks (the HT meta-batch, `mtl_keras.data.HardTaskPool`, periodic schedule):
         hard_tasks (on/off), ht_every (normal meta-batches between hard rounds, paper: 10),
         ht_hard_batches (hard meta-batches per round, paper: 5).
@@ -86,6 +94,10 @@ class ExperimentConfig:
     first_order: bool = False
     train_batch_norm: bool = False
     head_init: str = "zeros"
+    logits: str = "linear"
+    normalize_inner_step: bool = False
+    outer_clipnorm: float = 0.0
+    divergence_guard: bool = True
     adam_epsilon: float = 1e-7
     meta_lr_decay_every: int = 0
     meta_lr_decay_rate: float = 0.5
@@ -185,12 +197,20 @@ class ExperimentConfig:
             value = getattr(self, key)
             if not (is_num(value) and math.isfinite(value) and value > 0):
                 fail(key, "a positive number")
+        if not (
+            is_num(self.outer_clipnorm) and math.isfinite(self.outer_clipnorm) and self.outer_clipnorm >= 0
+        ):
+            fail("outer_clipnorm", "a number >= 0 (0: no clipping)")
+        if self.normalize_inner_step and self.inner_lr >= 2:
+            fail("inner_lr", "below 2 with normalize_inner_step=true (the inner loop's stability bound)")
         if not (is_num(self.meta_lr_decay_rate) and 0 < self.meta_lr_decay_rate <= 1):
             fail("meta_lr_decay_rate", "a number in (0, 1]")
-        from mtl_keras.models.meta_transfer import BATCH_NORM_MODES, HEAD_INITIALIZERS
+        from mtl_keras.models.meta_transfer import BATCH_NORM_MODES, HEAD_INITIALIZERS, LOGITS
 
         if self.head_init not in HEAD_INITIALIZERS:
             fail("head_init", f"one of {list(HEAD_INITIALIZERS)}")
+        if self.logits not in LOGITS:
+            fail("logits", f"one of {list(LOGITS)}")
         if self.batch_norm not in BATCH_NORM_MODES:
             fail("batch_norm", f"one of {list(BATCH_NORM_MODES)}")
         if not (is_num(self.pretrain_dropout) and 0 <= self.pretrain_dropout < 1):
@@ -201,6 +221,8 @@ class ExperimentConfig:
             "hard_tasks",
             "train_batch_norm",
             "drop_small_classes",
+            "normalize_inner_step",
+            "divergence_guard",
         ):
             if not isinstance(getattr(self, key), bool):
                 fail(key, "true or false")

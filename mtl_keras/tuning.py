@@ -30,7 +30,12 @@ from mtl_keras.data.episodes import make_episodes
 from mtl_keras.data.split import ClassSplit
 from mtl_keras.evaluation import EpisodeAccuracy
 from mtl_keras.run_lock import locks_run_folder
-from mtl_keras.workflow import build_meta_model, check_strategy, load_config_benchmark
+from mtl_keras.workflow import (
+    build_meta_model,
+    check_strategy,
+    load_config_benchmark,
+    meta_training_callbacks,
+)
 
 OBJECTIVE = "val_accuracy"
 #: The seed Keras Tuner gets for ``seed=0``, which it would otherwise replace with a random one.
@@ -205,6 +210,11 @@ class MTLHyperModel(keras_tuner.HyperModel):
             kwargs["callbacks"] = [validation, *(kwargs.get("callbacks") or [])]
         else:
             kwargs["validation_data"] = validation_data  # Keras' own validation (`test_step`)
+        # The rates' step decay and the divergence guard, after the tuner's own callbacks.
+        kwargs["callbacks"] = [
+            *(kwargs.get("callbacks") or []),
+            *meta_training_callbacks(config, verbose=False),
+        ]
         kwargs.setdefault("epochs", config.meta_epochs)
         kwargs.setdefault("steps_per_epoch", config.steps_per_epoch)
         kwargs.setdefault("verbose", 0)

@@ -13,7 +13,7 @@ from mtl_keras.backbones import get_backbone
 from mtl_keras.callbacks import HardTaskMining
 from mtl_keras.evaluation import EpisodeSet
 from mtl_keras.models.meta_transfer import MetaTransferModel
-from mtl_keras.workflow import build_meta_model, training_episodes
+from mtl_keras.workflow import build_meta_model, meta_training_callbacks, training_episodes
 
 
 def build_row_model(
@@ -91,6 +91,7 @@ def meta_train_row(
     callbacks = [validation]
     if pool is not None:
         callbacks.append(HardTaskMining(episodes, top_k=3, verbose=1 if verbose else 0))
+    callbacks += meta_training_callbacks(config, verbose=verbose)
     start = time.time()
     history = model.fit(
         episodes,

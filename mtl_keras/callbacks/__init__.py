@@ -8,20 +8,25 @@
 * `BestCheckpoint`: the best epoch's weights, written atomically (`save_weights_atomic`).
 * `ReestimateBatchNorm`: batch norm's moving statistics recomputed before every evaluation
   (pretraining on small sets).
+* `OuterRateDecay`: a step decay of both outer learning rates; `DivergenceGuard`: an epoch whose
+  outer gradients blew up is undone, both rates lowered, and the log says so.
 * `TimeEstimate`: how long a ``fit`` will take, once its speed is known, and how long it took.
 """
 
 from mtl_keras.callbacks.batch_norm import ReestimateBatchNorm
 from mtl_keras.callbacks.checkpoint import BestCheckpoint, save_weights_atomic
 from mtl_keras.callbacks.hard_tasks import HardTaskLogger, HardTaskMining
+from mtl_keras.callbacks.outer_rates import DivergenceGuard, OuterRateDecay
 from mtl_keras.callbacks.resumable import ResumableCheckpoint
 from mtl_keras.callbacks.stop import StopOnNonFiniteLoss
 from mtl_keras.callbacks.time_estimate import TimeEstimate, format_duration
 
 __all__ = [
     "BestCheckpoint",
+    "DivergenceGuard",
     "HardTaskLogger",
     "HardTaskMining",
+    "OuterRateDecay",
     "ReestimateBatchNorm",
     "ResumableCheckpoint",
     "StopOnNonFiniteLoss",

@@ -24,6 +24,7 @@ from mtl_keras.workflow.builders import (
     check_episode_settings,
     dtype_policy,
     load_config_benchmark,
+    meta_training_callbacks,
     outer_optimizers,
     training_episodes,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "meta_train",
     "meta_train_stage",
     "open_run",
+    "meta_training_callbacks",
     "outer_optimizers",
     "output_dir",
     "pretrain",

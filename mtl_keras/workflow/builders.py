@@ -41,31 +41,41 @@ def outer_optimizers(
     """The two outer-loop Adams of a config: ``(backbone's (Φ), head init's)``.
 
     Rates ``backbone_lr`` / ``head_lr`` (default ``config.phi_lr`` / ``config.head_lr``), ε
-    ``config.adam_epsilon``; with ``config.meta_lr_decay_every`` = E > 0 both rates are
-    multiplied by ``config.meta_lr_decay_rate`` every E epochs of ``config.steps_per_epoch``
-    steps (a staircase `keras.optimizers.schedules.ExponentialDecay`: the official code's
-    ``StepLR(step_size=10, gamma=0.5)``).
+    ``config.adam_epsilon``, each gradient clipped to the global norm ``config.outer_clipnorm``
+    (0: not clipped). The rates are plain values: their step decay (``config.meta_lr_decay_every``)
+    and `DivergenceGuard`'s lowering are callbacks (`meta_training_callbacks`).
     """
-
-    def rate(value):
-        if not config.meta_lr_decay_every:
-            return value
-        return keras.optimizers.schedules.ExponentialDecay(
-            value,
-            decay_steps=config.meta_lr_decay_every * config.steps_per_epoch,
-            decay_rate=config.meta_lr_decay_rate,
-            staircase=True,
-        )
-
+    clip = {"global_clipnorm": float(config.outer_clipnorm)} if config.outer_clipnorm else {}
     eps = config.adam_epsilon
     return (
         keras.optimizers.Adam(
-            rate(config.phi_lr if backbone_lr is None else backbone_lr), epsilon=eps, name="phi_adam"
+            float(config.phi_lr if backbone_lr is None else backbone_lr), epsilon=eps, name="phi_adam", **clip
         ),
         keras.optimizers.Adam(
-            rate(config.head_lr if head_lr is None else head_lr), epsilon=eps, name="head_adam"
+            float(config.head_lr if head_lr is None else head_lr), epsilon=eps, name="head_adam", **clip
         ),
     )
+
+
+def meta_training_callbacks(
+    config: ExperimentConfig, reference: dict | None = None, verbose: bool = True
+) -> list:
+    """The callbacks that steer the outer loop's rates during a config's meta-training ``fit``.
+
+    ``OuterRateDecay`` (both rates × ``config.meta_lr_decay_rate`` every
+    ``config.meta_lr_decay_every`` epochs: the official code's ``StepLR``) when the decay is on, then
+    ``DivergenceGuard`` when ``config.divergence_guard`` (``reference``: the first epoch's logs of a
+    resumed meta-training). Put them after validation and `BestCheckpoint`, before
+    `ResumableCheckpoint` (see `DivergenceGuard`).
+    """
+    from mtl_keras.callbacks import DivergenceGuard, OuterRateDecay
+
+    callbacks = []
+    if config.meta_lr_decay_every:
+        callbacks.append(OuterRateDecay(config.meta_lr_decay_every, config.meta_lr_decay_rate))
+    if config.divergence_guard:
+        callbacks.append(DivergenceGuard(reference=reference, verbose=int(verbose)))
+    return callbacks
 
 
 def build_meta_model(
@@ -132,6 +142,8 @@ def build_meta_model(
         model_kwargs.setdefault("train_batch_norm", config.train_batch_norm)
         model_kwargs.setdefault("head_initializer", config.head_init)
         model_kwargs.setdefault("batch_norm", config.batch_norm)
+        model_kwargs.setdefault("logits", config.logits)
+        model_kwargs.setdefault("normalize_inner_step", config.normalize_inner_step)
         model = MetaTransferModel(
             backbone,
             ways=config.ways,

@@ -26,7 +26,7 @@ from mtl_keras.data.episodes import pretrain_dataset
 from mtl_keras.evaluation import EpisodeAccuracy, kept_epoch
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.models.pretrain import PretrainModel
-from mtl_keras.workflow.builders import build_backbone, training_episodes
+from mtl_keras.workflow.builders import build_backbone, meta_training_callbacks, training_episodes
 
 
 def verbose_mode(verbose: bool) -> int:
@@ -224,6 +224,11 @@ def meta_train(
     # `best` before `backup`: a backed-up epoch's best weights are always on disk already; the
     # hard-task logger too: it closes the pool's epoch, which the backup then saves.
     logger = [HardTaskMining(train_eps, top_k=3, verbose=int(verbose))] if pool is not None else []
+    # The rates' step decay and the divergence guard: after `best` (an epoch is judged and saved as
+    # trained), before `backup` (which must hold a restored state). Resumed: the first epoch's logs
+    # are the guard's reference.
+    first = state["history"][0] if state is not None and state.get("history") else None
+    steering = meta_training_callbacks(config, reference=first, verbose=verbose)
     try:
         history = model.fit(
             train_eps,
@@ -235,6 +240,7 @@ def meta_train(
                 *([TimeEstimate(f"meta-training {shots}-shot")] if verbose else []),
                 best,
                 *logger,
+                *steering,
                 *([backup] if backup else []),
                 StopOnNonFiniteLoss(),
                 *(callbacks or []),

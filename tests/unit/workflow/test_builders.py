@@ -50,13 +50,19 @@ def test_paper_presets_carry_the_official_optimizer_and_meta_phase():
     model = build_meta_model(config, 1, None)
     assert model.optimizer.epsilon == model.head_optimizer.epsilon == 1e-8
 
-    def schedule(optimizer):
-        return keras.optimizers.schedules.deserialize(optimizer.get_config()["learning_rate"])
+    from mtl_keras.callbacks import DivergenceGuard, OuterRateDecay
+    from mtl_keras.workflow import meta_training_callbacks
 
-    phi, head = schedule(model.optimizer), schedule(model.head_optimizer)
-    assert float(phi(0)) == pytest.approx(1e-4) and float(phi(29)) == pytest.approx(1e-4)
-    assert float(phi(30)) == pytest.approx(5e-5) and float(phi(60)) == pytest.approx(2.5e-5)
-    assert float(head(30)) == pytest.approx(5e-4)
+    decay, guard = meta_training_callbacks(config)
+    assert isinstance(decay, OuterRateDecay) and (decay.every, decay.rate) == (10, 0.5)
+    assert isinstance(guard, DivergenceGuard)
+    decay.set_model(model)
+    for epoch in range(21):
+        decay.on_epoch_begin(epoch)
+        if epoch in (9, 10, 20):
+            rate = {9: 1e-4, 10: 5e-5, 20: 2.5e-5}[epoch]
+            assert float(model.optimizer.learning_rate) == pytest.approx(rate)
+            assert float(model.head_optimizer.learning_rate) == pytest.approx(10 * rate)
     assert {w.name for w in model.backbone.trainable_weights} == {"scale", "shift", "gamma", "beta"}
     assert model.head_initializer == "kaiming" and model.head.kernel.numpy().any()
     # The defaults stay Φ only, zero head, constant rates, Keras' ε.
