@@ -15,6 +15,8 @@ import numpy as np
 
 #: Dtype policies `ExperimentConfig.precision` takes.
 PRECISIONS = ("float32", "mixed_bfloat16")
+#: Optimizers `ExperimentConfig.pretrain_optimizer` takes.
+PRETRAIN_OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclasses.dataclass
@@ -34,7 +36,9 @@ class ExperimentConfig:
     Pretraining (ordinary classification over the base classes):
         pretrain_epochs (with ``pretrain_patience`` > 0: the most epochs), pretrain_patience
         (stop once the held-out accuracy has not improved for this many epochs and keep the
-        best epoch; 0 = exactly ``pretrain_epochs``), pretrain_batch_size, pretrain_lr,
+        best epoch; 0 = exactly ``pretrain_epochs``), pretrain_batch_size, pretrain_lr (of
+        pretrain_optimizer: ``adam``, or ``sgd`` — momentum 0.9 and weight decay 5e-4, the
+        official PyTorch code's; both with a cosine decay over ``pretrain_epochs``),
         pretrain_dropout, pretrain_augment.
     Meta-transfer:
         ways, shots (one MTL model is meta-trained per shot setting), queries,
@@ -78,6 +82,7 @@ class ExperimentConfig:
     pretrain_patience: int = 0
     pretrain_batch_size: int = 128
     pretrain_lr: float = 1e-3
+    pretrain_optimizer: str = "adam"
     pretrain_dropout: float = 0.0
     pretrain_augment: bool = True
     ways: int = 5
@@ -226,6 +231,8 @@ class ExperimentConfig:
         ):
             if not isinstance(getattr(self, key), bool):
                 fail(key, "true or false")
+        if self.pretrain_optimizer not in PRETRAIN_OPTIMIZERS:
+            fail("pretrain_optimizer", f"one of {list(PRETRAIN_OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
             fail(
                 "precision",

@@ -75,8 +75,13 @@ def pretrain(
         per_epoch = per_epoch if per_epoch > 0 else sum(1 for _ in train_ds)
         steps = per_epoch * max(1, config.pretrain_epochs)
         schedule = keras.optimizers.schedules.CosineDecay(config.pretrain_lr, decay_steps=steps)
+        optimizer = (
+            keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=5e-4)  # the official code's
+            if config.pretrain_optimizer == "sgd"
+            else keras.optimizers.Adam(schedule)
+        )
         model.compile(
-            optimizer=keras.optimizers.Adam(schedule),
+            optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
