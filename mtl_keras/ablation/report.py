@@ -55,6 +55,8 @@ def row_label(row: str, config: ExperimentConfig, settings: ReproduceSettings | 
     return {
         "scratch": "(1) scratch: Conv-4, all weights meta-trained from random init",
         "pretrained": f"(2) pretrained {backbone} + inner loop, no meta-training",
+        "simpleshot_l2n": "(2a) SimpleShot L2N: nearest centroid on the pretrained features",
+        "simpleshot": "(2b) SimpleShot CL2N: nearest centroid, features centred on the base classes' mean",
         "ft": f"(3) FT: pretrained {backbone}, all weights meta-trained",
         "ss": "(4) SS: MTL (Φ and head init meta-trained)",
         "ss_ht": "(5) SS + HT: MTL with hard tasks",
@@ -127,7 +129,7 @@ def _per_step_table(results, name) -> str:
     lines = [f"| {name} | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
     for row in ROWS:
         r = results[name].get(row)
-        if r is not None:
+        if r is not None and r.inner_steps > 0:  # nearest centroid has no inner loop
             lines.append(
                 f"| {SHORT[row]} | " + " | ".join(f"{100 * r.per_step_accuracy[s]:.2f}" for s in steps) + " |"
             )

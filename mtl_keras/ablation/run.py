@@ -18,7 +18,13 @@ from mtl_keras.ablation.features import evaluate_model
 from mtl_keras.ablation.report import results_from_summary, write_plots, write_results_md
 from mtl_keras.ablation.rows import build_row_model, meta_train_row
 from mtl_keras.ablation.settings import ROWS, SHORT, ReproduceSettings
-from mtl_keras.evaluation import EvaluationResult, draw_episodes, embed_split
+from mtl_keras.evaluation import (
+    EvaluationResult,
+    base_feature_mean,
+    draw_episodes,
+    embed_split,
+    evaluate_nearest_centroid,
+)
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.run_lock import locks_run_folder
 from mtl_keras.workflow import load_config_benchmark, pretrain
@@ -125,11 +131,31 @@ def reproduce(
     histories: dict[str, dict] = {}
     chunk = settings.eval_chunk
 
-    def test_row(row: str, model: MetaTransferModel, shots: Sequence[int]) -> None:
+    def test_row(row: str, model: MetaTransferModel, shots: Sequence[int]):
         features = embed_split(model, test)  # once per row: every setting shares it
         for name, (_, k) in settings_of.items():
             if k in shots:
                 results[name][row] = evaluate_model(model, test, test_episodes[name], features, chunk)
+                say(f"    test {SHORT[row]:>14}: {results[name][row]}", flush=True)
+        return features
+
+    def test_nearest_centroid(model: MetaTransferModel, features) -> None:
+        """The SimpleShot rows: nearest centroid on ``model``'s features, the same test episodes."""
+        mean = base_feature_mean(model, train, seed=config.seed)
+        for name, (n, k) in settings_of.items():
+            for row, normalization in (("simpleshot_l2n", "L2N"), ("simpleshot", "CL2N")):
+                results[name][row] = evaluate_nearest_centroid(
+                    model,
+                    test,
+                    n,
+                    k,
+                    config.test_queries,
+                    config.test_episodes,
+                    episode_seed + 100,
+                    normalization=normalization,
+                    mean_feature=mean,
+                    features=features,
+                )
                 say(f"    test {SHORT[row]:>14}: {results[name][row]}", flush=True)
 
     # Row 2 (no meta-training) and the epoch-0 validation of rows 3-5: one embedding each.
@@ -142,7 +168,7 @@ def reproduce(
     say(
         f"[row 2] pretrained + inner loop: validation {', '.join(f'{k}-shot {100 * a:.2f}%' for k, a in initial_val.items())}"
     )
-    test_row("pretrained", base, shots_list)
+    test_nearest_centroid(base, test_row("pretrained", base, shots_list))
     del base
     lap("pretrained row", t)
     earlier_results = results_from_summary(earlier) if reused else {}

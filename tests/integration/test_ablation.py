@@ -192,18 +192,26 @@ def test_script_is_a_thin_main(monkeypatch):
     assert seen["argv"] == ["reproduce", "--quick", "--seed", "3"]
 
 
-def _fake_run(seed, accuracies, rows=("pretrained", "ft", "ss", "ss_ht")):
+def _fake_run(seed, accuracies, rows=None):
     """A seed's results.json as `reproduce` writes it, with given per-episode accuracies."""
     from mtl_keras.config import get_config
 
     config = get_config("cpu-glyph_scenes").replace(seed=seed, shots=(1,))
+    rows = rows or list(accuracies)
     results = {
         "5-way 1-shot": {
             row: {"episode_accuracies": list(accuracies[row]), "episodes": len(accuracies[row])}
             for row in rows
         }
     }
-    history = {"val_accuracy": [0.5, 0.55], "best_epoch": 1, "loss": [1.0], "seconds": 1.0}
+    history = {
+        "val_accuracy": [0.5, 0.55],
+        "best_epoch": 1,
+        "loss": [1.0],
+        "seconds": 1.0,
+        "phi_grad_norm": [0.3, 0.4],
+        "head_grad_norm": [0.5, 0.6],
+    }
     return {
         "settings": {"config": config.to_dict()},
         "results": results,
@@ -222,7 +230,13 @@ def test_seeds_report_pools_paired_differences_and_checks_the_targets():
     for seed, gain in ((0, 0.03), (1, 0.05), (2, 0.04)):
         runs[seed] = _fake_run(
             seed,
-            {"pretrained": base, "ft": base + 0.01, "ss": base + gain, "ss_ht": base + gain - 0.01},
+            {
+                "pretrained": base,
+                "simpleshot": base + 0.005,
+                "ft": base + 0.01,
+                "ss": base + gain,
+                "ss_ht": base + gain - 0.01,
+            },
         )
     combined = {
         "date": "today",
@@ -239,12 +253,24 @@ def test_seeds_report_pools_paired_differences_and_checks_the_targets():
     assert paired["SS+HT − SS"]["pooled"][0] == pytest.approx(-0.01)
     pooled = numbers["5-way 1-shot"]["ss"]["pooled"][0]
     assert pooled == pytest.approx(np.mean(base) + 0.04)
-    assert "SS − pretrained ≥ +2 points, paired CI above 0 in every seed: **met**" in text
-    assert "SS + HT ≥ SS: **not met**" in text and "SS > FT: **met**" in text
-    # One seed below +2 points: the first target fails.
-    runs[1] = _fake_run(1, {"pretrained": base, "ft": base, "ss": base + 0.01, "ss_ht": base + 0.02})
+    assert "5-way 1-shot: SS ≥ pretrained + inner loop, pooled paired CI not below 0: **met**" in text
+    assert "5-way 1-shot: SS ≥ SimpleShot CL2N, pooled paired CI not below 0: **met**" in text
+    # SS − SimpleShot CL2N (the better baseline) is +3.5 pooled: ≥ +2 met.
+    assert (
+        "SS ≥ the better of the two + 2 points (pooled) (here SimpleShot CL2N): **met** — pooled +3.50"
+        in text
+    )
+    assert paired["SS − SimpleShot CL2N"]["pooled"][0] == pytest.approx(0.035)
+    assert "above 100× its first epoch's: **met**" in text
+    # Pooled below +2 points over the better baseline, and below SimpleShot: those targets fail.
+    for seed in (0, 1, 2):
+        runs[seed] = _fake_run(seed, {"pretrained": base, "simpleshot": base + 0.02, "ss": base + 0.01})
     text, _ = seeds_report(runs, combined)
-    assert "every seed: **not met**" in text
+    assert "SS ≥ SimpleShot CL2N, pooled paired CI not below 0: **not met**" in text
+    assert "(here SimpleShot CL2N): **not met**" in text
+    # An exploded run fails the gradient target.
+    runs[0]["histories"]["SS 1-shot"]["phi_grad_norm"] = [0.3, 0.4, 52285.0]
+    assert "above 100× its first epoch's: **not met**" in seeds_report(runs, combined)[0]
 
 
 def test_reproduce_seeds_tests_every_seed_on_the_same_episodes_and_resumes(
