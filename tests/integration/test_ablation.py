@@ -286,7 +286,12 @@ def test_reproduce_seeds_tests_every_seed_on_the_same_episodes_and_resumes(
     for seed in (3, 4):
         with open(out / f"seed-{seed}" / "results.json") as f:
             runs[seed] = json.load(f)
-        assert set(runs[seed]["results"]["5-way 1-shot"]) == {"pretrained", "ss"}
+        assert set(runs[seed]["results"]["5-way 1-shot"]) == {
+            "pretrained",
+            "simpleshot_l2n",
+            "simpleshot",
+            "ss",
+        }
         assert runs[seed]["settings"]["config"]["seed"] == seed
         assert runs[seed]["settings"]["episode_seed"] == 3  # the first seed's episodes for both
     # Reseeded training: the two pretrained backbones differ, so do their per-episode results.
@@ -296,6 +301,7 @@ def test_reproduce_seeds_tests_every_seed_on_the_same_episodes_and_resumes(
     assert not np.array_equal(a, b)
     text = (out / "SEEDS.md").read_text()
     assert "| SS − pretrained |" in text and "seed 3" in text and "seed 4" in text
+    assert "| SS − SimpleShot CL2N |" in text and "| SimpleShot CL2N |" in text
     # A second call reads both seeds back instead of training again.
     stamp = os.path.getmtime(out / "seed-3" / "results.json")
     start = time.time()
@@ -317,7 +323,13 @@ def test_reproduce_seeds_tests_every_seed_on_the_same_episodes_and_resumes(
     for seed in (3, 4):
         with open(out / f"seed-{seed}" / "results.json") as f:
             again[seed] = json.load(f)
-        assert set(again[seed]["results"]["5-way 1-shot"]) == {"pretrained", "ft", "ss"}
+        assert set(again[seed]["results"]["5-way 1-shot"]) == {
+            "pretrained",
+            "simpleshot_l2n",
+            "simpleshot",
+            "ft",
+            "ss",
+        }
         assert again[seed]["settings"]["rows"] == ["ft", "ss"]
     assert again[3]["rows_read_back"] == {"rows": ["ss"], "from_run_of": runs[3]["date"]}
     assert again[3]["results"]["5-way 1-shot"]["ss"] == runs[3]["results"]["5-way 1-shot"]["ss"]
