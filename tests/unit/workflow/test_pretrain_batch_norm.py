@@ -93,3 +93,20 @@ def test_small_set_held_out_accuracy_measures_the_backbone_not_the_lag(pretraine
     # inference-mode held-out accuracy must be too (it was ~0.1 with momentum 0.99).
     assert history["accuracy"][-1] > 0.5
     assert history["val_accuracy"][-1] >= history["accuracy"][-1] - 0.25, history
+
+
+def test_pretraining_takes_the_official_sgd_on_request(proto_split):
+    config = get_config("cpu").replace(
+        image_size=16,
+        widths=(4, 4, 4, 4),
+        pretrain_epochs=1,
+        pretrain_patience=0,
+        pretrain_batch_size=32,
+        pretrain_optimizer="sgd",
+        pretrain_lr=0.1,
+    )
+    model, _ = pretrain(config.validate(), proto_split, verbose=False)
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+    assert model.optimizer.momentum == 0.9 and model.optimizer.weight_decay == 5e-4
+    with pytest.raises(ValueError, match="pretrain_optimizer"):
+        config.replace(pretrain_optimizer="lamb").validate()
