@@ -32,6 +32,7 @@ CLAIMS = (
     ("ss", "pretrained", "meta-training SS improves on the pretrained backbone"),
     ("ft", "pretrained", "meta-training FT improves on the pretrained backbone"),
     ("ss", "simpleshot", "meta-training SS beats nearest centroid on the pretrained features"),
+    ("ss", "simpleshot_l2n", "meta-training SS beats nearest centroid on the pretrained features"),
     ("ft", "simpleshot", "meta-training FT beats nearest centroid on the pretrained features"),
 )
 #: Paper numbers (miniImageNet 5-way 1-shot, mean ± 95% CI, as quoted in issue 7; not

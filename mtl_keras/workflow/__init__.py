@@ -44,9 +44,9 @@ from mtl_keras.workflow.run_folder import (
 )
 from mtl_keras.workflow.stages import (
     BASELINE_ROW,
-    CENTROID_ROW,
     CENTROID_ROWS,
     MTL_ROW,
+    best_centroid_row,
     evaluate_stage,
     export_stage,
     meta_train_stage,
@@ -63,9 +63,9 @@ from mtl_keras.workflow.training import (
 
 __all__ = [
     "BASELINE_ROW",
-    "CENTROID_ROW",
     "CENTROID_ROWS",
     "MTL_ROW",
+    "best_centroid_row",
     "PRETRAINED_WEIGHTS",
     "WEAK_PRETRAINING_ACCURACY",
     "RunProgress",

@@ -24,17 +24,18 @@ from mtl_keras.workflow.run_folder import (
 )
 from mtl_keras.workflow.stages import (
     BASELINE_ROW,
-    CENTROID_ROW,
     CENTROID_ROWS,
     MTL_ROW,
+    best_centroid_row,
     evaluate_stage,
     export_stage,
     meta_train_stage,
     pretrain_stage,
 )
 
-#: The paired columns of a run's table: ``{column label: row it subtracts}``.
-PAIRED_AGAINST = {"pretrained": BASELINE_ROW, "SimpleShot": CENTROID_ROW}
+#: The paired columns of a run's table: ``{column label: row it subtracts}``; ``None``: the better
+#: SimpleShot row of each shot setting (`best_centroid_row`).
+PAIRED_AGAINST = {"pretrained": BASELINE_ROW, "SimpleShot": None}
 
 
 def format_table(
@@ -53,14 +54,18 @@ def format_table(
         rows: ``{method: {shots: EvaluationResult}}``, in display order.
         ways: ``N`` (for the header).
         baseline: ``{column label: row name}`` of the rows to pair against (default
-            `PAIRED_AGAINST`: the pretrained row and SimpleShot CL2N); one row name (labelled
+            `PAIRED_AGAINST`: the pretrained row, and the better SimpleShot row of each shot
+            setting, `best_centroid_row`, for a ``None`` row); one row name (labelled
             "pretrained"); ``{}`` for none. Baselines absent from ``rows`` get no column.
     """
     if baseline is None:
         baseline = PAIRED_AGAINST
     elif isinstance(baseline, str):
         baseline = {"pretrained": baseline}
-    baselines = {label: row for label, row in baseline.items() if row in rows}
+    has_centroid = any(name in rows for name in CENTROID_ROWS.values())
+    baselines = {
+        label: row for label, row in baseline.items() if (row in rows if row is not None else has_centroid)
+    }
     shots = sorted({s for r in rows.values() for s in r})
     header = ["method"]
     for s in shots:
@@ -73,6 +78,10 @@ def format_table(
             result = by_shot.get(s)
             cells.append(f"{100 * result.mean:.2f} ± {100 * result.ci95:.2f}" if result else "–")
             for row in baselines.values():
+                row = row if row is not None else best_centroid_row(rows, s)
+                if name in CENTROID_ROWS.values() and row in CENTROID_ROWS.values():
+                    cells.append("–")  # one SimpleShot row against the other says nothing
+                    continue
                 base = rows[row].get(s)
                 if name == row or result is None or base is None:
                     cells.append("–")
@@ -194,7 +203,10 @@ def run_workflow(
                 for k, r in rows[MTL_ROW].items()
             },
             "paired_difference_simpleshot": {
-                f"{k}-shot": dict(zip(("mean", "ci95"), paired_difference(r, rows[CENTROID_ROW][k])))
+                f"{k}-shot": {
+                    "against": best_centroid_row(rows, k),
+                    **dict(zip(("mean", "ci95"), paired_difference(r, rows[best_centroid_row(rows, k)][k]))),
+                }
                 for k, r in rows[MTL_ROW].items()
             },
             "seconds": round(time.time() - start, 1),
@@ -207,7 +219,8 @@ def run_workflow(
         f"Test accuracy (%) on {splits.test.num_classes} unseen {config.benchmark} classes, "
         f"{config.test_episodes} episodes (the same for every row), mean ± 95% CI; the paired columns: "
         "mean ± 95% CI of the per-episode difference against the pretrained row (inner loop) and "
-        "against nearest centroid on the same pretrained features (SimpleShot CL2N):"
+        "against nearest centroid on the same pretrained features (the better of SimpleShot L2N and "
+        "CL2N on these episodes):"
     )
     say(table)
     say("\n" + format_stage_times(stage_seconds, metrics["seconds"]))

@@ -75,7 +75,7 @@ def test_run_writes_a_complete_run_folder(run_folder):
     for row in ("SimpleShot L2N (pretrained features)", "SimpleShot CL2N (pretrained features)"):
         centroid = metrics["results"][row]["1-shot"]
         assert centroid["episodes"] == 10 and centroid["inner_steps"] == 0 and 0 <= centroid["mean"] <= 1
-    assert set(metrics["paired_difference_simpleshot"]["1-shot"]) == {"mean", "ci95"}
+    assert set(metrics["paired_difference_simpleshot"]["1-shot"]) == {"against", "mean", "ci95"}
     table = (run_folder / "results.md").read_text()
     assert "| SimpleShot CL2N (pretrained features) |" in table
     assert "1-shot − SimpleShot (paired)" in table and "1-shot − pretrained (paired)" in table
