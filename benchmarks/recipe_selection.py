@@ -117,12 +117,15 @@ HELD_OUT_EPISODES = 600
 
 
 def set_config(name: str, devsets: str, seed: int):
-    """The ``cpu`` recipe for development set ``name`` (the demo's pretraining on glyph_scenes)."""
+    """The ``cpu`` recipe for development set ``name`` (the demo's pretraining on glyph_scenes), with
+    the head of `BASE_HEAD` (so that the run folders of the pretraining keep one config whatever
+    the preset's head is)."""
     from mtl_keras.config import get_config
 
     if name == "glyph_scenes":
-        return get_config("cpu-glyph_scenes").replace(shots=(1, 5), seed=seed, val_episodes=300)
+        return get_config("cpu-glyph_scenes").replace(shots=(1, 5), seed=seed, val_episodes=300, **BASE_HEAD)
     return get_config("cpu").replace(
+        **BASE_HEAD,
         benchmark="folders",
         root=os.path.join(devsets, name),
         queries=5,

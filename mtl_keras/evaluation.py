@@ -13,6 +13,7 @@ import dataclasses
 import math
 import sys
 import time
+import weakref
 
 import keras
 import numpy as np
@@ -167,11 +168,28 @@ def embed_split(model, split: ClassSplit, batch_size: int = 256) -> np.ndarray:
             split.images[i : i + batch_size].astype(np.float32) / np.float32(255.0)
             for i in range(0, split.num_images, batch_size)
         )
+    embed = _embed_function(model)
+    return np.concatenate([np.asarray(embed(x)) for x in images]).astype(np.float32)
+
+
+#: TensorFlow: one compiled embedding function per model (a `tf.function` reads the variables when
+#: it runs, so it stays valid as they change; a new one per call retraced every time, and
+#: TensorFlow warned about it).
+_EMBED_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _embed_function(model):
+    """``images (b, H, W, C) → (b, D)`` float32 of ``model``, compiled (`embed_split`)."""
+    cacheable = keras.backend.backend() == "tensorflow"
+    if cacheable and model in _EMBED_FUNCTIONS:
+        return _EMBED_FUNCTIONS[model]
     if hasattr(model, "embed"):
         embed = _compiled(lambda x: model.embed(x, training=False))
     else:
         embed = _compiled(lambda x: ops.cast(model(x, training=False), "float32"))
-    return np.concatenate([np.asarray(embed(x)) for x in images]).astype(np.float32)
+    if cacheable:
+        _EMBED_FUNCTIONS[model] = embed
+    return embed
 
 
 def _compiled(fn):
