@@ -8,6 +8,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 import keras
+import numpy as np
 
 from mtl_keras.atomic import write_atomic
 
@@ -57,11 +58,39 @@ class BestCheckpoint(keras.callbacks.Callback):
         value = float(value)
         better = value > self.best if self.mode == "max" else value < self.best
         if math.isfinite(value) and better:
+            bad = non_finite_weights(self.model)
+            if bad:
+                warnings.warn(
+                    f"BestCheckpoint: epoch {epoch + 1} scored {self.monitor}={value:.4g} but weight '{bad}' "
+                    f"holds NaN or inf: not saved; {self.filepath} keeps the last finite best.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return
             self.best, self.best_epoch = value, epoch + 1
             save_weights_atomic(self.model, self.filepath)
 
 
+def non_finite_weights(model) -> str | None:
+    """The path of the first weight of ``model`` holding NaN or inf, or None when all are finite."""
+    for weight in model.weights:
+        if not bool(np.isfinite(np.asarray(weight)).all()):
+            return getattr(weight, "path", None) or weight.name
+    return None
+
+
 def save_weights_atomic(model, path: str) -> str:
     """``model.save_weights(path)``, atomically (`mtl_keras.atomic.write_atomic`): a crash at any
-    moment leaves the old file (or none), never a partial one."""
+    moment leaves the old file (or none), never a partial one.
+
+    Raises:
+        ValueError: a weight holds NaN or inf (named, with the file): nothing is written, and
+            an earlier file at ``path`` stays as it was.
+    """
+    bad = non_finite_weights(model)
+    if bad:
+        raise ValueError(
+            f"Not saving {path}: weight '{bad}' holds NaN or inf (training diverged). Lower the learning "
+            "rates and train again; an earlier file there is kept as it was."
+        )
     return write_atomic(path, lambda tmp: model.save_weights(tmp, overwrite=True))

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtl_keras.callbacks import save_weights_atomic
+from mtl_keras.callbacks.checkpoint import non_finite_weights
 from mtl_keras.config import ExperimentConfig
 from mtl_keras.evaluation import (
     EvaluationResult,
@@ -126,6 +127,14 @@ def pretrain_stage(
             strategy=strategy,
             backup_dir=progress.backup_dir("pretrain"),
         )
+        bad = non_finite_weights(model.backbone)
+        if bad:
+            epochs = len(history.get("loss", []))
+            raise ValueError(
+                f"Pretraining diverged: after {epochs} epoch(s) weight '{bad}' holds NaN or inf (loss "
+                f"{history.get('loss', [float('nan')])[-1]:.4g}); nothing was saved to {path}. Lower the rate "
+                f"(--set pretrain_lr=..., now {config.pretrain_lr:g}) and run again with --restart."
+            )
         save_weights_atomic(model.backbone, path)
         progress.complete("pretrain", history)
         say(f"Pretrained backbone: {path}")

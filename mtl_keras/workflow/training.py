@@ -118,6 +118,7 @@ def pretrain(
         callbacks=[
             *([TimeEstimate("pretraining")] if verbose else []),
             refresh,  # before early stopping: its on_train_end may restore the best epoch's weights
+            StopOnNonFiniteLoss(),  # a diverged pretraining stops (the backup keeps the last good epoch)
             *stop,
             *([backup] if backup else []),
             *(callbacks or []),
