@@ -172,6 +172,18 @@ def embed_split(model, split: ClassSplit, batch_size: int = 256) -> np.ndarray:
     return np.concatenate([np.asarray(embed(x)) for x in images]).astype(np.float32)
 
 
+def split_features(model, split: ClassSplit, features: np.ndarray | None = None) -> np.ndarray:
+    """``features`` checked against ``split`` (one embedding per image), or `embed_split` when None."""
+    if features is None:
+        return embed_split(model, split)
+    if len(features) != split.num_images:
+        raise ValueError(
+            f"features: {len(features)} embeddings for the {split.num_images} images of split '{split.name}'; "
+            "compute them with embed_split(model, split)."
+        )
+    return features
+
+
 #: TensorFlow: one compiled embedding function per model (a `tf.function` reads the variables when
 #: it runs, so it stays valid as they change; a new one per call retraced every time, and
 #: TensorFlow warned about it).
@@ -528,13 +540,7 @@ def evaluate_nearest_centroid(
             "normalization='CL2N' centres the embeddings on the base classes' mean: pass "
             "mean_feature=base_feature_mean(model, train_split)."
         )
-    if features is None:
-        features = embed_split(model, split)
-    elif len(features) != split.num_images:
-        raise ValueError(
-            f"features: {len(features)} embeddings for the {split.num_images} images of split '{split.name}'; "
-            "compute them with embed_split(model, split)."
-        )
+    features = split_features(model, split, features)
     feats = np.asarray(features, np.float64)
     if normalization == "CL2N":
         feats = feats - np.asarray(mean_feature, np.float64)[None]
@@ -624,13 +630,7 @@ def _cached_batches(
     model, split, ways, shots, queries, episodes, seed, batch, steps, features=None, head=None
 ):
     """The same episodes' inner loops on embeddings computed once per image of ``split``."""
-    if features is None:
-        features = embed_split(model, split)
-    elif len(features) != split.num_images:
-        raise ValueError(
-            f"features: {len(features)} embeddings for the {split.num_images} images of split '{split.name}'; "
-            "compute them with embed_split(model, split)."
-        )
+    features = split_features(model, split, features)
     given = (
         None
         if head is None
