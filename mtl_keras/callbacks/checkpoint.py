@@ -8,9 +8,9 @@ import warnings
 from typing import TYPE_CHECKING
 
 import keras
-import numpy as np
 
 from mtl_keras.atomic import write_atomic
+from mtl_keras.models.weights import non_finite_weights
 
 if TYPE_CHECKING:
     pass
@@ -69,14 +69,6 @@ class BestCheckpoint(keras.callbacks.Callback):
                 return
             self.best, self.best_epoch = value, epoch + 1
             save_weights_atomic(self.model, self.filepath)
-
-
-def non_finite_weights(model) -> str | None:
-    """The path of the first weight of ``model`` holding NaN or inf, or None when all are finite."""
-    for weight in model.weights:
-        if not bool(np.isfinite(np.asarray(weight)).all()):
-            return getattr(weight, "path", None) or weight.name
-    return None
 
 
 def save_weights_atomic(model, path: str) -> str:

@@ -153,6 +153,12 @@ def load_scale_shift_weights(model, filepath: str, include_head: bool = True) ->
             )
             + "."
         )
+    bad = [key for key in targets if not np.isfinite(stored[key]).all()]
+    if bad:
+        raise ValueError(
+            f"'{path}' holds NaN or inf in {_some(bad)}: it was written by a meta-training that diverged, "
+            "or it is damaged; nothing was assigned. Meta-train again with lower learning rates."
+        )
     for key, variable in targets.items():
         variable.assign(stored[key])
 

@@ -71,14 +71,15 @@ def load_weights_checked(model, filepath, load_fn=None, *args, **kwargs):
 
     Raises:
         FileNotFoundError: ``filepath`` does not exist.
-        ValueError: the file holds weights of another architecture.
+        ValueError: the file holds weights of another architecture, or NaN / inf (the model then
+            holds them too: do not use it).
     """
     load_fn = load_fn or model.load_weights
     path = os.fspath(filepath)
     if not os.path.exists(path):
         raise FileNotFoundError(f"Weights file '{path}' does not exist.")
     try:
-        return load_fn(filepath, *args, **kwargs)
+        result = load_fn(filepath, *args, **kwargs)
     except ValueError as err:
         if not path.endswith(".weights.h5"):
             raise
@@ -96,6 +97,24 @@ def load_weights_checked(model, filepath, load_fn=None, *args, **kwargs):
             f"{what} has {ours}. Build the model with the "
             f"backbone, widths and input channels the file was saved from. (Keras: {first})"
         ) from err
+    bad = non_finite_weights(model)
+    if bad:
+        raise ValueError(
+            f"'{path}' holds NaN or inf (weight '{bad}'): it was written by a training that diverged, "
+            "or it is damaged. Train it again with lower learning rates; nothing is evaluated or "
+            "exported from it."
+        )
+    return result
+
+
+def non_finite_weights(model) -> str | None:
+    """The path of the first weight of ``model`` holding NaN or inf, or None when all are finite."""
+    import numpy as np
+
+    for weight in model.weights:
+        if not bool(np.isfinite(np.asarray(weight)).all()):
+            return getattr(weight, "path", None) or weight.name
+    return None
 
 
 def load_backbone_weights(backbone, filepath) -> None:

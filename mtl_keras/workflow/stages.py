@@ -18,7 +18,6 @@ import numpy as np
 import tensorflow as tf
 
 from mtl_keras.callbacks import save_weights_atomic
-from mtl_keras.callbacks.checkpoint import non_finite_weights
 from mtl_keras.config import ExperimentConfig
 from mtl_keras.evaluation import (
     EvaluationResult,
@@ -27,6 +26,7 @@ from mtl_keras.evaluation import (
     evaluate_episodes,
     evaluate_nearest_centroid,
 )
+from mtl_keras.models.weights import non_finite_weights
 from mtl_keras.plots import plot_episode_grid, plot_run
 from mtl_keras.workflow.builders import build_meta_model, load_config_benchmark
 from mtl_keras.workflow.run_folder import (

@@ -55,3 +55,37 @@ def test_a_diverged_pretraining_stops_and_saves_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Pretraining diverged" in err and "pretrain_lr" in err and "--restart" in err
     assert not os.path.exists(run_dir / "pretrained_backbone.weights.h5")
+
+
+def test_loading_a_weights_file_with_nan_names_the_file(tmp_path):
+    from mtl_keras import MetaTransferModel, resnet12
+
+    model = MetaTransferModel(resnet12((16, 16, 1), widths=(4, 4, 4, 4)), ways=3)
+    path = str(tmp_path / "mtl_1shot.weights.h5")
+    kernel = model.head.kernel
+    kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+    model.save_weights(path)  # as a diverged run of the old code wrote it
+    other = MetaTransferModel(resnet12((16, 16, 1), widths=(4, 4, 4, 4)), ways=3)
+    with pytest.raises(
+        ValueError, match=r"mtl_1shot\.weights\.h5' holds NaN or inf \(weight '.*head/kernel'\)"
+    ):
+        other.load_weights(path)
+
+
+def test_a_phi_file_with_nan_is_refused_and_nothing_assigned(tmp_path):
+    from mtl_keras import MetaTransferModel, load_scale_shift_weights, resnet12, save_scale_shift_weights
+
+    model = MetaTransferModel(resnet12((16, 16, 1), widths=(4, 4, 4, 4)), ways=3)
+    path = str(tmp_path / "phi.npz")
+    save_scale_shift_weights(model, path)
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    key = next(k for k in arrays if k.endswith("/scale"))
+    arrays[key] = np.full_like(arrays[key], np.nan)
+    np.savez(path, **arrays)
+    other = MetaTransferModel(resnet12((16, 16, 1), widths=(4, 4, 4, 4)), ways=3)
+    before = [np.array(v) for v in other.weights]
+    with pytest.raises(ValueError, match=r"phi\.npz' holds NaN or inf in .*scale"):
+        load_scale_shift_weights(other, path)
+    for variable, value in zip(other.weights, before):
+        np.testing.assert_array_equal(np.array(variable), value)
