@@ -47,6 +47,55 @@ def _max_ratio(histories: dict, prefix: str) -> float:
     return max(ratios) if ratios else float("nan")
 
 
+def summary_rows(name: str, folder: str) -> list[str]:
+    """One line per shot setting of a set: pooled rows and paired differences, seeds' spread."""
+    with open(os.path.join(folder, "seeds.json")) as f:
+        combined = json.load(f)
+    seeds = combined["seeds"]
+    runs = {}
+    for s in seeds:
+        with open(os.path.join(folder, f"seed-{s}", "results.json")) as f:
+            runs[s] = json.load(f)
+    ways = str(runs[seeds[0]]["settings"]["config"]["ways"])
+    lines = []
+    for setting in (k for k in runs[seeds[0]]["results"] if k.split("-way")[0] == ways):
+        res = {s: runs[s]["results"][setting] for s in seeds}
+        present = [r for r in ("simpleshot_l2n", "simpleshot") if r in res[seeds[0]]]
+        better = max(present, key=lambda r: np.mean([res[s][r]["mean"] for s in seeds]))
+
+        def pooled(row, res=res):
+            if not all(row in res[s] for s in seeds):
+                return "–"
+            m, c = _ci(np.mean([res[s][row]["episode_accuracies"] for s in seeds], axis=0))
+            return f"{100 * m:.2f} ± {100 * c:.2f}"
+
+        def paired(base, res=res):
+            diffs = [
+                np.asarray(res[s]["ss"]["episode_accuracies"])
+                - np.asarray(res[s][base]["episode_accuracies"])
+                for s in seeds
+            ]
+            m, c = _ci(np.mean(diffs, axis=0))
+            per = ", ".join(f"{100 * _ci(d)[0]:+.1f}" for d in diffs)
+            return f"{100 * m:+.2f} ± {100 * c:.2f} ({per})"
+
+        shots = setting.split(" ")[1].split("-")[0]
+        ratio = max(_max_ratio(runs[s]["histories"], f"SS {shots}-shot") for s in seeds)
+        label = "L2N" if better == "simpleshot_l2n" else "CL2N"
+        lines.append(
+            f"| {name} | {setting.split(' ', 1)[1]} | {pooled('pretrained')} | {pooled(better)} ({label}) | "
+            f"{pooled('ft')} | {pooled('ss')} | {paired('pretrained')} | {paired(better)} | {ratio:.1f} |"
+        )
+    return lines
+
+
+SUMMARY_HEADER = [
+    "| set | shots | pretrained + inner loop | SimpleShot (the better) | FT | MTL (SS) | MTL − pretrained "
+    "(per seed) | MTL − SimpleShot (per seed) | max grad ratio |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
 def set_section(name: str, folder: str) -> list[str]:
     with open(os.path.join(folder, "seeds.json")) as f:
         combined = json.load(f)
@@ -137,6 +186,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "devsets", "results"))
     parser.add_argument("--sets", nargs="+", default=["glyph_scenes", "clipart", "crawl_tiles", "cards"])
+    parser.add_argument(
+        "--readme", default=None, help="also put the pooled table between this file's markers"
+    )
     args = parser.parse_args(argv)
     lines = [
         "# MTL against its baselines on the development sets",
@@ -150,19 +202,29 @@ def main(argv=None):
         "seed's SS run over its first epoch's.",
         "",
     ]
-    missing = []
-    for name in args.sets:
-        folder = os.path.join(args.out, name)
-        if not os.path.exists(os.path.join(folder, "seeds.json")):
-            missing.append(name)
-            continue
-        lines += set_section(name, folder)
+    done = [n for n in args.sets if os.path.exists(os.path.join(args.out, n, "seeds.json"))]
+    missing = [n for n in args.sets if n not in done]
+    summary = list(SUMMARY_HEADER)
+    for name in done:
+        summary += summary_rows(name, os.path.join(args.out, name))
     if missing:
-        lines += [f"Not run: {', '.join(missing)}.", ""]
+        summary += ["", f"Not run: {', '.join(missing)}."]
+    lines += ["## Pooled over the seeds", "", *summary, "", "## Per seed", ""]
+    for name in done:
+        lines += set_section(name, os.path.join(args.out, name))
     path = os.path.join(args.out, "RESULTS.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
     print(path)
+    if args.readme:
+        start, end = "<!-- devsets-table:start -->", "<!-- devsets-table:end -->"
+        with open(args.readme) as f:
+            text = f.read()
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        with open(args.readme, "w") as f:
+            f.write(f"{head}{start}\n" + "\n".join(summary) + f"\n{end}{tail}")
+        print(f"{args.readme}: the pooled table")
     return 0
 
 
