@@ -9,6 +9,7 @@ import os
 import sys
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mtl_keras.callbacks import (
@@ -85,6 +86,9 @@ def pretrain(
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
+        # Built before `fit`, so that a backup can be loaded into it (Keras builds a subclassed model
+        # only when it traces the first step, after the callbacks' on_train_begin).
+        model(np.zeros((1, *model.backbone.input_shape[1:]), "float32"), training=False)
     backup = ResumableCheckpoint(backup_dir, verbose=int(verbose), chief_only=False) if backup_dir else None
     # Batch norm's moving statistics recomputed from the un-augmented training images before every
     # held-out evaluation and at the end: on a small set (a few steps per epoch) they lag the

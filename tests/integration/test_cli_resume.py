@@ -27,7 +27,7 @@ from tests.helpers import patient
 REPO = str(Path(__file__).resolve().parents[2])
 
 # Runs `mtl-keras ARGS`; with CRASH_AT=EPOCH:BATCH it SIGKILLs itself right after that
-# meta-training batch (0-based), mid-epoch.
+# meta-training batch (0-based), mid-epoch; CRASH_STAGE=pretrain: that pretraining batch.
 WRAPPER = textwrap.dedent(
     """
     import os, signal, sys
@@ -44,7 +44,8 @@ WRAPPER = textwrap.dedent(
 
         def on_train_batch_end(self, batch, logs=None):
             end(self, batch, logs)
-            if "mtl_" in self.directory and self._test_epoch == epoch_at and batch == batch_at:
+            stage = os.environ.get("CRASH_STAGE", "mtl_")
+            if stage in self.directory and self._test_epoch == epoch_at and batch == batch_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         callbacks.ResumableCheckpoint.on_epoch_begin = on_epoch_begin
@@ -54,15 +55,18 @@ WRAPPER = textwrap.dedent(
 )
 
 
-def _run_cli(tmp_path, args, cache, crash=None, timeout=None):
+def _run_cli(tmp_path, args, cache, crash=None, timeout=None, stage=None):
     timeout = patient(300) if timeout is None else timeout
     script = tmp_path / "wrapper.py"
     script.write_text(WRAPPER)
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.update(MTL_KERAS_CACHE=cache, TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
     env.pop("CRASH_AT", None)
+    env.pop("CRASH_STAGE", None)
     if crash:
         env["CRASH_AT"] = crash
+    if stage:
+        env["CRASH_STAGE"] = stage
     return subprocess.run(
         [sys.executable, str(script), *args],
         env=env,
@@ -128,6 +132,25 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, glyph
     code = cli.main([*common, "--run-dir", str(run_dir), "--set", "phi_lr=0.5", "--quiet"])
     assert code == 2
     assert (run_dir / "config.json").read_text() == before
+
+
+def test_a_pretraining_killed_mid_epoch_resumes_after_its_last_completed_epoch(tmp_path, glyph_cache):
+    """It used to stop on every rerun with Keras's 'loading weights into a model that has not yet
+    been built' (the backup was loaded before Keras built the pretraining model), losing the work."""
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY_CONFIG, "pretrain_epochs": 3, "pretrain_batch_size": 4096}))
+    common = ["pretrain", "--config", str(config), "--no-tensorboard", "--run-dir", str(tmp_path / "run")]
+    killed = _run_cli(tmp_path, common, glyph_cache, crash="1:0", stage="pretrain")
+    assert killed.returncode == -9, (killed.returncode, killed.stderr[-3000:])
+    state = json.loads((tmp_path / "run" / "backup" / "pretrain" / "state.json").read_text())
+    assert state["epoch"] == 1  # epoch 1 backed up, epoch 2 cut short
+    resumed = _run_cli(tmp_path, common, glyph_cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "resumed from" in resumed.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["histories"]["pretrain"]["loss"]) == 3  # no epoch lost, none trained twice
+    weights = _h5_arrays(tmp_path / "run" / "pretrained_backbone.weights.h5")
+    assert weights and all(np.isfinite(w).all() for w in weights.values())
 
 
 def test_run_progress_skips_done_stages_refuses_other_settings_and_restarts(tmp_path, capsys):
