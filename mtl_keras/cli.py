@@ -558,6 +558,28 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RunFolderLocked) as err:
         print(f"mtl-keras {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path that is not what it should be, a full disk, no permission
+        print(f"mtl-keras {args.command}: error: {_os_error_message(err)}", file=sys.stderr)
+        return 2
+
+
+def _os_error_message(err: OSError) -> str:
+    """One line for an `OSError`: what happened, to which path, and what to do."""
+    import errno
+
+    if err.errno is None:  # raised by mtl_keras with its own message (path and fix in it)
+        return str(err)
+    path = err.filename or "a file"
+    fixes = {
+        errno.ENOTDIR: f"'{path}' is not a folder (a file, or a path through a file): give the folder that holds it",
+        errno.EISDIR: f"'{path}' is a folder where a file is expected: give the file's path",
+        errno.EACCES: f"no permission for '{path}': give a path you can read (and, for a run folder, write)",
+        errno.EROFS: f"'{path}' is on a read-only file system: write the run folder elsewhere (--run-dir)",
+        errno.ENOSPC: f"no space left on the device of '{path}': free space (or use --run-dir elsewhere), then "
+        "run the same command again: it resumes after the last completed epoch",
+        errno.ELOOP: f"'{path}' is a symbolic link loop: remove or fix the link",
+    }
+    return fixes.get(err.errno, f"{err.strerror or err} ({path})") + "."
 
 
 if __name__ == "__main__":
