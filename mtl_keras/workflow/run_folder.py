@@ -40,6 +40,23 @@ class RunProgress:
 
     FILE = "progress.json"
     FREE_KEYS = ("shots", "test_episodes", "test_queries", "eval_inner_steps", "root", "allow_pickle")
+    #: The settings a pretraining depends on: when only other keys changed, a finished pretraining
+    #: is kept and meta-training starts over (its settings are the ones that changed).
+    PRETRAIN_KEYS = (
+        "benchmark",
+        "image_size",
+        "drop_small_classes",
+        "backbone",
+        "widths",
+        "pretrain_epochs",
+        "pretrain_patience",
+        "pretrain_batch_size",
+        "pretrain_lr",
+        "pretrain_optimizer",
+        "pretrain_dropout",
+        "pretrain_augment",
+        "seed",
+    )
 
     def __init__(self, run_dir: str, config: ExperimentConfig, restart: bool = False):
         self.folder = os.path.join(run_dir, "backup")
@@ -48,9 +65,15 @@ class RunProgress:
         self.path = os.path.join(self.folder, self.FILE)
         current = json.loads(json.dumps(config.to_dict()))
         if os.path.exists(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                self.state = json.load(f)
-            stored = self.state["config"]
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    self.state = json.load(f)
+                stored = self.state["config"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(
+                    f"{self.path} is damaged ({err}): the run folder's progress cannot be read. Run the same "
+                    "command with --restart to start the folder over (or another --run-dir)."
+                ) from None
             differ = sorted(
                 k
                 for k in set(stored) | set(current)
@@ -58,12 +81,28 @@ class RunProgress:
             )
             if differ:
                 changes = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differ)
-                raise ValueError(
-                    f"'{run_dir}' holds a run made with other settings ({changes}); resuming it would mix "
-                    "the two. Use another --run-dir, the same settings, or --restart to start it over."
-                )
+                if self.done("pretrain") and not set(differ) & set(self.PRETRAIN_KEYS):
+                    self._keep_pretraining_only(run_dir, current, changes)
+                else:
+                    raise ValueError(
+                        f"'{run_dir}' holds a run made with other settings ({changes}); resuming it would mix "
+                        "the two. Use another --run-dir, the same settings, or --restart to start it over."
+                    )
         else:
             self.state = {"config": current, "stages": {}}
+
+    def _keep_pretraining_only(self, run_dir: str, current: dict, changes: str) -> None:
+        """Settings changed for meta-training only: keep the finished pretraining, forget the rest."""
+        for entry in os.listdir(self.folder):
+            if entry != "pretrain" and os.path.isdir(os.path.join(self.folder, entry)):
+                shutil.rmtree(os.path.join(self.folder, entry))
+        self.state = {"config": current, "stages": {"pretrain": self.state["stages"]["pretrain"]}}
+        write_text_atomic(self.path, json.dumps(self.state, indent=1))
+        print(
+            f"'{run_dir}': the settings changed for meta-training only ({changes}): keeping the finished "
+            "pretraining; meta-training and evaluation start over.",
+            flush=True,
+        )
 
     def done(self, stage: str) -> bool:
         return bool(self.state["stages"].get(stage, {}).get("done"))

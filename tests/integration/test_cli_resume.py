@@ -127,9 +127,9 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, glyph
     )
     assert not (run_dir / "backup" / "mtl_1shot").exists()  # a finished stage's backup is removed
 
-    # Other settings in the same folder: refused, naming the key, before anything is written.
+    # Other pretraining settings in the same folder: refused, naming the key, before anything is written.
     before = (run_dir / "config.json").read_text()
-    code = cli.main([*common, "--run-dir", str(run_dir), "--set", "phi_lr=0.5", "--quiet"])
+    code = cli.main([*common, "--run-dir", str(run_dir), "--set", "pretrain_lr=0.5", "--quiet"])
     assert code == 2
     assert (run_dir / "config.json").read_text() == before
 
@@ -165,7 +165,31 @@ def test_run_progress_skips_done_stages_refuses_other_settings_and_restarts(tmp_
 
     again = RunProgress(str(tmp_path), config.replace(test_episodes=7, shots=(5,)))  # evaluation-only changes
     assert again.done("pretrain") and again.history("pretrain") == {"loss": [1.5]}
-    with pytest.raises(ValueError, match=r"other settings \(inner_lr: .* -> 0\.5.*--restart"):
-        RunProgress(str(tmp_path), config.replace(inner_lr=0.5))
-    fresh = RunProgress(str(tmp_path), config.replace(inner_lr=0.5), restart=True)
+    with pytest.raises(ValueError, match=r"other settings \(widths: .* -> \[8, 8, 8, 8\].*--restart"):
+        RunProgress(str(tmp_path), config.replace(widths=(8, 8, 8, 8)))  # pretraining's own settings
+    fresh = RunProgress(str(tmp_path), config.replace(widths=(8, 8, 8, 8)), restart=True)
     assert not fresh.done("pretrain")
+
+
+def test_a_meta_training_setting_changed_keeps_the_finished_pretraining(tmp_path, capsys):
+    """The advice after a NaN says to lower the rates and run again: that must not redo pretraining."""
+    config = ExperimentConfig.from_dict({**{k: v for k, v in TINY_CONFIG.items() if k != "preset"}})
+    progress = RunProgress(str(tmp_path), config)
+    progress.complete("pretrain", {"loss": [1.5]})
+    os.makedirs(progress.backup_dir("mtl_1shot"))
+    (Path(progress.backup_dir("mtl_1shot")) / "state.json").write_text("{}")
+    progress.complete("mtl_5shot", {"loss": [0.5]})
+    again = RunProgress(str(tmp_path), config.replace(phi_lr=1e-5, inner_lr=0.5))
+    out = capsys.readouterr().out
+    assert "changed for meta-training only (inner_lr: " in out and "keeping the finished pretraining" in out
+    assert again.done("pretrain") and not again.done("mtl_5shot") and not again.started("mtl_1shot")
+    assert RunProgress(str(tmp_path), config.replace(phi_lr=1e-5, inner_lr=0.5)).done("pretrain")  # and stays
+
+
+def test_a_damaged_progress_file_names_itself_and_the_fix(tmp_path):
+    config = ExperimentConfig.from_dict({**{k: v for k, v in TINY_CONFIG.items() if k != "preset"}})
+    RunProgress(str(tmp_path), config).complete("pretrain", {"loss": [1.5]})
+    path = tmp_path / "backup" / "progress.json"
+    path.write_text(path.read_text()[:40])  # truncated, as a full disk leaves a file written in place
+    with pytest.raises(ValueError, match=r"progress\.json is damaged .*--restart"):
+        RunProgress(str(tmp_path), config)

@@ -20,7 +20,9 @@ def test_a_root_that_is_a_file_is_one_line_naming_it(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2, err
-    assert err.count("\n") == 1 and "data.txt' is a file, not a folder" in err and err.endswith("per class.\n")
+    assert (
+        err.count("\n") == 1 and "data.txt' is a file, not a folder" in err and err.endswith("per class.\n")
+    )
 
 
 def test_os_errors_say_what_to_do():
