@@ -140,7 +140,10 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)  # so its state has somewhere to go
-        self.model.load_weights(os.path.join(self.directory, state["weights"]))
+        from mtl_keras.models.weights import load_weights_checked
+
+        # Damaged (cut short by a crash or a full disk): a ValueError naming the file and --restart.
+        load_weights_checked(self.model, os.path.join(self.directory, state["weights"]))
         if self.stream is not None:
             self.stream.set_state(state["stream"])
             self._tracker.on_train_begin(logs)

@@ -80,6 +80,13 @@ def load_weights_checked(model, filepath, load_fn=None, *args, **kwargs):
         raise FileNotFoundError(f"Weights file '{path}' does not exist.")
     try:
         result = load_fn(filepath, *args, **kwargs)
+    except (OSError, KeyError) as err:  # h5py: a truncated or overwritten file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"'{path}' is damaged and cannot be read ({first}): it was cut short (a crash or a full disk "
+            "while it was written elsewhere, an interrupted copy). A run folder's file: run the command "
+            "again with --restart (a backup) or retrain the stage that wrote it."
+        ) from None
     except ValueError as err:
         if not path.endswith(".weights.h5"):
             raise

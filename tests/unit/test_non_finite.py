@@ -89,3 +89,17 @@ def test_a_phi_file_with_nan_is_refused_and_nothing_assigned(tmp_path):
         load_scale_shift_weights(other, path)
     for variable, value in zip(other.weights, before):
         np.testing.assert_array_equal(np.array(variable), value)
+
+
+def test_a_truncated_weights_file_names_itself_and_the_fix(tmp_path):
+    from mtl_keras import MetaTransferModel, resnet12
+
+    model = MetaTransferModel(resnet12((16, 16, 1), widths=(4, 4, 4, 4)), ways=3)
+    path = tmp_path / "pretrained_backbone.weights.h5"
+    model.backbone.save_weights(str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    from mtl_keras.models.weights import load_backbone_weights
+
+    with pytest.raises(ValueError, match=r"pretrained_backbone\.weights\.h5' is damaged .*--restart"):
+        load_backbone_weights(model.backbone, str(path))
