@@ -469,6 +469,7 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
             ``query_logits (B, N*Q, N)``; with ``return_history`` also a dict
             ``support_loss (T+1, B)``, ``query_logits (T+1, B, N*Q, N)``.
         """
+        _check_same_count(support_images, support_labels, "support_images", "support_labels", "N*K")
         support, query = self._embed_episodes(support_images, query_images, training=training)
         support_labels = self._checked_support_labels(ops.cast(support_labels, "int32"))
         logits, history = self.adapt_features(
@@ -610,6 +611,7 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
         return ops.divide_no_nan(hits, counts)
 
     def _loss_and_accuracy(self, query_logits, query_labels):
+        _check_same_count(query_logits, query_labels, "query_images", "query_labels", "N*Q")
         query_labels = ops.cast(query_labels, "int32")
         loss = ops.mean(ops.sparse_categorical_crossentropy(query_labels, query_logits, from_logits=True))
         correct = ops.equal(ops.cast(ops.argmax(query_logits, axis=-1), "int32"), query_labels)
@@ -729,6 +731,29 @@ def _folded_view(backbone):
         return fold_batch_norm(backbone)
     except (TypeError, ValueError, AttributeError):  # e.g. a subclassed, non-functional backbone
         return backbone
+
+
+def _check_same_count(images, labels, images_name, labels_name, what):
+    """Images ``(B, M, ...)`` and labels ``(B, M)`` must agree on ``M`` (where both are known). Images
+    of another rank are left to the rank check, which names the expected shape."""
+    if len(tuple(images.shape)) not in (3, 5):  # (B, M, N) logits or (B, M, H, W, C) images
+        return
+    got_images = tuple(images.shape)[:2]
+    got_labels = tuple(getattr(labels, "shape", ()))
+    if len(got_labels) != 2:
+        if len(got_labels) and len(got_images) == 2:
+            raise ValueError(
+                f"{labels_name} must have shape (B, {what}) (one label per image of {images_name}, "
+                f"{got_images}), got shape {got_labels}."
+            )
+        return
+    for axis, name in ((0, "tasks"), (1, "images per task")):
+        a, b = got_images[axis], got_labels[axis]
+        if a is not None and b is not None and int(a) != int(b):
+            raise ValueError(
+                f"{images_name} has {int(a)} {name} but {labels_name} has {int(b)} (shapes {got_images + ('…',)} "
+                f"and {got_labels}): give one label per image, ({what}) per task, class-major."
+            )
 
 
 def _check_rank(tensor, rank, name, expected):

@@ -104,3 +104,17 @@ def test_head_options_are_checked():
         _model(logits="softmax")
     with pytest.raises(ValueError, match="head_initializer must be one of"):
         _model(head_initializer="centroids")
+
+
+def test_labels_that_do_not_match_the_images_are_named_before_any_step(proto_split):
+    from mtl_keras import make_episodes
+
+    model = _model()
+    model.compile()
+    inputs, query_labels = next(iter(make_episodes(proto_split, 4, 1, 2, meta_batch_size=2, seed=0)))
+    inputs = {k: np.asarray(v) for k, v in inputs.items()}
+    short = {**inputs, "support_labels": inputs["support_labels"][:, :3]}  # 3 labels for 4 images
+    with pytest.raises(ValueError, match=r"support_images has 4 images per task but support_labels has 3"):
+        model.adapt(short["support_images"], short["support_labels"], short["query_images"])
+    with pytest.raises(ValueError, match=r"query_images has 8 images per task but query_labels has 7"):
+        model.fit(inputs, np.asarray(query_labels)[:, :7], epochs=1, verbose=0)
