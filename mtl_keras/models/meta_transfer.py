@@ -751,8 +751,9 @@ def _check_same_count(images, labels, images_name, labels_name, what):
         a, b = got_images[axis], got_labels[axis]
         if a is not None and b is not None and int(a) != int(b):
             raise ValueError(
-                f"{images_name} has {int(a)} {name} but {labels_name} has {int(b)} (shapes {got_images + ('…',)} "
-                f"and {got_labels}): give one label per image, ({what}) per task, class-major."
+                f"{images_name} has {int(a)} {name} but {labels_name} has {int(b)} (shapes "
+                f"({', '.join(map(str, got_images))}, …) and {got_labels}): give one label per image, ({what}) "
+                "per task, class-major."
             )
 
 
