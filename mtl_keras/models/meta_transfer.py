@@ -24,6 +24,7 @@ from mtl_keras.models.base_learner import (
     inner_loop,
     prototype_head,
 )
+from mtl_keras.models.inputs import check_images
 
 EPISODE_KEYS = ("support_images", "support_labels", "query_images")
 BATCH_NORM_MODES = ("frozen", "transductive", "transductive_separate")
@@ -60,7 +61,7 @@ class _UnsupportedBackendSteps:
             "importing keras."
         )
 
-    train_step = test_step = _traced_support_labels = _map_tasks = _fail
+    train_step = test_step = _traced_support_labels = _traced_images = _map_tasks = _fail
 
     def _is_concrete(self, x) -> bool:
         return True
@@ -153,6 +154,12 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
             longer depend on the features' scale, and any ``inner_lr < 2`` keeps the inner loop
             stable however meta-training scales the features. ``False`` (default): the paper's
             plain step.
+        input_range: the ``(low, high)`` pixel range the episodes' images must lie in (default
+            ``(0, 1)``, what the loaders give): images outside it, or with NaN / inf, are refused —
+            a `ValueError` in eager calls and, on JAX, before each training step; an assert op in a
+            TensorFlow graph (``fit``, the exported signature: ``InvalidArgumentError``). One NaN
+            pixel would otherwise make every Φ NaN, and 0..255 images give confident nonsense.
+            ``None``: only non-finite values are refused (images in another range on purpose).
         set_meta_phase: call ``set_phase(backbone, "meta")`` on construction.
         fold_batch_norm: run the backbone, whenever its batch norm uses stored
             statistics (``batch_norm="frozen"``, evaluation), through a view with each
@@ -209,6 +216,7 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
         head_initializer: str = "zeros",
         logits: str = "linear",
         normalize_inner_step: bool = False,
+        input_range: tuple[float, float] | None = (0.0, 1.0),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -240,6 +248,14 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
         self.head_initializer = head_initializer
         self.logits = logits
         self.normalize_inner_step = bool(normalize_inner_step)
+        if input_range is not None:
+            low, high = (float(v) for v in input_range)
+            if not low < high:
+                raise ValueError(
+                    f"input_range must be (low, high) with low < high, or None; got {input_range!r}."
+                )
+            input_range = (low, high)
+        self.input_range = input_range
         try:
             feature_dim = backbone.output_shape[-1]
         except (AttributeError, ValueError) as err:
@@ -413,6 +429,8 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
         _check_rank(query_images, 5, "query_images", "(B, N*Q, H, W, C)")
         self._check_image_shape(support_images, "support_images")
         self._check_image_shape(query_images, "query_images")
+        support_images = self._checked_images(support_images, "support_images")
+        query_images = self._checked_images(query_images, "query_images")
         # Static sizes where known (on TensorFlow `ops.shape` gives a tensor for an unknown one):
         # convolutions run markedly faster with known H, W, C.
         batch, num_support = ops.shape(support_images)[:2]
@@ -541,6 +559,13 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
                 f"{want[2]} channel(s), or build the backbone for {fmt(map(str, got))} images."
             )
 
+    def _checked_images(self, images, name: str):
+        """``images`` after checking they are finite and inside ``input_range`` (see the class doc)."""
+        if self._is_concrete(images):
+            check_images(np.asarray(images), name, self.input_range)
+            return images
+        return self._traced_images(images, name)
+
     def _checked_support_labels(self, support_labels):
         """``support_labels`` after checking they lie in ``0..N-1`` and cover every class.
 
@@ -660,6 +685,7 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
             head_initializer=self.head_initializer,
             logits=self.logits,
             normalize_inner_step=self.normalize_inner_step,
+            input_range=list(self.input_range) if self.input_range is not None else None,
         )
         return config
 

@@ -23,6 +23,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from mtl_keras.models.inputs import check_images
+
 #: Keys of the training step's logs that carry the per-class feedback out of the compiled step
 #: (taken out of the logs before Keras sees them).
 _FEEDBACK_KEYS = ("_task_classes", "_class_accuracy")
@@ -43,6 +45,10 @@ class JaxSteps:
     def _traced_support_labels(self, support_labels):
         # No data-dependent error inside jit: `make_train_function` checks the labels before the step.
         return support_labels
+
+    def _traced_images(self, images, name: str):
+        # No data-dependent error inside jit: `make_train_function` checks the images before the step.
+        return images
 
     @staticmethod
     def _map_tasks(fn, images):
@@ -123,6 +129,28 @@ class JaxSteps:
         )
         return logs, (trainable, non_trainable, metrics_variables)
 
+    def _check_step_inputs(self, data) -> None:
+        """The data-dependent checks no jitted step can raise: labels, then images (ValueError)."""
+        inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if "support_labels" in inputs:
+            self._checked_support_labels(np.asarray(inputs["support_labels"]))
+        for name in ("support_images", "query_images"):
+            if name in inputs:
+                check_images(np.asarray(inputs[name]), name, self.input_range)
+
+    def _restore_variables(self, state) -> None:
+        """Assign Keras's JAX training ``state`` (trainable, non-trainable, optimizer, metrics) back."""
+        groups = (
+            self.trainable_variables,
+            self.non_trainable_variables,
+            self.optimizer.variables,
+            self.metrics_variables,
+        )
+        for variables, values in zip(groups, state):
+            for variable, value in zip(variables, values or ()):
+                variable.assign(value)
+        self._jax_state_synced = True
+
     def make_train_function(self, force=False):
         """Keras's JAX train function around `train_step`, carrying the head optimizer's state.
 
@@ -141,9 +169,13 @@ class JaxSteps:
         head_variables = self.head_optimizer.variables
 
         def one_step(state, data):
-            inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-            if "support_labels" in inputs:
-                self._checked_support_labels(np.asarray(inputs["support_labels"]))
+            try:
+                self._check_step_inputs(data)
+            except Exception:
+                # Keras's JAX fit has taken the values out of the variables into `state`; put them
+                # back, or a refused batch would leave a model that cannot even be read.
+                self._restore_variables(state)
+                raise
             state = (*state, [v.value for v in head_variables])
             logs, state = step(state, data)
             for variable, value in zip(head_variables, state[4]):

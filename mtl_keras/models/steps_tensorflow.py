@@ -41,6 +41,30 @@ class TensorFlowSteps:
         with tf.control_dependencies(checks):
             return tf.identity(support_labels)
 
+    def _traced_images(self, images, name: str):
+        """``images`` behind assert ops: finite, and inside ``input_range`` (if set)."""
+        values = tf.cast(images, tf.float32)
+        checks = [
+            tf.debugging.Assert(
+                tf.reduce_all(tf.math.is_finite(values)),
+                [f"{name} hold NaN or inf: fix the images; one such pixel would make every weight NaN."],
+            )
+        ]
+        if self.input_range is not None:
+            low, high = self.input_range
+            checks.append(
+                tf.debugging.Assert(
+                    tf.logical_and(tf.reduce_min(values) >= low - 1e-6, tf.reduce_max(values) <= high + 1e-6),
+                    [
+                        f"{name} must lie in [{low:g}, {high:g}] (divide 0..255 images by 255); got min, max",
+                        tf.reduce_min(values),
+                        tf.reduce_max(values),
+                    ],
+                )
+            )
+        with tf.control_dependencies(checks):
+            return tf.identity(images)
+
     @staticmethod
     def _map_tasks(fn, images):
         """``fn`` over the task axis of ``images (B, M, H, W, C)`` → ``(B, M, D)`` float32."""

@@ -118,3 +118,31 @@ def test_labels_that_do_not_match_the_images_are_named_before_any_step(proto_spl
         model.adapt(short["support_images"], short["support_labels"], short["query_images"])
     with pytest.raises(ValueError, match=r"query_images has 8 images per task but query_labels has 7"):
         model.fit(inputs, np.asarray(query_labels)[:, :7], epochs=1, verbose=0)
+
+
+def _episode(proto_split):
+    from mtl_keras import make_episodes
+
+    inputs, labels = next(iter(make_episodes(proto_split, 4, 1, 2, meta_batch_size=2, seed=0)))
+    return {k: np.array(v) for k, v in inputs.items()}, np.asarray(labels)
+
+
+def test_images_with_nan_or_outside_0_1_are_refused_before_they_train(proto_split):
+    model = _model()
+    model.compile()
+    inputs, labels = _episode(proto_split)
+    before = [np.array(v) for v in model.trainable_variables]
+    nan = {**inputs, "query_images": inputs["query_images"].copy()}
+    nan["query_images"][1, 2, 3, 4, 0] = np.nan
+    with pytest.raises(Exception, match=r"query_images hold NaN or inf"):
+        model.fit(nan, labels, epochs=1, verbose=0)
+    for variable, value in zip(model.trainable_variables, before):  # nothing trained on it
+        np.testing.assert_array_equal(np.array(variable), value)
+    wide = {**inputs, "support_images": inputs["support_images"] * 255.0}
+    with pytest.raises(ValueError, match=r"support_images range over \[0, 2\d\d(\.\d+)?\] .* divide by 255"):
+        model.adapt(wide["support_images"], wide["support_labels"], wide["query_images"])
+    # input_range=None: another range on purpose is accepted; NaN still is not.
+    free = _model(input_range=None)
+    free.adapt(wide["support_images"], wide["support_labels"], wide["query_images"])
+    with pytest.raises(ValueError, match="NaN"):
+        free.adapt(nan["support_images"], nan["support_labels"], nan["query_images"])
