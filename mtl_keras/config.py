@@ -30,7 +30,10 @@ class ExperimentConfig:
         MetaOptNet / learn2learn miniImageNet files) —
         set it only for files you trust (CLI: ``--allow-pickle``); drop_small_classes: drop
         (and name) the classes with too few images for an episode of some shot setting
-        instead of refusing the run.
+        instead of refusing the run; verify (the image check of folder benchmarks at load:
+        ``header`` — every file opens as an image, ``full`` — every image decodes and no JPEG's
+        data is corrupt, slow, ``none``); skip_unreadable (leave unreadable files out, listed in
+        a warning, instead of stopping the run).
     Backbone:
         backbone: ``resnet12`` | ``conv4`` | ``resnet18``; widths: channels per block.
     Pretraining (ordinary classification over the base classes):
@@ -76,6 +79,8 @@ class ExperimentConfig:
     image_size: int = 32
     allow_pickle: bool = False
     drop_small_classes: bool = False
+    verify: str = "header"
+    skip_unreadable: bool = False
     backbone: str = "resnet12"
     widths: tuple[int, ...] = (64, 128, 256, 512)
     pretrain_epochs: int = 10
@@ -162,6 +167,10 @@ class ExperimentConfig:
             fail("root", "a folder path or None")
         if not isinstance(self.allow_pickle, bool):
             fail("allow_pickle", "true or false")
+        if not isinstance(self.skip_unreadable, bool):
+            fail("skip_unreadable", "true or false")
+        if self.verify not in ("header", "full", "none"):
+            fail("verify", "one of ['header', 'full', 'none']")
         if self.backbone not in BACKBONE_NAMES:
             fail("backbone", f"one of {list(BACKBONE_NAMES)}")
         if not (

@@ -289,7 +289,7 @@ def decode_image_file(path: str, size: tuple[int, int], channels: int) -> np.nda
     if not _is_complete_image(raw):
         raise ValueError(
             f"Image file {path} is truncated or not an image (JPEG/PNG/GIF/BMP/WebP). Replace or "
-            "delete it; load the benchmark with verify='full' to find every such file before training."
+            "delete it; load the benchmark with verify='full' (CLI: --set verify=full) to find every such file before training."
         )
     with Image.open(io.BytesIO(raw)) as image:
         image.seek(0)  # the first frame of an animation, as expand_animations=False

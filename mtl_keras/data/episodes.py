@@ -357,7 +357,7 @@ def _check_image_bytes(raw, path):
             "Image file",
             path,
             "is truncated or not an image (JPEG/PNG/GIF/BMP/WebP). Replace or delete it; "
-            "load the benchmark with verify='full' to find every such file before training.",
+            "load the benchmark with verify='full' (CLI: --set verify=full) to find every such file before training.",
         ],
     )
 

@@ -72,7 +72,15 @@ def load_benchmark(name: str, root: str | None = None, **kwargs) -> Benchmark:
     module = importlib.import_module(f"mtl_keras.data.sources.{module_name}")
     if module_name == "cifar100":
         kwargs["variant"] = name
-    if "allow_pickle" in kwargs and "allow_pickle" not in inspect.signature(module.load).parameters:
+    parameters = inspect.signature(module.load).parameters
+    if "allow_pickle" in kwargs and "allow_pickle" not in parameters:
         kwargs.pop("allow_pickle")
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        option = {"verify": "verify", "unreadable": "skip_unreadable"}
+        names = ", ".join(f"{k} (--set {option.get(k, k)}=...)" if k in option else k for k in unknown)
+        raise ValueError(
+            f"{name}: this benchmark takes no {names}: its images are not files checked at load. Leave it out."
+        )
     splits = module.load(root=root, **kwargs)
     return Benchmark(*splits)

@@ -191,6 +191,17 @@ def training_episodes(config: ExperimentConfig, train_split, shots: int, replica
     return episodes, pool
 
 
+def _image_check_options(config: ExperimentConfig) -> dict:
+    """``verify`` / ``unreadable`` for `load_benchmark`: set only when they differ from the
+    defaults, so a benchmark without image files (glyphs, the pickled ones) refuses them by name."""
+    options = {}
+    if config.verify != "header":
+        options["verify"] = config.verify
+    if config.skip_unreadable:
+        options["unreadable"] = "skip"
+    return options
+
+
 def load_config_benchmark(config: ExperimentConfig, verbose: bool = True, small_classes: str = "raise"):
     """`load_benchmark` with the config's benchmark, root, image size and ``allow_pickle``, checked
     against every episode the config will draw (`check_episode_settings`) before any training.
@@ -200,7 +211,11 @@ def load_config_benchmark(config: ExperimentConfig, verbose: bool = True, small_
     ``"skip"``.
     """
     splits = load_benchmark(
-        config.benchmark, root=config.root, image_size=config.image_size, allow_pickle=config.allow_pickle
+        config.benchmark,
+        root=config.root,
+        image_size=config.image_size,
+        allow_pickle=config.allow_pickle,
+        **_image_check_options(config),
     )
     if small_classes == "skip":
         return splits

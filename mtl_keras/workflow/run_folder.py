@@ -39,13 +39,22 @@ class RunProgress:
     """
 
     FILE = "progress.json"
-    FREE_KEYS = ("shots", "test_episodes", "test_queries", "eval_inner_steps", "root", "allow_pickle")
+    FREE_KEYS = (
+        "shots",
+        "test_episodes",
+        "test_queries",
+        "eval_inner_steps",
+        "root",
+        "allow_pickle",
+        "verify",
+    )
     #: The settings a pretraining depends on: when only other keys changed, a finished pretraining
     #: is kept and meta-training starts over (its settings are the ones that changed).
     PRETRAIN_KEYS = (
         "benchmark",
         "image_size",
         "drop_small_classes",
+        "skip_unreadable",
         "backbone",
         "widths",
         "pretrain_epochs",

@@ -129,3 +129,29 @@ def test_a_weak_run_says_so_before_meta_training(tmp_path, glyph_cache, monkeypa
     assert "Warning: pretraining ended after 1 epoch(s)" in text
     assert text.index("Warning: pretraining ended") < text.index("[3/4]")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"]
+
+
+def test_verify_and_skip_unreadable_are_reachable_from_the_cli(tmp_path, capsys):
+    # A JPEG whose data is corrupt loads silently by default (PIL decodes it; libjpeg only prints
+    # "Corrupt JPEG data" with no file name, at every epoch). --set verify=full names it before any
+    # training; --set skip_unreadable=true leaves it out, listed, and the stage runs.
+    from tests.unit.data.test_sources import _corrupt_jpeg
+
+    _folder_set(tmp_path / "data", COUNTS | {"test": {f"novel{i}": 11 for i in range(5)}})
+    bad = _corrupt_jpeg(tmp_path / "data" / "train" / "base0" / "bad.jpg")
+    run_dir = tmp_path / "run"
+    argv = [
+        "pretrain", "--benchmark", "folders", "--root", str(tmp_path / "data"), "--run-dir", str(run_dir),
+        "--set", "image_size=16", "--set", "widths=4,4,4,4", "--set", "queries=5", "--set", "test_queries=5",
+        "--set", "pretrain_epochs=1", "--set", "pretrain_patience=0", "--shots", "1", "--quiet",
+        "--no-tensorboard", "--set", "verify=full",
+    ]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"'{bad}' is not a readable image (libjpeg: Corrupt JPEG data" in err
+    assert not (run_dir / "pretrained_backbone.weights.h5").exists()
+    with pytest.warns(UserWarning, match=r"left out 1 unreadable file\(s\) .*bad\.jpg' \(libjpeg"):
+        assert cli.main([*argv, "--set", "skip_unreadable=true"]) == 0
+    assert (run_dir / "pretrained_backbone.weights.h5").exists()
+    with pytest.raises(ValueError, match="Config key 'verify' must be one of"):
+        ExperimentConfig(verify="fast").validate()

@@ -293,7 +293,8 @@ def _check_chunk(paths: Sequence[str], full: bool) -> list[tuple[str, str]]:
 def _unreadable_message(benchmark: str, path: str, reason: str, more: Sequence[tuple[str, str]]) -> str:
     message = (
         f"{benchmark}: '{path}' is not a readable image ({reason}). Replace or delete "
-        "the file, or pass verify='none' to skip this check."
+        "the file, or pass verify='none' to skip this check, or unreadable='skip' (CLI: --set "
+        "skip_unreadable=true) to leave such files out."
     )
     if more:
         message += f" {len(more)} more unreadable file(s), e.g. '{more[0][0]}'."
@@ -305,7 +306,8 @@ def verify_images(
     verify: Verify,
     benchmark: str,
     workers: int | None = None,
-) -> None:
+    unreadable: str = "raise",
+) -> list[tuple[str, str]]:
     """Check that every file in ``paths`` is an image, before training starts.
 
     Args:
@@ -316,18 +318,27 @@ def verify_images(
             or corrupt image data (slow: about the cost of one epoch); ``"none"``
             skips the check.
         benchmark: benchmark name, used in messages.
+            ``"full"`` also decodes each JPEG with TensorFlow's decoder and names those libjpeg
+            calls corrupt (`corrupt_jpegs`).
         workers: threads used for the check; default ``min(32, 4 * cpu_count)``.
+        unreadable: ``"raise"`` (default) or ``"skip"``: warn, listing every unreadable file
+            with its reason, and return them so the loader leaves them out.
+
+    Returns:
+        ``[(path, reason), ...]`` of the unreadable files (empty unless ``unreadable="skip"``).
 
     Raises:
         ValueError: a file is not a readable image; names the first such file and
-            how many more there are. Also for an unknown ``verify`` mode.
+            how many more there are. Also for an unknown ``verify`` or ``unreadable`` mode.
     """
     if verify not in _VERIFY_MODES:
         raise ValueError(
             f"{benchmark}: verify must be one of {', '.join(map(repr, _VERIFY_MODES))}, got {verify!r}."
         )
+    if unreadable not in ("raise", "skip"):
+        raise ValueError(f"{benchmark}: unreadable must be 'raise' or 'skip', got {unreadable!r}.")
     if verify == "none" or not len(paths):
-        return
+        return []
     full = verify == "full"
     paths = [str(p) for p in paths]
     if len(paths) < _PARALLEL_THRESHOLD:
@@ -338,9 +349,97 @@ def verify_images(
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             results = pool.map(_check_chunk, chunks, [full] * len(chunks))
             failures = [f for chunk in results for f in chunk]
+    if full:
+        bad = {path for path, _ in failures}
+        failures += corrupt_jpegs([p for p in paths if p not in bad])
+    if failures and unreadable == "skip":
+        listing = "; ".join(f"'{path}' ({reason})" for path, reason in failures)
+        warnings.warn(
+            f"{benchmark}: left out {len(failures)} unreadable file(s) (unreadable='skip'): {listing}",
+            stacklevel=2,
+        )
+        return failures
     if failures:
         path, reason = failures[0]
         raise ValueError(_unreadable_message(benchmark, path, reason, failures[1:]))
+    return []
+
+
+def drop_files(parts: Sequence[SplitParts], drop: set[str], benchmark: str) -> list[SplitParts]:
+    """``parts`` without the files ``drop`` (file-backed parts); a class left empty is dropped, named."""
+    if not drop:
+        return list(parts)
+    out = []
+    for part in parts:
+        keep = np.array([p not in drop for p in part.paths], dtype=bool)
+        labels = np.asarray(part.labels)[keep]
+        paths = [p for p, k in zip(part.paths, keep) if k]
+        present = np.unique(labels)
+        if len(present) < len(part.class_names):
+            gone = [n for i, n in enumerate(part.class_names) if i not in set(present.tolist())]
+            warnings.warn(
+                f"{benchmark}: class(es) {', '.join(gone)} of the '{part.name}' split hold no readable "
+                "image and are left out.",
+                stacklevel=2,
+            )
+            remap = np.full(len(part.class_names), -1)
+            remap[present] = np.arange(len(present))
+            labels = remap[labels]
+        names = [part.class_names[i] for i in present]
+        out.append(dataclasses.replace(part, class_names=names, labels=labels, paths=paths))
+    return out
+
+
+_JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
+def corrupt_jpegs(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """``(path, libjpeg's complaint)`` for each JPEG in ``paths`` whose image data is corrupt.
+
+    libjpeg decodes such a file (bad Huffman codes, a premature end of a data segment) with a
+    warning and grey or smeared blocks; PIL hides the warning and TensorFlow prints it to the
+    process's stderr ("Corrupt JPEG data: ...") without a file name, at every epoch. Each JPEG is
+    decoded once here with TensorFlow's decoder (the pipeline's), one at a time, with file
+    descriptor 2 captured, so the complaint can be tied to its file. Other files are skipped.
+    """
+    jpegs = [str(p) for p in paths if str(p).lower().endswith(_JPEG_SUFFIXES)]
+    if not jpegs:
+        return []
+    import sys
+    import tempfile
+
+    import tensorflow as tf
+
+    out = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    other = b""
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                for path in jpegs:
+                    start = capture.seek(0, os.SEEK_END)
+                    try:
+                        tf.io.decode_jpeg(tf.io.read_file(path))
+                    except Exception as err:  # noqa: BLE001 - any failure is the file's
+                        text = str(err).strip().splitlines()[0].split("}} ")[-1]
+                        out.append((path, f"{type(err).__name__}: {text}"))
+                        continue
+                    capture.seek(start)
+                    said = capture.read()
+                    lines = [line for line in said.decode(errors="replace").splitlines() if "JPEG" in line]
+                    if lines:
+                        out.append((path, f"libjpeg: {lines[0].strip()}"))
+                    else:
+                        other += said
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+    if other.strip():  # whatever else was printed meanwhile goes where it was going
+        sys.stderr.write(other.decode(errors="replace"))
+    return out
 
 
 def resize_images(images: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
@@ -442,6 +541,7 @@ def load_folder_tree(
     expected: Mapping[str, int] | None = None,
     workers: int | None = None,
     hint: str = _FOLDER_TREE_HINT,
+    unreadable: str = "raise",
 ) -> tuple[ClassSplit, ClassSplit, ClassSplit]:
     """Load a file-backed ``root/{train,val,test}/<class>/<image>`` tree.
 
@@ -460,6 +560,8 @@ def load_folder_tree(
         workers: threads for the image check.
         hint: one sentence saying what ``root`` should contain, for the messages
             of a missing ``root``.
+        unreadable: ``"raise"`` or ``"skip"`` (leave unreadable files out, listed in a
+            warning; see `verify_images`).
 
     Returns:
         ``(train, val, test)`` file-backed `ClassSplit`s.
@@ -480,7 +582,8 @@ def load_folder_tree(
     check_class_disjoint(parts, benchmark)
     if expected:
         warn_class_counts(parts, expected, benchmark)
-    verify_images([p for part in parts for p in part.paths], verify, benchmark, workers)
+    skipped = verify_images([p for part in parts for p in part.paths], verify, benchmark, workers, unreadable)
+    parts = drop_files(parts, {path for path, _ in skipped}, benchmark)
     return build_splits(parts, benchmark, image_size, channels)  # type: ignore[return-value]
 
 

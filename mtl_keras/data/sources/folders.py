@@ -36,6 +36,7 @@ def load(
     verify: Verify = "header",
     benchmark: str = BENCHMARK,
     workers: int | None = None,
+    unreadable: str = "raise",
 ) -> tuple[ClassSplit, ClassSplit, ClassSplit]:
     """Load a ``root/{train,val,test}/<class>/<image>`` tree as file-backed `ClassSplit`s.
 
@@ -49,7 +50,10 @@ def load(
             converted to it when decoded.
         verify: image check at load time. ``"header"`` (default) opens every file
             and reads only its header, catching non-images and truncated headers;
-            ``"full"`` decodes every image (slow); ``"none"`` skips the check.
+            ``"full"`` decodes every image (slow) and names JPEGs whose data libjpeg calls
+            corrupt; ``"none"`` skips the check.
+        unreadable: ``"raise"`` (default): an unreadable file stops the load, named;
+            ``"skip"``: such files are left out and listed in a warning.
         benchmark: name stored in the splits' ``benchmark`` field.
         workers: threads for the image check (default ``min(32, 4 * cpu_count)``).
 
@@ -69,7 +73,7 @@ def load(
         size = _first_image_size(path, benchmark)
     else:
         size = normalize_image_size(image_size, benchmark)
-    return load_folder_tree(path, benchmark, size, channels, verify, None, workers)
+    return load_folder_tree(path, benchmark, size, channels, verify, None, workers, unreadable=unreadable)
 
 
 def _first_image_size(root, benchmark: str) -> tuple[int, int]:

@@ -269,6 +269,52 @@ def test_folders_full_verify_catches_truncated_image_that_header_check_misses(tm
         folders.load(root, image_size=8, verify="full")
 
 
+def _corrupt_jpeg(path: Path) -> Path:
+    """A JPEG with garbage in its entropy-coded data: PIL decodes it without a word, libjpeg warns."""
+    noise = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    Image.fromarray(noise).save(path, quality=90)
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 40):
+        data[i] = 0xFF if i % 2 else 0x00
+    path.write_bytes(bytes(data))
+    with Image.open(path) as im:
+        im.load()  # the fixture is what the test says: PIL alone cannot see it
+    return path
+
+
+def test_folders_full_verify_names_a_jpeg_whose_data_libjpeg_calls_corrupt(tmp_path):
+    root = write_class_tree(tmp_path, {"train": ["a", "b"], "val": ["c"], "test": ["d"]})
+    bad = _corrupt_jpeg(root / "train" / "b" / "001.jpg")
+    folders.load(root, image_size=8, verify="header")  # the header is fine
+    with pytest.raises(
+        ValueError, match=r"train/b/001\.jpg' is not a readable image \(libjpeg: Corrupt JPEG data"
+    ):
+        folders.load(root, image_size=8, verify="full")
+    assert bad.exists()
+
+
+def test_folders_skip_unreadable_leaves_the_files_out_and_lists_them(tmp_path):
+    root = write_class_tree(tmp_path, {"train": ["a", "b"], "val": ["c"], "test": ["d"]})
+    (root / "train" / "a" / "000.jpg").write_bytes(b"not an image")
+    for name in ("000.jpg", "001.jpg", "002.jpg"):  # class b: nothing readable is left
+        (root / "train" / "b" / name).write_bytes(b"nor this")
+    with pytest.warns(UserWarning) as record:
+        train, _, _ = folders.load(root, image_size=8, unreadable="skip")
+    text = " ".join(str(w.message) for w in record)
+    assert "left out 4 unreadable file(s)" in text and "train/a/000.jpg" in text and "train/b/002.jpg" in text
+    assert "class(es) b of the 'train' split hold no readable image" in text
+    assert train.class_names == ["a"] and train.num_images == 2
+    assert all("000.jpg" not in p for p in train.paths)
+    np.testing.assert_array_equal(np.unique(train.labels), [0])
+    with pytest.raises(ValueError, match="unreadable must be 'raise' or 'skip'"):
+        folders.load(root, image_size=8, unreadable="ignore")
+
+
+def test_glyphs_refuses_the_image_file_options_by_name():
+    with pytest.raises(ValueError, match=r"glyphs: this benchmark takes no verify \(--set verify=...\)"):
+        load_benchmark("glyphs", verify="full")
+
+
 def test_folders_reports_missing_root_missing_split_and_shared_class(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         folders.load(tmp_path / "absent", image_size=8)
