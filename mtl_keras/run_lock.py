@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import functools
 import inspect
 import json
@@ -97,12 +98,45 @@ def _read(fd: int) -> dict:
     return info if isinstance(info, dict) else {}
 
 
+_shared: set[int] = set()  # descriptors of read-only folders' locks, held shared (`_acquire_shared`)
+
+
+def _acquire_shared(run_dir: str) -> int | None:
+    """Read a folder this process cannot write: hold its ``.lock`` shared, so that a live writer (who
+    holds it exclusively) is still detected; None when there is no lock file to hold."""
+    try:
+        fd = os.open(os.path.join(run_dir, LOCK_FILE), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read(fd)
+        os.close(fd)
+        raise RunFolderLocked(run_dir, holder) from None
+    except OSError:
+        os.close(fd)
+        return None
+    _shared.add(fd)
+    return fd
+
+
 def _acquire(run_dir: str) -> int | None:
-    """Lock ``run_dir/.lock`` for this process: its open descriptor, or None where locks don't work."""
-    os.makedirs(run_dir, exist_ok=True)
-    fd = os.open(
-        os.path.join(run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644
-    )
+    """Lock ``run_dir/.lock`` for this process: its open descriptor, or None where locks don't work.
+
+    A folder that exists but that this process may not write (a read-only mount, another user's
+    run) is locked shared (`_acquire_shared`): reading it (``evaluate``, ``export --output
+    elsewhere``) works, and a writer still holding it is named.
+    """
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        fd = os.open(
+            os.path.join(run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644
+        )
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and os.path.isdir(run_dir):
+            return _acquire_shared(run_dir)
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -136,6 +170,11 @@ def _acquire(run_dir: str) -> int | None:
 
 def _release(fd: int | None) -> None:
     if fd is None:
+        return
+    if fd in _shared:
+        _shared.discard(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
         return
     try:
         os.ftruncate(fd, 0)  # empty and unlocked: released, not abandoned

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -307,8 +308,21 @@ def evaluate_stage(
     """
     say = _say(verbose)
     os.makedirs(run_dir, exist_ok=True)
+    writable = os.access(run_dir, os.W_OK)
+    if not writable:
+        warnings.warn(
+            f"'{run_dir}' is read-only: evaluating it, but its results are only printed (metrics.json, "
+            "the evaluation files, TensorBoard logs and plots are not written). Copy the folder somewhere "
+            "writable to keep them.",
+            stacklevel=2,
+        )
+
+    def record(updates: dict) -> None:  # into metrics.json, where the folder can be written
+        if writable:
+            update_metrics(run_dir, updates)
+
     splits = splits or load_config_benchmark(config)
-    update_metrics(run_dir, run_info(config, splits))
+    record(run_info(config, splits))
     row = BASELINE_ROW if pretrained else MTL_ROW
     results = {}
     for k in _shots(config, shots):
@@ -344,7 +358,7 @@ def evaluate_stage(
             return_details=True,
             features=features if model.batch_norm == "frozen" else None,
         )
-        update_metrics(run_dir, {"results": {row: {f"{k}-shot": result.to_dict()}}})
+        record({"results": {row: {f"{k}-shot": result.to_dict()}}})
         if pretrained:
             mean = base_feature_mean(model, splits.train, seed=config.seed)
             for normalization, name in CENTROID_ROWS.items():
@@ -356,13 +370,13 @@ def evaluate_stage(
                     mean_feature=mean,
                     features=features,
                 )
-                update_metrics(run_dir, {"results": {name: {f"{k}-shot": centroid.to_dict()}}})
+                record({"results": {name: {f"{k}-shot": centroid.to_dict()}}})
                 say(f"    {name}: {centroid}")
-        if not pretrained:
+        if not pretrained and writable:
             _save_evaluation(run_dir, k, details, config.benchmark, tensorboard)
         say(f"    {'pretrained + inner loop' if pretrained else 'MTL'}: {result}")
         results[k] = result
-    if plots:
+    if plots and writable:
         plot_run(run_dir)
     return results
 

@@ -1,10 +1,13 @@
 """`mtl-keras`: every subcommand, end to end at tiny scale, and its errors."""
 
 import contextlib
+import errno
+import fcntl
 import io
 import json
 import os
 import re
+import shutil
 
 import matplotlib.image
 import numpy as np
@@ -382,3 +385,45 @@ def test_pickle_benchmarks_are_read_only_with_allow_pickle(tmp_path, capsys):
     assert cli.main([*command, "--allow-pickle", "--run-dir", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "pretrained_backbone.weights.h5").is_file()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["allow_pickle"] is True
+
+
+def test_a_read_only_run_folder_is_evaluated_and_exported(
+    run_folder, tmp_path, glyph_cache, monkeypatch, capsys
+):
+    """A folder this process may not write (a read-only mount, another user's run; simulated: root
+    ignores permission bits) is evaluated — results printed, nothing written — and exported with
+    --output elsewhere. Both stopped at the lock before ('Permission denied: .../.lock')."""
+    monkeypatch.setenv("MTL_KERAS_CACHE", glyph_cache)
+    folder = tmp_path / "read_only"
+    shutil.copytree(run_folder, folder)
+    real_open, real_access = os.open, os.access
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if str(path).startswith(str(folder)) and flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise PermissionError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda p, mode, **k: False if str(p).startswith(str(folder)) else real_access(p, mode, **k),
+    )
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="is read-only: evaluating it, but its results are only printed"):
+        assert cli.main(["evaluate", "--run-dir", str(folder), "--episodes", "5"]) == 0
+    assert "MTL: " in capsys.readouterr().out
+    assert (
+        cli.main(["export", "--run-dir", str(folder), "--output", str(tmp_path / "served"), "--quiet"]) == 0
+    )
+    assert (tmp_path / "served" / "5way1shot" / "saved_model.pb").exists()
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == before  # nothing written
+    # A live writer still holds the folder: the reader is refused, naming it.
+    writer = real_open(str(folder / ".lock"), os.O_RDONLY)
+    try:
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        assert cli.main(["evaluate", "--run-dir", str(folder), "--episodes", "5", "--quiet"]) == 2
+        assert "is in use by" in capsys.readouterr().err
+    finally:
+        os.close(writer)
