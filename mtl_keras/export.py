@@ -22,7 +22,11 @@ def export_adapt_and_classify(model, filepath: str, verbose: bool = True) -> str
     The SavedModel has one signature, ``adapt_and_classify(support_images (S, H, W, C)
     float32, support_labels (S,) int32, query_images (M, H, W, C) float32)`` returning
     ``{"logits": (M, N), "probabilities": (M, N)}`` after ``model.eval_inner_steps``
-    inner steps. The folder is written next to ``filepath`` and renamed into place,
+    inner steps. It refuses, before anything is computed, with an ``InvalidArgumentError``
+    whose message says what is wrong and what it must be: images of another ``H, W, C``; a
+    label count other than ``S``; labels outside ``0..N-1`` or a class with no support image;
+    images with NaN / inf or outside the model's ``input_range`` (0..255 images, say). A
+    SavedModel never answers NaN or a confident guess for such inputs. The folder is written next to ``filepath`` and renamed into place,
     so a crash never leaves a half-written model at ``filepath``.
 
     Args:
@@ -50,6 +54,9 @@ def export_adapt_and_classify(model, filepath: str, verbose: bool = True) -> str
     image_spec = tf.TensorSpec((None, h, w, c), tf.float32)
 
     def adapt_and_classify(support_images, support_labels, query_images):
+        support_images, support_labels, query_images = _checked_signature_inputs(
+            tf, (h, w, c), support_images, support_labels, query_images
+        )
         logits = model.adapt(support_images[None], support_labels[None], query_images[None], training=False)[
             0
         ]
@@ -84,6 +91,32 @@ def export_adapt_and_classify(model, filepath: str, verbose: bool = True) -> str
             f"(ways={model.ways}, images {h}x{w}x{c}, {model.eval_inner_steps} inner steps)."
         )
     return filepath
+
+
+def _checked_signature_inputs(tf, image_shape, support_images, support_labels, query_images):
+    """The signature's inputs behind assert ops on their shapes and counts (the TensorSpecs of a
+    loaded signature are not enforced: a 32x32 image reached the backbone and failed in a reshape).
+    The labels' range and the pixels are checked by `MetaTransferModel.adapt` itself."""
+    want = ", ".join(map(str, image_shape))
+    checks = [
+        tf.debugging.Assert(
+            tf.reduce_all(tf.equal(tf.shape(images)[1:], tf.constant(image_shape, tf.int32))),
+            [f"{name} must have shape (count, {want}) (this model's images); got shape", tf.shape(images)],
+        )
+        for name, images in (("support_images", support_images), ("query_images", query_images))
+    ]
+    checks.append(
+        tf.debugging.Assert(
+            tf.equal(tf.shape(support_labels)[0], tf.shape(support_images)[0]),
+            [
+                "support_labels must hold one label per support image; got labels, images:",
+                tf.shape(support_labels)[0],
+                tf.shape(support_images)[0],
+            ],
+        )
+    )
+    with tf.control_dependencies(checks):
+        return tf.identity(support_images), tf.identity(support_labels), tf.identity(query_images)
 
 
 #: What the TensorFlow process of `export_through_tensorflow` runs: load the ``.keras`` file on

@@ -69,3 +69,42 @@ def test_export_replaces_existing_folder_atomically(proto_split, tmp_path):
     assert not (target / "stale.txt").exists()
     assert (target / "saved_model.pb").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export-")]
+
+
+def test_the_exported_signature_refuses_bad_inputs_with_a_clear_message(tmp_path):
+    """Shapes, label count, label range, NaN and 0..255 pixels: each an InvalidArgumentError that
+    says what is wrong, never a NaN or a confident answer (a 32x32 image into a 16x16 export used to
+    fail as 'Input to reshape is a tensor with ... values'; NaN pixels gave NaN probabilities)."""
+    import pytest
+    import tensorflow as tf
+
+    model = MetaTransferModel(resnet12((16, 16, 1), widths=(4, 4, 4, 4)), ways=3, eval_inner_steps=2)
+    model.export(str(tmp_path / "saved"), verbose=False)
+    fn = tf.saved_model.load(str(tmp_path / "saved")).signatures["adapt_and_classify"]
+    rng = np.random.default_rng(0)
+    support = rng.random((6, 16, 16, 1)).astype("float32")
+    labels = np.array([0, 0, 1, 1, 2, 2], dtype="int32")
+    query = rng.random((4, 16, 16, 1)).astype("float32")
+
+    def call(s=support, y=labels, q=query):
+        return fn(support_images=tf.constant(s), support_labels=tf.constant(y), query_images=tf.constant(q))
+
+    probabilities = call()["probabilities"].numpy()
+    assert probabilities.shape == (4, 3) and np.all(np.isfinite(probabilities))
+    cases = [
+        (
+            dict(q=rng.random((4, 32, 32, 1)).astype("float32")),
+            r"query_images must have shape \(count, 16, 16, 1\)",
+        ),
+        (
+            dict(s=rng.random((6, 16, 16, 3)).astype("float32")),
+            r"support_images must have shape \(count, 16, 16, 1\)",
+        ),
+        (dict(y=labels[:4]), r"one label per support image; got labels, images:.*4.*6"),
+        (dict(y=np.array([0, 0, 1, 1, 7, 7], dtype="int32")), r"support_labels"),
+        (dict(q=np.where(query > 0.5, np.nan, query).astype("float32")), r"query_images hold NaN or inf"),
+        (dict(s=support * 255), r"support_images must lie in \[0, 1\] \(divide 0..255 images by 255\)"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            call(**kwargs)
