@@ -10,11 +10,14 @@
   (pretraining on small sets).
 * `OuterRateDecay`: a step decay of both outer learning rates; `DivergenceGuard`: an epoch whose
   outer gradients blew up is undone, both rates lowered, and the log says so.
+* `EpochSeeds`: each epoch's data order and random seeds drawn from the epoch, so a resumed
+  training replays the epochs an uninterrupted one would have run.
 * `TimeEstimate`: how long a ``fit`` will take, once its speed is known, and how long it took.
 """
 
 from mtl_keras.callbacks.batch_norm import ReestimateBatchNorm
 from mtl_keras.callbacks.checkpoint import BestCheckpoint, save_weights_atomic
+from mtl_keras.callbacks.epoch_seeds import EpochSeeds
 from mtl_keras.callbacks.hard_tasks import HardTaskLogger, HardTaskMining
 from mtl_keras.callbacks.outer_rates import DivergenceGuard, OuterRateDecay
 from mtl_keras.callbacks.resumable import ResumableCheckpoint
@@ -24,6 +27,7 @@ from mtl_keras.callbacks.time_estimate import TimeEstimate, format_duration
 __all__ = [
     "BestCheckpoint",
     "DivergenceGuard",
+    "EpochSeeds",
     "HardTaskLogger",
     "HardTaskMining",
     "OuterRateDecay",

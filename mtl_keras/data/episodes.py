@@ -368,6 +368,7 @@ def pretrain_dataset(
     seed: int = 0,
     shuffle: bool = True,
     holdout: float = 0.0,
+    epoch=None,
 ) -> tf.data.Dataset | tuple[tf.data.Dataset, tf.data.Dataset]:
     """``(images (b, H, W, C) float32 in [0, 1], labels (b,) int32)`` batches of a split.
 
@@ -380,6 +381,12 @@ def pretrain_dataset(
         shuffle: shuffle the images.
         holdout: fraction of each class's images held out; when > 0 returns
             ``(train_ds, holdout_ds)`` for monitoring pretraining.
+        epoch: optional scalar int64 ``tf.Variable`` (`EpochSeeds` sets it at each epoch's
+            start): then each pass's order is the permutation drawn from ``(seed, epoch)``
+            (stateless `tf.random.experimental.index_shuffle`), not the next one of a
+            generator, so a training resumed at epoch ``e`` sees epoch ``e``'s order — however
+            often the dataset was iterated before (other passes, e.g. batch-norm
+            re-estimation, read the order of the epoch they run in).
 
     Raises:
         ImportError: TensorFlow is not installed (this is a `tf.data` pipeline).
@@ -397,9 +404,18 @@ def pretrain_dataset(
 
     def build(items, shuffle_it):
         items = np.sort(np.concatenate(items)).astype(np.int64)
-        ds = tf.data.Dataset.from_tensor_slices(items)
-        if shuffle_it:
-            ds = ds.shuffle(len(items), seed=seed, reshuffle_each_iteration=True)
+        if shuffle_it and epoch is not None:
+            table, last = tf.constant(items), len(items) - 1
+
+            def pick(i):
+                key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch.read_value(), tf.int64)])
+                return tf.gather(table, tf.random.experimental.index_shuffle(i, key, last))
+
+            ds = tf.data.Dataset.range(len(items)).map(pick)
+        else:
+            ds = tf.data.Dataset.from_tensor_slices(items)
+            if shuffle_it:
+                ds = ds.shuffle(len(items), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size)
         ds = ds.map(lambda i: (load(i), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(2)

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from mtl_keras.callbacks import (
     BestCheckpoint,
+    EpochSeeds,
     HardTaskMining,
     ReestimateBatchNorm,
     ResumableCheckpoint,
@@ -53,14 +54,21 @@ def pretrain(
         strategy: a `tf.distribute` strategy to build and train the model under.
         backup_dir: back up the training state there at every epoch end
             (`ResumableCheckpoint`) and resume from it if a backup is there: a crash
-            costs at most one epoch. (The resumed run reshuffles the images from
-            the start, so it is not bit-identical to an uninterrupted one.)
+            costs at most one epoch. Each epoch's order and augmentation are drawn from
+            ``(seed, epoch)`` (`EpochSeeds`), so a resumed pretraining without early
+            stopping ends with the weights of an uninterrupted one (CPU float tolerance).
+            With ``pretrain_patience``, the early stop's count and best weights restart at
+            the resume (Keras keeps them in memory only).
 
     Returns:
         ``(PretrainModel, history dict)``. 10% of each class is held out and
         reported as ``val_accuracy``.
     """
     keras.utils.set_random_seed(config.seed)
+    # The epoch's order and augmentation seeds come from the epoch (`EpochSeeds`): a resumed
+    # pretraining replays the epochs an uninterrupted one would have run. (Outside the strategy:
+    # the input pipeline reads it, not the replicas.)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         backbone = build_backbone(config, train_split.channels)
         model = PretrainModel(
@@ -70,7 +78,7 @@ def pretrain(
             dropout=config.pretrain_dropout,
         )
         train_ds, held_ds = pretrain_dataset(
-            train_split, batch_size=config.pretrain_batch_size, seed=config.seed, holdout=0.1
+            train_split, batch_size=config.pretrain_batch_size, seed=config.seed, holdout=0.1, epoch=epoch
         )
         per_epoch = int(train_ds.cardinality())
         per_epoch = per_epoch if per_epoch > 0 else sum(1 for _ in train_ds)
@@ -120,6 +128,7 @@ def pretrain(
         epochs=config.pretrain_epochs,
         verbose=verbose_mode(verbose),
         callbacks=[
+            EpochSeeds(epoch),
             *([TimeEstimate("pretraining")] if verbose else []),
             refresh,  # before early stopping: its on_train_end may restore the best epoch's weights
             StopOnNonFiniteLoss(),  # a diverged pretraining stops (the backup keeps the last good epoch)

@@ -134,23 +134,41 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, glyph
     assert (run_dir / "config.json").read_text() == before
 
 
-def test_a_pretraining_killed_mid_epoch_resumes_after_its_last_completed_epoch(tmp_path, glyph_cache):
+def test_a_pretraining_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_one(tmp_path, glyph_cache):
     """It used to stop on every rerun with Keras's 'loading weights into a model that has not yet
-    been built' (the backup was loaded before Keras built the pretraining model), losing the work."""
+    been built' (the backup was loaded before Keras built the pretraining model), losing the work;
+    once it resumed, the resumed epochs drew the first epochs' order and augmentation again (the
+    shuffle and the seed generators restart with the process), so it ended elsewhere."""
     config = tmp_path / "tiny.json"
-    config.write_text(json.dumps({**TINY_CONFIG, "pretrain_epochs": 3, "pretrain_batch_size": 4096}))
-    common = ["pretrain", "--config", str(config), "--no-tensorboard", "--run-dir", str(tmp_path / "run")]
-    killed = _run_cli(tmp_path, common, glyph_cache, crash="1:0", stage="pretrain")
+    settings = {
+        "pretrain_epochs": 3,
+        "pretrain_batch_size": 256,
+        "pretrain_augment": True,
+        "pretrain_dropout": 0.2,
+    }
+    config.write_text(json.dumps({**TINY_CONFIG, **settings, "pretrain_patience": 0}))
+    common = ["pretrain", "--config", str(config), "--no-tensorboard"]
+    reference = _run_cli(tmp_path, [*common, "--run-dir", str(tmp_path / "ref")], glyph_cache)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run = ["--run-dir", str(tmp_path / "run")]
+    killed = _run_cli(tmp_path, [*common, *run], glyph_cache, crash="1:1", stage="pretrain")
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-3000:])
     state = json.loads((tmp_path / "run" / "backup" / "pretrain" / "state.json").read_text())
-    assert state["epoch"] == 1  # epoch 1 backed up, epoch 2 cut short
-    resumed = _run_cli(tmp_path, common, glyph_cache)
+    assert state["epoch"] == 1  # epoch 1 backed up, epoch 2 cut short after two batches
+    resumed = _run_cli(tmp_path, [*common, *run], glyph_cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "resumed from" in resumed.stdout
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert len(metrics["histories"]["pretrain"]["loss"]) == 3  # no epoch lost, none trained twice
+    ref_history = json.loads((tmp_path / "ref" / "metrics.json").read_text())["histories"]["pretrain"]
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["histories"]["pretrain"]
+    assert len(history["loss"]) == 3  # no epoch lost, none trained twice
+    for key in ("loss", "accuracy", "val_accuracy"):
+        np.testing.assert_allclose(history[key], ref_history[key], rtol=0, atol=1e-5, err_msg=key)
+    assert ref_history["loss"][0] != pytest.approx(ref_history["loss"][-1], abs=1e-3)  # it trained
+    ref_weights = _h5_arrays(tmp_path / "ref" / "pretrained_backbone.weights.h5")
     weights = _h5_arrays(tmp_path / "run" / "pretrained_backbone.weights.h5")
-    assert weights and all(np.isfinite(w).all() for w in weights.values())
+    assert weights.keys() == ref_weights.keys() and all(np.isfinite(w).all() for w in weights.values())
+    for name in ref_weights:
+        np.testing.assert_allclose(weights[name], ref_weights[name], rtol=0, atol=1e-5, err_msg=name)
 
 
 def test_run_progress_skips_done_stages_refuses_other_settings_and_restarts(tmp_path, capsys):

@@ -107,3 +107,29 @@ def test_excluded_images_are_avoided_and_when_too_few_remain_every_fresh_one_is_
         assert len(of0) == len(of1) == 16 and len(np.unique(drawn)) == 32
         assert set(items0[16:]) <= set(of0.tolist())
         assert not set(items1[:4]) & set(of1.tolist())
+
+
+def test_pretrain_dataset_with_an_epoch_variable_draws_each_epochs_order_from_the_epoch(proto_split):
+    """The order of epoch e is the same whether or not the dataset was iterated before (a resumed
+    training), differs between epochs and covers every training image once."""
+    import tensorflow as tf
+
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    train = pretrain_dataset(proto_split, batch_size=16, seed=3, epoch=epoch)
+
+    def order():
+        return np.concatenate([labels.numpy() for _, labels in train]), np.concatenate(
+            [images.numpy().reshape(len(images), -1)[:, :4] for images, _ in train]
+        )
+
+    epoch.assign(2)
+    labels_2, pixels_2 = order()
+    epoch.assign(0)
+    labels_0, _ = order()
+    order()  # more passes in between change nothing
+    epoch.assign(2)
+    again_labels, again_pixels = order()
+    np.testing.assert_array_equal(again_labels, labels_2)
+    np.testing.assert_array_equal(again_pixels, pixels_2)
+    assert not np.array_equal(labels_0, labels_2)
+    assert sorted(labels_2.tolist()) == sorted(proto_split.labels.tolist())
