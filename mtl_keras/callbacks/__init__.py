@@ -4,6 +4,7 @@
   reports, the stream's position, the per-epoch log); `HardTaskLogger`: the log alone.
 * `ResumableCheckpoint`: atomic per-epoch backups of weights, both optimizers,
   the episode stream and the hard-task pool; exact resume after a crash.
+  `ResumableEarlyStopping`: Keras's early stop whose count and best weights survive a resume.
 * `StopOnNonFiniteLoss`: stop at the first NaN/inf loss, naming epoch, batch and fix.
 * `BestCheckpoint`: the best epoch's weights, written atomically (`save_weights_atomic`).
 * `ReestimateBatchNorm`: batch norm's moving statistics recomputed before every evaluation
@@ -20,7 +21,7 @@ from mtl_keras.callbacks.checkpoint import BestCheckpoint, save_weights_atomic
 from mtl_keras.callbacks.epoch_seeds import EpochSeeds
 from mtl_keras.callbacks.hard_tasks import HardTaskLogger, HardTaskMining
 from mtl_keras.callbacks.outer_rates import DivergenceGuard, OuterRateDecay
-from mtl_keras.callbacks.resumable import ResumableCheckpoint
+from mtl_keras.callbacks.resumable import ResumableCheckpoint, ResumableEarlyStopping
 from mtl_keras.callbacks.stop import StopOnNonFiniteLoss
 from mtl_keras.callbacks.time_estimate import TimeEstimate, format_duration
 
@@ -33,6 +34,7 @@ __all__ = [
     "OuterRateDecay",
     "ReestimateBatchNorm",
     "ResumableCheckpoint",
+    "ResumableEarlyStopping",
     "StopOnNonFiniteLoss",
     "TimeEstimate",
     "format_duration",

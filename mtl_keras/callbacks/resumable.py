@@ -254,3 +254,79 @@ def _weights_finite(model) -> bool:
 def _atomic_write_text(path: str, text: str) -> None:
     """`write_text_atomic`, looked up here so that tests can make the backup's commit fail."""
     write_text_atomic(path, text)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """`keras.callbacks.EarlyStopping` whose count and best weights survive a resume.
+
+    Keras keeps the early stop's state in memory only: a training resumed by `ResumableCheckpoint`
+    restarted the patience count and forgot the best epoch, so with ``restore_best_weights`` it
+    could end on a worse epoch than an uninterrupted run. Here the state is rebuilt at the first
+    epoch of a resumed ``fit`` from the backup's per-epoch logs (``backup.history``), and the best
+    epoch's weights are kept in ``backup.directory/best-epoch-<E>.weights.h5`` (written atomically
+    when an epoch improves; on resume the file of the best epoch in the backup's logs is loaded).
+
+    Args:
+        backup: the `ResumableCheckpoint` of the same ``fit`` (put it in the callbacks list too).
+        **kwargs: `keras.callbacks.EarlyStopping`'s (``monitor``, ``mode``, ``patience``,
+            ``restore_best_weights``, ...).
+    """
+
+    _BEST = re.compile(r"best-epoch-(\d+)\.weights\.h5")
+
+    def __init__(self, backup: ResumableCheckpoint, **kwargs):
+        super().__init__(**kwargs)
+        self.backup = backup
+        self._replayed = False
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._replayed = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._replayed:  # after every callback's on_train_begin: the backup is restored
+            self._replayed = True
+            self._replay(self.backup.history)
+
+    def _replay(self, history: list) -> None:
+        if not history:
+            return
+        current = self.model.get_weights()
+        for epoch, logs in enumerate(history):
+            super().on_epoch_end(epoch, dict(logs))
+        self.model.stop_training = False
+        if self.restore_best_weights and self.best_epoch < len(history) - 1:
+            path = self._best_path(self.best_epoch)
+            if not os.path.exists(path):
+                warnings.warn(
+                    f"ResumableEarlyStopping: the best epoch's weights ({path}) are missing; the early stop "
+                    "goes on from the resumed weights.",
+                    stacklevel=2,
+                )
+                self.best_weights = current
+            else:
+                from mtl_keras.models.weights import load_weights_checked
+
+                load_weights_checked(self.model, path)
+                self.best_weights = self.model.get_weights()
+                self.model.set_weights(current)
+        else:
+            self.best_weights = current
+
+    def _best_path(self, epoch: int) -> str:
+        return os.path.join(self.backup.directory, f"best-epoch-{epoch + 1:05d}.weights.h5")
+
+    def on_epoch_end(self, epoch, logs=None):
+        before = self.best_epoch, self.best
+        super().on_epoch_end(epoch, logs)
+        improved = self.best_epoch == epoch and (self.best_epoch, self.best) != before
+        if self.restore_best_weights and improved:
+            os.makedirs(self.backup.directory, exist_ok=True)
+            save_weights_atomic(self.model, self._best_path(epoch))
+            # The previous best stays until the next improvement: this epoch's backup is not yet
+            # committed, and a crash before it resumes with that best.
+            keep = {epoch + 1, before[0] + 1}
+            for name in os.listdir(self.backup.directory):
+                match = self._BEST.fullmatch(name)
+                if match and int(match.group(1)) not in keep:
+                    os.remove(os.path.join(self.backup.directory, name))

@@ -18,6 +18,7 @@ from mtl_keras.callbacks import (
     HardTaskMining,
     ReestimateBatchNorm,
     ResumableCheckpoint,
+    ResumableEarlyStopping,
     StopOnNonFiniteLoss,
     TimeEstimate,
     save_weights_atomic,
@@ -56,9 +57,9 @@ def pretrain(
             (`ResumableCheckpoint`) and resume from it if a backup is there: a crash
             costs at most one epoch. Each epoch's order and augmentation are drawn from
             ``(seed, epoch)`` (`EpochSeeds`), so a resumed pretraining without early
-            stopping ends with the weights of an uninterrupted one (CPU float tolerance).
-            With ``pretrain_patience``, the early stop's count and best weights restart at
-            the resume (Keras keeps them in memory only).
+            stopping ends with the weights of an uninterrupted one (CPU float tolerance);
+            with ``pretrain_patience`` the early stop's count and best weights are rebuilt
+            from the backup (`ResumableEarlyStopping`).
 
     Returns:
         ``(PretrainModel, history dict)``. 10% of each class is held out and
@@ -106,8 +107,10 @@ def pretrain(
     held = held_ds if int(held_ds.cardinality()) != 0 else None
     stop = []
     if config.pretrain_patience and held is not None:
+        early = dict(backup=backup) if backup is not None else {}
         stop = [
-            keras.callbacks.EarlyStopping(
+            (ResumableEarlyStopping if backup is not None else keras.callbacks.EarlyStopping)(
+                **early,
                 monitor="val_accuracy",
                 mode="max",
                 patience=config.pretrain_patience,
