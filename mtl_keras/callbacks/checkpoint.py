@@ -85,4 +85,22 @@ def save_weights_atomic(model, path: str) -> str:
             f"Not saving {path}: weight '{bad}' holds NaN or inf (training diverged). Lower the learning "
             "rates and train again; an earlier file there is kept as it was."
         )
-    return write_atomic(path, lambda tmp: model.save_weights(tmp, overwrite=True))
+    return write_atomic(
+        path, lambda tmp: model.save_weights(tmp, overwrite=True), size=weights_file_bytes(model)
+    )
+
+
+def weights_file_bytes(model) -> int:
+    """About the size of ``model.save_weights``' file: every variable of the model and of its
+    optimizers (``optimizer``, ``head_optimizer``), plus HDF5's per-array overhead."""
+    variables = list(model.variables)
+    for name in ("optimizer", "head_optimizer"):
+        optimizer = getattr(model, name, None)
+        variables += list(getattr(optimizer, "variables", None) or [])
+
+    def itemsize(dtype) -> int:  # "float32" -> 4, "bfloat16" -> 2, "uint8" -> 1
+        bits = "".join(ch for ch in keras.backend.standardize_dtype(dtype) if ch.isdigit())
+        return max(1, int(bits or 32) // 8)
+
+    data = sum(math.prod(int(d) for d in v.shape) * itemsize(v.dtype) for v in variables)
+    return data + 4096 * len(variables)
