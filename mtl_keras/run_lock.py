@@ -109,16 +109,22 @@ def _acquire_shared(run_dir: str) -> int | None:
     except OSError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _read(fd)
-        os.close(fd)
-        raise RunFolderLocked(run_dir, holder) from None
+        _flock_or_name_holder(fd, fcntl.LOCK_SH, run_dir)
     except OSError:
         os.close(fd)
         return None
     _shared.add(fd)
     return fd
+
+
+def _flock_or_name_holder(fd: int, kind: int, run_dir: str) -> None:
+    """``flock(fd, kind | LOCK_NB)``; held by another process: close ``fd``, raise `RunFolderLocked`."""
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read(fd)
+        os.close(fd)
+        raise RunFolderLocked(run_dir, holder) from None
 
 
 def _acquire(run_dir: str) -> int | None:
@@ -138,11 +144,7 @@ def _acquire(run_dir: str) -> int | None:
             return _acquire_shared(run_dir)
         raise
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _read(fd)
-        os.close(fd)
-        raise RunFolderLocked(run_dir, holder) from None
+        _flock_or_name_holder(fd, fcntl.LOCK_EX, run_dir)
     except OSError as err:  # e.g. a network file system without flock
         os.close(fd)
         warnings.warn(

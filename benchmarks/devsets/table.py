@@ -47,8 +47,8 @@ def _max_ratio(histories: dict, prefix: str) -> float:
     return max(ratios) if ratios else float("nan")
 
 
-def summary_rows(name: str, folder: str) -> list[str]:
-    """One line per shot setting of a set: pooled rows and paired differences, seeds' spread."""
+def read_seeds(folder: str) -> tuple[dict, list, dict]:
+    """``(seeds.json, its seeds, {seed: seed-<s>/results.json})`` of one set's reproduce folder."""
     with open(os.path.join(folder, "seeds.json")) as f:
         combined = json.load(f)
     seeds = combined["seeds"]
@@ -56,6 +56,12 @@ def summary_rows(name: str, folder: str) -> list[str]:
     for s in seeds:
         with open(os.path.join(folder, f"seed-{s}", "results.json")) as f:
             runs[s] = json.load(f)
+    return combined, seeds, runs
+
+
+def summary_rows(name: str, folder: str) -> list[str]:
+    """One line per shot setting of a set: pooled rows and paired differences, seeds' spread."""
+    combined, seeds, runs = read_seeds(folder)
     ways = str(runs[seeds[0]]["settings"]["config"]["ways"])
     lines = []
     for setting in (k for k in runs[seeds[0]]["results"] if k.split("-way")[0] == ways):
@@ -97,13 +103,7 @@ SUMMARY_HEADER = [
 
 
 def set_section(name: str, folder: str) -> list[str]:
-    with open(os.path.join(folder, "seeds.json")) as f:
-        combined = json.load(f)
-    seeds = combined["seeds"]
-    runs = {}
-    for s in seeds:
-        with open(os.path.join(folder, f"seed-{s}", "results.json")) as f:
-            runs[s] = json.load(f)
+    combined, seeds, runs = read_seeds(folder)
     first = runs[seeds[0]]
     splits = first["splits"]
     lines = [
