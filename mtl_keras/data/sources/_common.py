@@ -315,11 +315,10 @@ def verify_images(
         verify: ``"header"`` opens each file and parses only its header (size and
             mode) - cheap, catches non-images, wrong extensions of non-image data and
             truncated headers; ``"full"`` also decodes every pixel, catching truncated
-            or corrupt image data (slow: about the cost of one epoch); ``"none"``
-            skips the check.
+            or corrupt image data (slow: about the cost of one epoch), and decodes each
+            JPEG with TensorFlow's decoder to name those libjpeg calls corrupt
+            (`corrupt_jpegs`); ``"none"`` skips the check.
         benchmark: benchmark name, used in messages.
-            ``"full"`` also decodes each JPEG with TensorFlow's decoder and names those libjpeg
-            calls corrupt (`corrupt_jpegs`).
         workers: threads used for the check; default ``min(32, 4 * cpu_count)``.
         unreadable: ``"raise"`` (default) or ``"skip"``: warn, listing every unreadable file
             with its reason, and return them so the loader leaves them out.
@@ -400,10 +399,14 @@ def corrupt_jpegs(paths: Sequence[str]) -> list[tuple[str, str]]:
     warning and grey or smeared blocks; PIL hides the warning and TensorFlow prints it to the
     process's stderr ("Corrupt JPEG data: ...") without a file name, at every epoch. Each JPEG is
     decoded once here with TensorFlow's decoder (the pipeline's), one at a time, with file
-    descriptor 2 captured, so the complaint can be tied to its file. Other files are skipped.
+    descriptor 2 captured, so the complaint can be tied to its file. Other files are skipped, and
+    so is everything without TensorFlow installed (the JAX-only install: its pipeline decodes
+    with PIL, which shows such a file as it decodes it, without a word either way).
     """
+    from mtl_keras._quiet import tensorflow_installed
+
     jpegs = [str(p) for p in paths if str(p).lower().endswith(_JPEG_SUFFIXES)]
-    if not jpegs:
+    if not jpegs or not tensorflow_installed():
         return []
     import sys
     import tempfile
