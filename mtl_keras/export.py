@@ -26,7 +26,9 @@ def export_adapt_and_classify(model, filepath: str, verbose: bool = True) -> str
     whose message says what is wrong and what it must be: images of another ``H, W, C``; a
     label count other than ``S``; labels outside ``0..N-1`` or a class with no support image;
     images with NaN / inf or outside the model's ``input_range`` (0..255 images, say). A
-    SavedModel never answers NaN or a confident guess for such inputs. The folder is written next to ``filepath`` and renamed into place,
+    SavedModel never answers NaN or a confident guess for such inputs.
+
+    The folder is written next to ``filepath`` and renamed into place,
     so a crash never leaves a half-written model at ``filepath``.
 
     Args:
