@@ -31,8 +31,9 @@ class ExperimentConfig:
         set it only for files you trust (CLI: ``--allow-pickle``); drop_small_classes: drop
         (and name) the classes with too few images for an episode of some shot setting
         instead of refusing the run; verify (the image check of folder benchmarks at load:
-        ``header`` — every file opens as an image, ``full`` — every image decodes and no JPEG's
-        data is corrupt, slow, ``none``); skip_unreadable (leave unreadable files out, listed in
+        ``full`` — every image decodes and no JPEG's data is corrupt, ``header`` — every file
+        opens as an image, ``auto`` — the loader's default: ``full`` for the folders benchmark
+        up to 50,000 files, ``none``); skip_unreadable (leave unreadable files out, listed in
         a warning, instead of stopping the run).
     Backbone:
         backbone: ``resnet12`` | ``conv4`` | ``resnet18``; widths: channels per block.
@@ -79,7 +80,7 @@ class ExperimentConfig:
     image_size: int = 32
     allow_pickle: bool = False
     drop_small_classes: bool = False
-    verify: str = "header"
+    verify: str = "auto"
     skip_unreadable: bool = False
     backbone: str = "resnet12"
     widths: tuple[int, ...] = (64, 128, 256, 512)
@@ -169,8 +170,8 @@ class ExperimentConfig:
             fail("allow_pickle", "true or false")
         if not isinstance(self.skip_unreadable, bool):
             fail("skip_unreadable", "true or false")
-        if self.verify not in ("header", "full", "none"):
-            fail("verify", "one of ['header', 'full', 'none']")
+        if self.verify not in ("auto", "header", "full", "none"):
+            fail("verify", "one of ['auto', 'header', 'full', 'none']")
         if self.backbone not in BACKBONE_NAMES:
             fail("backbone", f"one of {list(BACKBONE_NAMES)}")
         if not (

@@ -195,7 +195,7 @@ def _image_check_options(config: ExperimentConfig) -> dict:
     """``verify`` / ``unreadable`` for `load_benchmark`: set only when they differ from the
     defaults, so a benchmark without image files (glyphs, the pickled ones) refuses them by name."""
     options = {}
-    if config.verify != "header":
+    if config.verify != "auto":
         options["verify"] = config.verify
     if config.skip_unreadable:
         options["unreadable"] = "skip"

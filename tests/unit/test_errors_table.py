@@ -16,7 +16,9 @@ DEFINED = {
 
 def test_every_test_the_table_names_exists():
     files = set(re.findall(r"(tests/[\w/]+\.py)", TABLE))
-    assert files and all((ROOT / f).is_file() for f in files), sorted(f for f in files if not (ROOT / f).is_file())
+    assert files and all((ROOT / f).is_file() for f in files), sorted(
+        f for f in files if not (ROOT / f).is_file()
+    )
     names = set(re.findall(r"::(test_\w+)", TABLE)) - {"test_name"}  # the intro's placeholder
     assert len(names) > 30 and not names - DEFINED, sorted(names - DEFINED)
 
