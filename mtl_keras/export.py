@@ -28,8 +28,9 @@ def export_adapt_and_classify(model, filepath: str, verbose: bool = True) -> str
     images with NaN / inf or outside the model's ``input_range`` (0..255 images, say). A
     SavedModel never answers NaN or a confident guess for such inputs.
 
-    The folder is written next to ``filepath`` and renamed into place,
-    so a crash never leaves a half-written model at ``filepath``.
+    The folder is written next to ``filepath`` (``.export-<name>-*``) and renamed into place,
+    so a crash never leaves a half-written model at ``filepath``; the temporary folder a killed
+    export left behind is removed by the next export to the same path.
 
     Args:
         model: a built `MetaTransferModel`.
@@ -78,7 +79,11 @@ def export_adapt_and_classify(model, filepath: str, verbose: bool = True) -> str
     filepath = os.fspath(filepath)
     parent = os.path.dirname(os.path.abspath(filepath))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    prefix = f".export-{os.path.basename(os.path.abspath(filepath))}-"
+    for stale in os.listdir(parent):  # left by an export killed before its rename
+        if stale.startswith(prefix) and os.path.isdir(os.path.join(parent, stale)):
+            shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
     try:
         archive.write_out(tmp, verbose=False)
         if os.path.exists(filepath):

@@ -27,14 +27,38 @@ from tests.helpers import patient
 REPO = str(Path(__file__).resolve().parents[2])
 
 # Runs `mtl-keras ARGS`; with CRASH_AT=EPOCH:BATCH it SIGKILLs itself right after that
-# meta-training batch (0-based), mid-epoch; CRASH_STAGE=pretrain: that pretraining batch.
+# meta-training batch (0-based), mid-epoch; CRASH_STAGE=pretrain: that pretraining batch;
+# CRASH_STAGE=evaluate, CRASH_AT=N: after the N-th evaluation; CRASH_STAGE=export: mid-export.
 WRAPPER = textwrap.dedent(
     """
     import os, signal, sys
     from mtl_keras import callbacks, cli
 
     crash = os.environ.get("CRASH_AT")
-    if crash:
+    stage = os.environ.get("CRASH_STAGE", "mtl_")
+    if crash and stage == "evaluate":  # CRASH_AT=N: right after the N-th evaluation, before it is recorded
+        from mtl_keras.workflow import stages
+
+        evaluate, calls = stages.evaluate_episodes, []
+
+        def evaluate_episodes(*args, **kwargs):
+            result = evaluate(*args, **kwargs)
+            calls.append(1)
+            if len(calls) == int(crash):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        stages.evaluate_episodes = evaluate_episodes
+    elif crash and stage == "export":  # right after the SavedModel is written, before its rename
+        replace = os.replace
+
+        def killed_replace(src, dst, *args, **kwargs):
+            if os.path.basename(os.fspath(src)).startswith(".export-"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return replace(src, dst, *args, **kwargs)
+
+        os.replace = killed_replace
+    elif crash:
         epoch_at, batch_at = map(int, crash.split(":"))
         begin, end = callbacks.ResumableCheckpoint.on_epoch_begin, callbacks.ResumableCheckpoint.on_train_batch_end
 
@@ -44,7 +68,6 @@ WRAPPER = textwrap.dedent(
 
         def on_train_batch_end(self, batch, logs=None):
             end(self, batch, logs)
-            stage = os.environ.get("CRASH_STAGE", "mtl_")
             if stage in self.directory and self._test_epoch == epoch_at and batch == batch_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
@@ -169,6 +192,47 @@ def test_a_pretraining_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_o
     assert weights.keys() == ref_weights.keys() and all(np.isfinite(w).all() for w in weights.values())
     for name in ref_weights:
         np.testing.assert_allclose(weights[name], ref_weights[name], rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_a_run_killed_in_evaluation_or_in_export_ends_like_an_uninterrupted_one(tmp_path, glyph_cache):
+    """The last two stages of `mtl-keras run`, killed in a real process: the rerun evaluates and
+    exports again and prints the numbers of an uninterrupted run; a SavedModel killed before
+    its rename is never at the export path, and its temporary folder does not stay behind."""
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY_CONFIG))
+    common = ["run", "--config", str(config), "--no-tensorboard"]
+    reference = _run_cli(tmp_path, [*common, "--run-dir", str(tmp_path / "ref")], glyph_cache)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    run_dir = tmp_path / "run"
+    run = [*common, "--run-dir", str(run_dir)]
+    # Call 1 evaluates the pretrained row, call 2 the meta-trained model.
+    killed = _run_cli(tmp_path, run, glyph_cache, crash="2", stage="evaluate")
+    assert killed.returncode == -9, (killed.returncode, killed.stderr[-3000:])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (
+        "MTL (SS, meta-trained)" not in metrics.get("results", {}) and not (run_dir / "results.md").exists()
+    )
+
+    killed = _run_cli(tmp_path, run, glyph_cache, crash="1", stage="export")
+    assert killed.returncode == -9, (killed.returncode, killed.stderr[-3000:])
+    assert "Pretraining: done in an earlier run" in killed.stdout
+    assert "meta-training 1-shot: done in an earlier run" in killed.stdout
+    export = run_dir / "export"
+    assert not (export / "5way1shot").exists()  # never half-written at its path
+    assert [p.name for p in export.iterdir()]  # the killed export's temporary folder is there ...
+
+    resumed = _run_cli(tmp_path, run, glyph_cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(p.name for p in export.iterdir()) == ["5way1shot"]  # ... and removed by the rerun
+    assert (export / "5way1shot" / "saved_model.pb").exists()
+    ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    got = json.loads((run_dir / "metrics.json").read_text())
+    assert got["results"].keys() == ref["results"].keys()
+    for row, by_shot in ref["results"].items():
+        for setting, result in by_shot.items():
+            assert got["results"][row][setting]["mean"] == pytest.approx(result["mean"], abs=1e-6), row
+    assert (run_dir / "results.md").read_text() == (tmp_path / "ref" / "results.md").read_text()
 
 
 def test_run_progress_skips_done_stages_refuses_other_settings_and_restarts(tmp_path, capsys):
