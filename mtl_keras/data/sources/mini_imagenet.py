@@ -39,6 +39,7 @@ from mtl_keras.data.sources._common import (
     Verify,
     build_splits,
     check_class_disjoint,
+    drop_files,
     find_split_dir,
     load_folder_tree,
     normalize_image_size,
@@ -98,6 +99,7 @@ def load(
     verify: Verify = "header",
     workers: int | None = None,
     allow_pickle: bool = False,
+    unreadable: str = "raise",
 ) -> tuple[ClassSplit, ClassSplit, ClassSplit]:
     """Load miniImageNet's train/val/test class splits.
 
@@ -111,6 +113,9 @@ def load(
             data); ``"none"`` skips the check.
         workers: threads for the image check (default ``min(32, 4 * cpu_count)``).
         allow_pickle: read the pickle layouts (files from a source you trust only).
+        unreadable: ``"raise"`` (default): an unreadable image file stops the load, named;
+            ``"skip"``: such files are left out and listed in a warning (CSV and folder
+            layouts; the pickle layouts hold decoded arrays, which the pickle check covers).
 
     Returns:
         ``(train, val, test)``: file-backed `ClassSplit`s with ``paths (n,)``,
@@ -133,13 +138,16 @@ def load(
     layout = detect_layout(root)
     root = Path(root).expanduser()
     if layout == "folders":
-        return load_folder_tree(root, BENCHMARK, size, 3, verify, EXPECTED_CLASSES, workers)
+        return load_folder_tree(
+            root, BENCHMARK, size, 3, verify, EXPECTED_CLASSES, workers, unreadable=unreadable
+        )
     if layout in PICKLE_FILES:
         return _load_pickles(root, layout, size, allow_pickle)
     parts = [_read_csv_split(root, split) for split in SPLIT_NAMES]
     check_class_disjoint(parts, BENCHMARK)
     warn_class_counts(parts, EXPECTED_CLASSES, BENCHMARK)
-    verify_images([p for part in parts for p in part.paths], verify, BENCHMARK, workers)
+    skipped = verify_images([p for part in parts for p in part.paths], verify, BENCHMARK, workers, unreadable)
+    parts = drop_files(parts, {path for path, _ in skipped}, BENCHMARK)
     return build_splits(parts, BENCHMARK, size, 3)  # type: ignore[return-value]
 
 

@@ -54,6 +54,7 @@ def load(
     image_size: int | Sequence[int] = 84,
     verify: Verify = "header",
     workers: int | None = None,
+    unreadable: str = "raise",
 ) -> tuple[ClassSplit, ClassSplit, ClassSplit]:
     """Load tieredImageNet's train/val/test class splits as file-backed `ClassSplit`s.
 
@@ -66,6 +67,8 @@ def load(
             (about a minute for the ~780k images); ``"full"`` decodes every image
             (slow); ``"none"`` skips the check.
         workers: threads for the image check (default ``min(32, 4 * cpu_count)``).
+        unreadable: ``"raise"`` (default): an unreadable image file stops the load, named;
+            ``"skip"``: such files are left out and listed in a warning.
 
     Returns:
         ``(train, val, test)``: file-backed `ClassSplit`s with ``paths (n,)``,
@@ -88,7 +91,9 @@ def load(
                 "folders. Convert them once: mtl-keras prepare tiered_imagenet "
                 f"'{root}' OUT --allow-pickle (or tiered_imagenet.convert_pickles), then pass root=OUT."
             )
-    return load_folder_tree(root, BENCHMARK, image_size, 3, verify, EXPECTED_CLASSES, workers, hint=_HINT)
+    return load_folder_tree(
+        root, BENCHMARK, image_size, 3, verify, EXPECTED_CLASSES, workers, hint=_HINT, unreadable=unreadable
+    )
 
 
 _PICKLE_FIX = "Download Ren et al.'s tiered-imagenet.tar again and extract it."

@@ -310,6 +310,25 @@ def test_folders_skip_unreadable_leaves_the_files_out_and_lists_them(tmp_path):
         folders.load(root, image_size=8, unreadable="ignore")
 
 
+def test_mini_and_tiered_imagenet_skip_unreadable_files_as_the_cli_asks(tmp_path):
+    """`--set skip_unreadable=true` reaches every file-backed benchmark (it used to be refused
+    by name for miniImageNet's CSV layout and tieredImageNet: 'this benchmark takes no unreadable')."""
+    mini = write_mini_csv_layout(tmp_path / "mini")
+    wnid = WNIDS["train"][0]
+    (mini / "images" / f"{wnid}00000002.jpg").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match=f"{wnid}00000002.jpg.*skip_unreadable=true"):
+        load_benchmark("mini_imagenet", str(mini), image_size=8)
+    with pytest.warns(UserWarning, match=f"left out 1 unreadable file.*{wnid}00000002.jpg"):
+        train, _, _ = load_benchmark("mini_imagenet", str(mini), image_size=8, unreadable="skip")
+    assert train.num_images == 3 * 4 - 1 and not any(p.endswith(f"{wnid}00000002.jpg") for p in train.paths)
+
+    tiered = write_class_tree(tmp_path / "tiered", {"train": ["a", "b"], "val": ["c"], "test": ["d"]})
+    (tiered / "train" / "b" / "001.jpg").write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="left out 1 unreadable file.*train/b/001.jpg"):
+        train, _, _ = load_benchmark("tiered_imagenet", str(tiered), image_size=8, unreadable="skip")
+    assert train.num_images == 5
+
+
 def test_glyphs_refuses_the_image_file_options_by_name():
     with pytest.raises(ValueError, match=r"glyphs: this benchmark takes no verify \(--set verify=...\)"):
         load_benchmark("glyphs", verify="full")
