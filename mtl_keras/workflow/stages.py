@@ -35,6 +35,7 @@ from mtl_keras.workflow.run_folder import (
     check_strategy,
     checkpoint_path,
     open_run,
+    output_dir,
     read_metrics,
     run_info,
     update_metrics,
@@ -174,7 +175,8 @@ def meta_train_stage(
     Args:
         config: the experiment settings.
         run_dir: the run folder; its ``pretrained_backbone.weights.h5`` is used
-            unless ``weights_path`` is given.
+            unless ``weights_path`` is given (a non-chief worker of a multi-worker strategy
+            uses its own copy in `output_dir` where it has one).
         weights_path: a pretrained backbone weights file (``.weights.h5``) of the
             configured backbone.
         verbose: progress output.
@@ -195,7 +197,11 @@ def meta_train_stage(
     """
     say = _say(verbose)
     check_strategy(config, strategy)
-    weights_path = weights_path or os.path.join(run_dir, PRETRAINED_WEIGHTS)
+    if not weights_path:
+        # A non-chief worker's own copy (it pretrained in this run) where there is one: the
+        # chief may not have written its file yet when the other workers get here.
+        own = os.path.join(output_dir(run_dir, strategy), PRETRAINED_WEIGHTS)
+        weights_path = own if os.path.exists(own) else os.path.join(run_dir, PRETRAINED_WEIGHTS)
     if not os.path.exists(weights_path):
         raise FileNotFoundError(
             f"No pretrained weights at {weights_path}: run `mtl-keras pretrain --run-dir {run_dir}` "
