@@ -28,7 +28,7 @@ from mtl_keras.workflow.builders import (
     outer_optimizers,
     training_episodes,
 )
-from mtl_keras.workflow.run import format_stage_times, format_table, run_workflow
+from mtl_keras.workflow.run import format_stage_times, format_table, format_verdict, run_workflow
 from mtl_keras.workflow.run_folder import (
     PRETRAINED_WEIGHTS,
     RunProgress,
@@ -80,6 +80,7 @@ __all__ = [
     "export_stage",
     "format_stage_times",
     "format_table",
+    "format_verdict",
     "load_config_benchmark",
     "meta_train",
     "meta_train_stage",

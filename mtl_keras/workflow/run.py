@@ -92,6 +92,51 @@ def format_table(
     return "\n".join(lines)
 
 
+def format_verdict(rows: dict[str, dict[int, EvaluationResult]], ways: int) -> list[str]:
+    """One sentence per shot setting: did meta-training beat the simple baselines on these episodes?
+
+    MTL (`MTL_ROW`) is paired against the pretrained row and the better SimpleShot row
+    (`best_centroid_row`). It "beats" a baseline when the paired difference's 95% CI lies above
+    0, is "below" it when the CI lies below 0, and is "not distinguishable" otherwise; the
+    sentence names the baseline that decides and what to do on the user's data.
+
+    Args:
+        rows: ``{method: {shots: EvaluationResult}}`` as for `format_table`.
+        ways: ``N``.
+
+    Returns:
+        One line per shot setting MTL was evaluated at (none without an MTL row).
+    """
+    lines = []
+    for k in sorted(rows.get(MTL_ROW, {})):
+        mtl = rows[MTL_ROW][k]
+        against = [name for name in (BASELINE_ROW, best_centroid_row(rows, k)) if k in rows.get(name, {})]
+        if not against:
+            continue
+        pairs = {name: paired_difference(mtl, rows[name][k]) for name in against}
+        text = {name: f"{100 * m:+.2f} ± {100 * c:.2f} points" for name, (m, c) in pairs.items()}
+        below = [name for name, (m, c) in pairs.items() if m + c < 0]
+        unclear = [name for name, (m, c) in pairs.items() if m - c <= 0 <= m + c]
+        setting = f"{ways}-way {k}-shot"
+        if below:
+            name = min(below, key=lambda n: pairs[n][0])
+            lines.append(
+                f"{setting}: MTL is below {name} ({text[name]}, CI below 0): on this data meta-training "
+                "did not pay; use the pretrained backbone with that baseline."
+            )
+        elif unclear:
+            name = min(unclear, key=lambda n: pairs[n][0])
+            lines.append(
+                f"{setting}: MTL is not distinguishable from {name} ({text[name]}, CI includes 0): on this "
+                "data meta-training bought nothing the episodes can show; the simpler baseline costs nothing "
+                "(more test episodes, --set test_episodes=..., narrow the CI)."
+            )
+        else:
+            detail = "; ".join(f"{name}: {text[name]}" for name in against)
+            lines.append(f"{setting}: MTL beats both baselines, CIs above 0 ({detail}).")
+    return lines
+
+
 def format_stage_times(stage_seconds: dict[str, float | None], total: float) -> str:
     """The time-per-stage table `run_workflow` prints (None: done in an earlier run)."""
     width = max(map(len, [*stage_seconds, "total"]))
@@ -193,8 +238,9 @@ def run_workflow(
             export_stage(config, out, verbose=verbose, shots=(k,))
 
     table = format_table(rows, config.ways)
+    verdict = format_verdict(rows, config.ways)
     with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table + "\n")
+        f.write(table + "\n\n" + "\n".join(f"- {line}" for line in verdict) + "\n")
     metrics = update_metrics(
         out,
         {
@@ -209,6 +255,7 @@ def run_workflow(
                 }
                 for k, r in rows[MTL_ROW].items()
             },
+            "verdict": verdict,
             "seconds": round(time.time() - start, 1),
             "stage_seconds": stage_seconds,
         },
@@ -223,6 +270,7 @@ def run_workflow(
         "CL2N on these episodes):"
     )
     say(table)
+    say("\n" + "\n".join(verdict))
     say("\n" + format_stage_times(stage_seconds, metrics["seconds"]))
     say(f"\nPlots: {', '.join(os.path.basename(p) for p in written)} in {os.path.join(out, 'plots')}")
     say(f"Run folder: {out} ({metrics['seconds']:.0f} s)")

@@ -82,6 +82,9 @@ def test_run_writes_a_complete_run_folder(run_folder):
     table = (run_folder / "results.md").read_text()
     assert "| SimpleShot CL2N (pretrained features) |" in table
     assert "1-shot − SimpleShot (paired)" in table and "1-shot − pretrained (paired)" in table
+    # Under the table, in words: did meta-training beat the baselines on these episodes?
+    (verdict,) = metrics["verdict"]
+    assert verdict.startswith("5-way 1-shot: MTL ") and f"- {verdict}" in table
     per_class = metrics["per_class"]["1-shot"]
     assert sum(per_class["episodes"]) == 10 * 5  # 10 episodes x 5 classes
     assert len(per_class["class_names"]) == len(per_class["accuracy"])
