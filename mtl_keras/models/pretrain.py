@@ -77,6 +77,16 @@ class PretrainModel(
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
         self.classifier.build((None, backbone.output_shape[-1]))
 
+    def build(self, input_shape):
+        """Build the augmentation and dropout for ``input_shape`` ``(B, H, W, C)`` (the backbone
+        and classifier are built already), so that a call or `load_weights` before `fit` builds
+        the model without Keras's "unbuilt state" warning."""
+        if self.augmentation is not None and not self.augmentation.built:
+            self.augmentation.build(tuple(input_shape))
+        if self.dropout is not None and not self.dropout.built:
+            self.dropout.build((None, self.backbone.output_shape[-1]))
+        self.built = True
+
     def _symbolic_build_batch(self):
         # `keras_private.SymbolicBuildFromZeros`: under a tf.distribute strategy Keras 3.15's TF
         # trainer peeks one batch of the (distributed) dataset to build the model: the batch is

@@ -403,3 +403,23 @@ def test_compile_sets_each_rate_one_way():
         model.compile(optimizer=keras.optimizers.Adam(1e-2), phi_learning_rate=1e-3)
     with pytest.raises(ValueError, match="both `head_optimizer` and `head_learning_rate`"):
         model.compile(head_optimizer="sgd", head_learning_rate=1e-3)
+
+
+def test_a_pretrain_model_builds_without_keras_unbuilt_state_warning():
+    """`pretrain` builds the model before `fit` (so a backup can be loaded): with augmentation and
+    dropout that printed Keras's "`build()` was called on layer 'pretrain_model', however the layer
+    does not have a `build()` method implemented ..." in every run, `make demo` included."""
+    import warnings
+
+    from mtl_keras.data.augment import pretrain_augmentation
+
+    model = PretrainModel(
+        resnet12((16, 16, 1), widths=(4, 8, 8, 8)),
+        num_classes=8,
+        augmentation=pretrain_augmentation(seed=0),
+        dropout=0.2,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        logits = model(np.zeros((2, 16, 16, 1), "float32"), training=False)
+    assert model.built and tuple(logits.shape) == (2, 8)
