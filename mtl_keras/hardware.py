@@ -1,9 +1,9 @@
-"""What the CPU can do, and the precision choice that follows from it (issue 19 item 3).
+"""What the CPU can do, and the precision choice that follows from it.
 
 ``mixed_bfloat16`` pays only where the hardware computes in bfloat16: on CPUs with
 AVX512-BF16 or AMX-BF16 (and on GPUs). Elsewhere — AVX2-only laptops, VMs, CI runners —
 oneDNN emulates bfloat16 and a step runs several times *slower* than float32 (measured on an
-AVX2-only AMD EPYC: 0.04 tasks/s against 0.33 in float32, 8×; issue 19). `resolve_precision`
+AVX2-only AMD EPYC: 0.04 tasks/s against 0.33 in float32, 8×; `benchmarks/RESULTS.md`). `resolve_precision`
 turns such a request into float32 with one line saying why, unless the user insists
 (``MTL_KERAS_ALLOW_EMULATED_BF16=1``).
 """
@@ -175,8 +175,8 @@ def resolve_precision(precision: str, flags: set[str] | None = None, has_gpu: bo
         return precision
     message = (
         "precision=mixed_bfloat16: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 among its "
-        "flags), so TensorFlow would emulate it, 8x slower than float32 as measured on an AVX2-only CPU "
-        f"(issue 19); using float32 instead (set {ALLOW_EMULATED_BF16}=1 to keep bfloat16)."
+        "flags), so TensorFlow would emulate it, 8x slower than float32 as measured on an AVX2-only CPU; "
+        f"using float32 instead (set {ALLOW_EMULATED_BF16}=1 to keep bfloat16)."
     )
     if message not in _said:
         _said.add(message)

@@ -1,7 +1,7 @@
 """Every use of Keras's and TensorFlow's private API in mtl_keras, in one module.
 
 Keras 3 and `tf.distribute` offer no public way to do the few things below, so they are
-done here and nowhere else; `tests/test_keras_private.py` fails as soon as one of the hooks
+done here and nowhere else; `tests/unit/test_keras_private.py` fails as soon as one of the hooks
 relied on disappears or is renamed (an upstream rename would otherwise disable an override
 silently). Tested with Keras 3.15 and TensorFlow 2.21 (``setup.py``'s lower bounds).
 

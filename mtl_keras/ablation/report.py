@@ -265,9 +265,9 @@ def write_results_md(summary: dict, results, path: str, plots: Sequence[str] = (
     add(_settings_text(summary, config, settings) + "\n")
     add("## The paper, for comparison (miniImageNet, not run here)\n")
     add(
-        "miniImageNet 5-way 1-shot, as quoted in issue 7 (Sun et al.): "
+        "miniImageNet 5-way 1-shot, as reported by Sun et al. (CVPR 2019): "
         + "; ".join(f"{k} {v}" for k, v in PAPER_MINI_IMAGENET_1SHOT.items())
-        + ". The paper's FT and MAML rows there include HT; the rows here follow issue 7 (FT and scratch "
+        + ". The paper's FT and MAML rows there include HT; the rows here do not (FT and scratch "
         "without HT). The same script runs on the real benchmarks with the paper presets of `mtl_keras.config` "
         "(needs the data folder and, in practice, a GPU):\n"
     )

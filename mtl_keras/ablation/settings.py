@@ -35,8 +35,8 @@ CLAIMS = (
     ("ss", "simpleshot_l2n", "meta-training SS beats nearest centroid on the pretrained features"),
     ("ft", "simpleshot", "meta-training FT beats nearest centroid on the pretrained features"),
 )
-#: Paper numbers (miniImageNet 5-way 1-shot, mean ± 95% CI, as quoted in issue 7; not
-#: re-checked against the PDF here).
+#: Paper numbers (miniImageNet 5-way 1-shot, mean ± 95% CI, Sun et al., CVPR 2019,
+#: as quoted by the project; not re-checked against the PDF here).
 PAPER_MINI_IMAGENET_1SHOT = {
     "SS + HT (MTL, ResNet-12)": "61.2 ± 1.8",
     "SS (MTL, ResNet-12)": "60.2 ± 1.8",

@@ -13,7 +13,7 @@ channel axes swapped:
 (Xᵀ zero-padded like the forward pass), which oneDNN's forward kernel runs faster on small
 maps. Likewise the input gradient is a forward convolution of ``∂Y`` with the kernel's taps
 reversed and its channel axes swapped (`swapped_input_gradient`), which matters on AVX2-only
-CPUs, where oneDNN's backward-data kernel runs well below its forward one (issue 19).
+CPUs, where oneDNN's backward-data kernel runs well below its forward one.
 
 On AMX CPUs a third formulation wins on small maps: nine matrix products, one per kernel tap,
 ``∂W[i, j] = X_(i, j)ᵀ · G`` over the ``N·H·W`` pixels of the zero-padded input shifted by the

@@ -191,7 +191,7 @@ def inner_loop(
             TF 2.21 the gradient of TensorFlow's while loop is not reproducible — the same step on
             the same inputs returns gradients that differ at the last bits from call to call,
             even on one thread — so two runs with the same seed drift apart;
-            unrolled they are identical (`tests/models/test_determinism.py`).
+            unrolled they are identical (`tests/unit/models/test_determinism.py`).
 
     Returns:
         ``(weights (B, D, N), bias (B, N), history)`` where ``history`` is a dict with
