@@ -21,7 +21,7 @@ demo: $(STAMP)
 ## make test: lint, the whole test suite on TensorFlow (slow tests excluded), then the
 ## backend-agnostic tests (marked `backends`) again on JAX
 test: $(STAMP)
-	$(VENV)/bin/ruff check mtl_keras tests scripts benchmarks
+	$(VENV)/bin/ruff check mtl_keras mtl_keras_app tests scripts benchmarks
 	$(VENV)/bin/python -m pytest -q --durations=15
 	KERAS_BACKEND=jax $(VENV)/bin/python -m pytest -q --durations=10 -m "backends and not slow" tests/unit
 
@@ -34,12 +34,12 @@ test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mtl_keras tests scripts benchmarks
-	$(VENV)/bin/ruff format --check mtl_keras tests scripts benchmarks
+	$(VENV)/bin/ruff check mtl_keras mtl_keras_app tests scripts benchmarks
+	$(VENV)/bin/ruff format --check mtl_keras mtl_keras_app tests scripts benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format mtl_keras tests scripts benchmarks
-	$(VENV)/bin/ruff check --fix mtl_keras tests scripts benchmarks
+	$(VENV)/bin/ruff format mtl_keras mtl_keras_app tests scripts benchmarks
+	$(VENV)/bin/ruff check --fix mtl_keras mtl_keras_app tests scripts benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

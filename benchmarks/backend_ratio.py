@@ -155,7 +155,7 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
     import numpy as np
 
     import mtl_keras
-    from mtl_keras.data.episode_source import episode_source
+    from mtl_keras.data.numpy_episodes import episode_source
     from mtl_keras.evaluation import evaluate_episodes
 
     backend = keras.backend.backend()

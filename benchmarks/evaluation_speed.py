@@ -28,9 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from mtl_keras.config import get_config  # noqa: E402
 from mtl_keras.evaluation import evaluate_episodes  # noqa: E402
-from mtl_keras.workflow import build_meta_model, load_config_benchmark  # noqa: E402
+from mtl_keras_app.config import get_config  # noqa: E402
+from mtl_keras_app.workflow import build_meta_model, load_config_benchmark  # noqa: E402
 
 
 def main(argv=None) -> dict:

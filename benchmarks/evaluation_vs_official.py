@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
             f"TensorFlow was initialised before this script: its {tf.config.threading.get_intra_op_parallelism_threads()} "
             f"intra-op threads (0: one per core) stay, not --threads {args.threads}"
         )
-    from mtl_keras.backbones.resnet12 import resnet12
+    from mtl_keras.backbones.resnet12_backbone import resnet12
     from mtl_keras.evaluation import evaluate_episodes
     from mtl_keras.hardware import cpu_flags, isa_label
     from mtl_keras.models.meta_transfer import MetaTransferModel

@@ -145,7 +145,7 @@ def set_config(name: str, devsets: str, seed: int):
     """The ``cpu`` recipe for development set ``name`` (the demo's pretraining on glyph_scenes), with
     the head of `BASE_HEAD` (so that the run folders of the pretraining keep one config whatever
     the preset's head is)."""
-    from mtl_keras.config import get_config
+    from mtl_keras_app.config import get_config
 
     if name == "glyph_scenes":
         return get_config("cpu-glyph_scenes").replace(shots=(1, 5), seed=seed, val_episodes=300, **BASE_HEAD)
@@ -214,7 +214,7 @@ def _record(rows):
 
 
 def pretrain_part(sets, seeds, out, devsets, variants):
-    from mtl_keras.workflow import build_meta_model, load_config_benchmark, pretrain_stage
+    from mtl_keras_app.workflow import build_meta_model, load_config_benchmark, pretrain_stage
 
     path = os.path.join(out, "selection.json")
     for name in sets:
@@ -230,7 +230,7 @@ def pretrain_part(sets, seeds, out, devsets, variants):
                 start = time.time()
                 weights = pretrain_stage(config, run_dir, tensorboard=False, plots=False, splits=splits)
                 seconds = time.time() - start
-                from mtl_keras.workflow.run_folder import read_metrics
+                from mtl_keras_app.workflow.run_folder import read_metrics
 
                 history = read_metrics(run_dir)["histories"]["pretrain"]
                 record = {"seconds": round(seconds, 1), "history": history}
@@ -245,7 +245,7 @@ def pretrain_part(sets, seeds, out, devsets, variants):
 
 
 def meta_part(sets, seeds, out, devsets, variants, shots_list, pretraining):
-    from mtl_keras.workflow import build_meta_model, load_config_benchmark, meta_train, pretrain_stage
+    from mtl_keras_app.workflow import build_meta_model, load_config_benchmark, meta_train, pretrain_stage
 
     path = os.path.join(out, "selection.json")
     for name in sets:

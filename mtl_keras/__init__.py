@@ -15,19 +15,18 @@ Public API (flat)::
 
 Backends: the layers, backbones, models and evaluation run on Keras's TensorFlow and JAX
 backends (``KERAS_BACKEND``, read by Keras at its first import). On JAX ``import mtl_keras``
-imports no TensorFlow; tf.data pipelines, `tf.distribute`, the workflow/CLI and SavedModel
-export need it (export from JAX runs in a TensorFlow subprocess).
+imports no TensorFlow; tf.data pipelines and SavedModel export need it (export from JAX runs
+in a TensorFlow subprocess).
 
-On the TensorFlow backend, importing it on a machine without an NVIDIA GPU imports TensorFlow
-without the CUDA errors and INFO lines TensorFlow prints there at start-up (`mtl_keras._quiet`).
+This package is the library. The experiment application built on it (the ``mtl-keras``
+command, presets, the workflow, the ablation, plots, Keras Tuner search, tf.distribute
+strategies) is the sibling package `mtl_keras_app`; nothing here imports it. Importing
+mtl_keras changes neither the environment nor the process' file descriptors; to silence
+TensorFlow's start-up lines on a CPU machine, call
+``mtl_keras_app.quiet.quiet_tensorflow_startup()`` before importing Keras.
 """
 
-# ruff: noqa: E402  (TensorFlow's start-up output is filtered before anything else imports it)
 __version__ = "0.1.0"
-
-from mtl_keras import _quiet
-
-_quiet.quiet_tensorflow_startup()
 
 from mtl_keras import backbones, callbacks, data, layers, models  # noqa: F401
 from mtl_keras.backbones import conv4, resnet12, resnet18

@@ -20,8 +20,8 @@ import numpy as np
 from keras import ops
 
 from mtl_keras.callbacks import format_duration
-from mtl_keras.data.episode_stream import EpisodeStream
-from mtl_keras.data.episodes import EpisodeSampler, _image_loader, make_episodes, pretrain_dataset
+from mtl_keras.data.episode_stream import open_stream
+from mtl_keras.data.episodes import _image_loader, make_episodes, pretrain_dataset
 from mtl_keras.data.split import ClassSplit
 
 
@@ -133,9 +133,9 @@ def draw_episodes(
     generator reads — for ``ceil(episodes / B)`` meta-batches, and keeps the first
     ``episodes`` tasks (task ``j`` depends only on ``(seed, j)``, not on ``B``).
     """
-    sampler = EpisodeSampler(split, ways, shots, queries, seed=seed)
     batch = max(1, min(meta_batch_size, episodes))
-    parts = list(EpisodeStream(sampler, batch).batches(math.ceil(episodes / batch), repeatable=True))
+    stream = open_stream(split, ways, shots, queries, batch, seed)
+    parts = list(stream.batches(math.ceil(episodes / batch), repeatable=True))
 
     def cat(key):
         return np.concatenate([p[key] for p in parts])[:episodes]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 
-from mtl_keras._quiet import import_tensorflow
+from mtl_keras._tensorflow import import_tensorflow
 
 
 def export_adapt_and_classify(model, filepath: str, verbose: bool = True) -> str:
@@ -150,7 +150,7 @@ def export_through_tensorflow(model, filepath: str, verbose: bool = True) -> str
         ImportError: TensorFlow is not installed.
         RuntimeError: the TensorFlow process failed (its last lines of output in the message).
     """
-    from mtl_keras._quiet import tensorflow_installed
+    from mtl_keras._tensorflow import tensorflow_installed
 
     if not tensorflow_installed():
         raise ImportError(

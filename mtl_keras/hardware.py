@@ -132,9 +132,9 @@ def isa_label(flags: set[str] | None) -> str:
 def _has_gpu() -> bool:
     """Whether the backend sees a GPU: TensorFlow's devices on the TensorFlow backend, else
     JAX's or PyTorch's (TensorFlow is not imported for another backend)."""
-    from mtl_keras._quiet import keras_backend_name
+    import keras
 
-    backend = keras_backend_name()
+    backend = keras.config.backend()
     if backend == "jax":
         import jax
 
@@ -143,7 +143,7 @@ def _has_gpu() -> bool:
         import torch
 
         return bool(torch.cuda.is_available())
-    from mtl_keras._quiet import import_tensorflow
+    from mtl_keras._tensorflow import import_tensorflow
 
     tf = import_tensorflow("resolve_precision's GPU check")
     return bool(tf.config.list_physical_devices("GPU"))

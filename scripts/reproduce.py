@@ -1,6 +1,6 @@
 """Reproduce the MTL ablation (scratch, pretrained, FT, SS, SS + HT) on one benchmark.
 
-A thin runner: the logic is `mtl_keras.ablation`; the options are those of
+A thin runner: the logic is `mtl_keras_app.ablation`; the options are those of
 ``mtl-keras reproduce`` (see ``--help``).
 
     python scripts/reproduce.py --out runs/reproduce-glyphs          # full glyph run, ≈ 1 hour on 2 CPU cores
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from mtl_keras import cli
+from mtl_keras_app import cli
 
 
 def main(argv: list[str] | None = None, seed: int = 0) -> int:

@@ -7,7 +7,7 @@ The README holds the demo's table between two markers::
     <!-- demo-table:end -->
 
 This script puts there the table of a demo run folder (``results.md``, written by
-`mtl_keras.workflow.run_workflow`), with the date, commit, kept epochs and time from its
+`mtl_keras_app.workflow.run_workflow`), with the date, commit, kept epochs and time from its
 ``metrics.json``, so the README shows what the command printed. Run it whenever code that
 changes the numbers lands::
 

@@ -4,7 +4,7 @@ Each set is run by ``mtl-keras reproduce --seeds 0 1 2`` into ``OUT/<set>`` (see
 script reads their ``seeds.json`` and ``seed-<s>/results.json`` and writes ``OUT/RESULTS.md``: per
 set, shot setting and seed the test accuracy of every row, the paired differences of SS (MTL)
 against the pretrained row and SimpleShot CL2N, the largest outer-gradient ratio of the seed's
-runs, and the targets `mtl_keras.ablation.seeds_report` checked. Example::
+runs, and the targets `mtl_keras_app.ablation.seeds_report` checked. Example::
 
     python benchmarks/devsets/table.py --out benchmarks/devsets/results
 """

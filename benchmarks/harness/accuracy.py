@@ -25,7 +25,7 @@ def precision_accuracy(
     Args:
         episodes: test episodes (the paper's 600).
         seed: seed of every initialiser and sampler.
-        preset: an `mtl_keras.config` preset (``cpu-glyphs``: ResNet-12 16-32-64-128 at 32×32).
+        preset: an `mtl_keras_app.config` preset (``cpu-glyphs``: ResNet-12 16-32-64-128 at 32×32).
         verbose: show Keras progress.
         **overrides: `ExperimentConfig` fields to change (e.g. ``meta_epochs`` for a quick check).
 
@@ -33,10 +33,10 @@ def precision_accuracy(
         ``{"float32": EvaluationResult.to_dict(), "mixed_bfloat16": ..., "config": {...}}``.
     """
 
-    from mtl_keras.config import get_config
     from mtl_keras.evaluation import evaluate_episodes
     from mtl_keras.hardware import ALLOW_EMULATED_BF16
-    from mtl_keras.workflow import build_meta_model, load_config_benchmark, meta_train, pretrain
+    from mtl_keras_app.config import get_config
+    from mtl_keras_app.workflow import build_meta_model, load_config_benchmark, meta_train, pretrain
 
     # This compares the two precisions' accuracy: bfloat16 even where the CPU emulates it.
     os.environ[ALLOW_EMULATED_BF16] = "1"

@@ -107,9 +107,9 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
     if spec["kind"] == "ceiling":
         return ceiling_steps(dtypes=spec.get("dtypes", ("float32", "bfloat16"))), info
 
-    from mtl_keras.backbones.resnet12 import resnet12
-    from mtl_keras.layers import conv
+    from mtl_keras.backbones.resnet12_backbone import resnet12
     from mtl_keras.models.meta_transfer import MetaTransferModel
+    from mtl_keras.tensorflow_backend import gradient_plan as conv
 
     conv.set_filter_gradient(spec.get("filter_gradient", "auto"))
     # A/B knobs (benchmarks/probes/step_ab.py): another ISA's plan, and the limits of the plan in use

@@ -4,9 +4,9 @@ For the 3×3 convolutions of a ResNet-12 (64-128-256-512) at 32×32 input (and i
 at 84×84 input, 10×10 maps), 160 images (a 5-way 1-shot 15-query meta-batch of 2): forward,
 backward-data (gradient of the input), backward-weights (gradient of the kernel, which the
 scaling Φ1 needs), and three alternative ways to compute the backward-weights product
-(im2col + one matmul; nine shifted matmuls, `mtl_keras.layers.conv.shifted_matmul_filter_gradient`,
+(im2col + one matmul; nine shifted matmuls, `mtl_keras.tensorflow_backend.conv.shifted_matmul_filter_gradient`,
 which `mtl_keras` uses for bfloat16 maps of at most 10×10 on AMX CPUs; one forward convolution
-with batch and channel axes swapped, `mtl_keras.layers.conv.swapped_filter_gradient`, which
+with batch and channel axes swapped, `mtl_keras.tensorflow_backend.conv.swapped_filter_gradient`, which
 `mtl_keras` uses for bfloat16 maps of at most 10×10 on other AVX-512 CPUs). Medians of ``--repeats`` timed calls after one warm-up call.
 
     python benchmarks/probes/conv_kernel_benchmark.py             # prints a Markdown table
@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from mtl_keras.layers.conv import shifted_matmul_filter_gradient, swapped_filter_gradient  # noqa: E402
+from mtl_keras.tensorflow_backend.conv import shifted_matmul_filter_gradient, swapped_filter_gradient  # noqa: E402
 
 LAYERS = ((32, 64, 64), (16, 128, 128), (8, 256, 256), (4, 512, 512), (10, 512, 512))  # (side, Cin, Cout)
 

@@ -26,8 +26,8 @@ import os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np, tensorflow as tf, keras
 from benchmarks.harness.keras_worker import synthetic_episodes
-from mtl_keras.config import get_config
-from mtl_keras.workflow import build_meta_model
+from mtl_keras_app.config import get_config
+from mtl_keras_app.workflow import build_meta_model
 unroll, calls = sys.argv[1] == "unrolled", int(sys.argv[2])
 config = get_config("cpu-glyphs")
 keras.utils.set_random_seed(0)

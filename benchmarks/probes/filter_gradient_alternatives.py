@@ -8,7 +8,7 @@ and ``--images`` images (200 = a 5-way 5-shot 15-query meta-batch of 2), GFLOP/s
 * ``native``: ``Conv2DBackpropFilter`` (NHWC), what TF's autodiff runs;
 * ``native, 4 slices``: the same on four equal slices of the batch, summed in float32;
 * ``native NCHW``: the kernel on NCHW tensors (transposes included);
-* ``swapped``: `mtl_keras.layers.conv.swapped_filter_gradient` (what mtl_keras runs on ≤ 10×10);
+* ``swapped``: `mtl_keras.tensorflow_backend.conv.swapped_filter_gradient` (what mtl_keras runs on ≤ 10×10);
 * ``swapped, 8×8 tiles``: the map cut into 8×8 tiles (with a 1-pixel halo) stacked on the
   batch axis, then swapped — the small-map speed of the swap on large maps;
 * ``im2col, one matmul``: the 9 shifted copies concatenated on channels, one ``matmul``.
@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from conv_kernel_benchmark import _median_seconds  # noqa: E402
 
-from mtl_keras.layers.conv import swapped_filter_gradient  # noqa: E402
+from mtl_keras.tensorflow_backend.conv import swapped_filter_gradient  # noqa: E402
 
 LAYERS = ((32, 64, 64), (16, 128, 128), (8, 256, 256), (4, 512, 512))  # (side, Cin, Cout)
 

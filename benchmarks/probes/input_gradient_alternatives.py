@@ -7,7 +7,7 @@ output gradient with the kernel rotated by 180° and its channel axes swapped,
     ∂X = conv(∂Y, rot180(W)ᵀ)        (rot180: taps reversed; ᵀ: Cin ↔ Cout),
 
 and the filter gradient one with batch and channel axes swapped
-(`mtl_keras.layers.conv.swapped_filter_gradient`). On some CPUs oneDNN's backward kernels run
+(`mtl_keras.tensorflow_backend.conv.swapped_filter_gradient`). On some CPUs oneDNN's backward kernels run
 far below its forward kernel on small maps (issue 19: on an AVX2-only AMD EPYC the 4×4×512
 input gradient took ~4× the forward convolution's time); this probe measures by how much, per
 map size, so that `mtl_keras.layers.conv` can choose per instruction set.
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from mtl_keras.hardware import cpu_flags, isa_label  # noqa: E402
-from mtl_keras.layers.conv import swapped_filter_gradient, swapped_input_gradient  # noqa: E402
+from mtl_keras.tensorflow_backend.conv import swapped_filter_gradient, swapped_input_gradient  # noqa: E402
 
 LAYERS = (
     (32, 64, 64),

@@ -4,7 +4,7 @@
 
 WEIGHTS: a pretrained backbone of the ``cpu-glyph_scenes`` preset, e.g.
 ``benchmarks/glyph_scenes/seed-0/pretrained_backbone.weights.h5`` as `mtl-keras reproduce`
-leaves it (git-ignored). Each variant meta-trains the SS row (`mtl_keras.ablation`:
+leaves it (git-ignored). Each variant meta-trains the SS row (`mtl_keras_app.ablation`:
 `build_row_model`, `meta_train_row`) from those weights with the preset's recipe changed in one
 place, and scores every epoch on the same 600 fixed 5-way 1-shot *validation* episodes (the
 episodes of `reproduce`, episode seed 0); nothing here touches the test split. Variants:
@@ -29,14 +29,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from mtl_keras.ablation import (  # noqa: E402
+from mtl_keras_app.ablation import (  # noqa: E402
     ReproduceSettings,
     build_row_model,
     draw_episodes,
     meta_train_row,
 )
-from mtl_keras.config import get_config  # noqa: E402
-from mtl_keras.workflow import load_config_benchmark  # noqa: E402
+from mtl_keras_app.config import get_config  # noqa: E402
+from mtl_keras_app.workflow import load_config_benchmark  # noqa: E402
 
 VARIANTS = {
     "recipe": {},

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 
 from mtl_keras import load_benchmark, make_episodes
-from mtl_keras.config import get_config
-from mtl_keras.workflow import build_meta_model
+from mtl_keras_app.config import get_config
+from mtl_keras_app.workflow import build_meta_model
 
 CANDIDATES = {
     "inner 20, lr 0.1, phi 1e-3, head 1e-3": dict(inner_lr=0.1, phi_lr=1e-3, head_lr=1e-3),

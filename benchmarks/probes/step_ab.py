@@ -9,8 +9,8 @@ between them, so that machine load falls on all alike; prints medians and minima
 
 A variant is ``key=value[,key=value]`` over the benchmark worker's spec
 (`benchmarks.harness.keras_worker.build_steps`): ``filter_gradient`` (auto | native |
-swapped, `mtl_keras.layers.conv.set_filter_gradient`), ``gradient_isa`` (AVX2 | AVX-512 | AMX-BF16: that
-instruction set's plan of `mtl_keras.layers.conv.FORWARD_GRADIENT_MAX_PIXELS` instead of this
+swapped, `mtl_keras.tensorflow_backend.gradient_plan.set_filter_gradient`), ``gradient_isa`` (AVX2 | AVX-512 | AMX-BF16: that
+instruction set's plan of `mtl_keras.tensorflow_backend.gradient_plan.FORWARD_GRADIENT_MAX_PIXELS` instead of this
 CPU's), ``swapped_max_pixels`` / ``input_max_pixels`` (the largest map, H·W, whose filter /
 input gradient the ``auto`` mode computes as a forward convolution, for every dtype, in the
 plan in use; ``none``: any size, 0: never), ``matmul_max_pixels`` (likewise for the filter

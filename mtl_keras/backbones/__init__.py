@@ -1,8 +1,8 @@
 """Backbones: functional builders mapping images to feature vectors."""
 
-from mtl_keras.backbones.conv4 import conv4
-from mtl_keras.backbones.resnet12 import resnet12
-from mtl_keras.backbones.resnet18 import resnet18
+from mtl_keras.backbones.conv4_backbone import conv4
+from mtl_keras.backbones.resnet12_backbone import resnet12
+from mtl_keras.backbones.resnet18_backbone import resnet18
 
 BACKBONES = {"resnet12": resnet12, "conv4": conv4, "resnet18": resnet18}
 

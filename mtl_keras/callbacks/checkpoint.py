@@ -24,7 +24,7 @@ class BestCheckpoint(keras.callbacks.Callback):
     while saving leaves the previous best, never a truncated file; and ``best`` can
     be set before ``fit`` (e.g. to the pretrained model's score, or to the best epoch
     of a run being resumed). Every process writes: under a multi-worker strategy give
-    each worker its own ``filepath`` (as `mtl_keras.workflow.output_dir` does).
+    each worker its own ``filepath`` (as `mtl_keras_app.workflow.output_dir` does).
 
     Args:
         filepath: a ``.weights.h5`` path.

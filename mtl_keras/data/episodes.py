@@ -7,7 +7,7 @@ order-preserving).
 
 TensorFlow is imported on first use of `make_episodes` or `pretrain_dataset`, not with
 this module. Without TensorFlow `make_episodes` returns the backend-agnostic
-`mtl_keras.data.episode_source.EpisodeSource` (same elements, numpy arrays).
+`mtl_keras.data.numpy_episodes.EpisodeSource` (same elements, numpy arrays).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mtl_keras._quiet import import_tensorflow
-from mtl_keras.data.episode_stream import EpisodeStream
+from mtl_keras._tensorflow import import_tensorflow
+from mtl_keras.data.episode_stream import EpisodeSampler, episode_labels, open_stream
 from mtl_keras.data.split import ClassSplit
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from mtl_keras.data.episode_source import EpisodeSource
+    from mtl_keras.data.numpy_episodes import EpisodeSource
 
 
 def _tf(purpose: str = "the tf.data episode pipeline"):
@@ -33,101 +33,6 @@ def _tf(purpose: str = "the tf.data episode pipeline"):
 
 
 _said_fallback = False
-
-
-class EpisodeSampler:
-    """Draws N-way K-shot Q-query tasks from a `ClassSplit`.
-
-    A task's support set is class-major: labels ``[0]*K + [1]*K + …``; the query
-    set likewise with ``Q`` per class. Support and query images of a class are
-    distinct items.
-
-    Args:
-        split: the classes to draw from.
-        ways: ``N``; shots: ``K``; queries: ``Q``.
-        seed: seed of the numpy generator.
-
-    Raises:
-        ValueError: at construction, naming the class, when a class has fewer than
-            ``K + Q`` images or the split has fewer than ``N`` classes.
-    """
-
-    def __init__(self, split: ClassSplit, ways: int, shots: int, queries: int, seed: int = 0):
-        split.check_episode_size(ways, shots, queries)
-        self.split = split
-        self.ways, self.shots, self.queries = int(ways), int(shots), int(queries)
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
-        # Entropy of the indexed stream (`seek`); drawn once when seed is None.
-        self._entropy = np.random.SeedSequence(seed).entropy
-        self._next_task = None  # index of the next task once `seek` was called
-
-    def reset(self, seed: int | None = None) -> None:
-        """Restart the stream (from ``seed``, default the constructor's)."""
-        self.rng = np.random.default_rng(self.seed if seed is None else seed)
-
-    def seek(self, task_index: int) -> None:
-        """Switch to the indexed stream, at task ``task_index``.
-
-        From then on the ``j``-th task drawn (`sample_task`) uses a generator
-        seeded with ``(seed, j)`` only, ``j = task_index, task_index + 1, …``:
-        `make_episodes` seeks to ``i * B`` before meta-batch ``i``, so a stream can
-        resume at any meta-batch without replaying the ones before it, and the
-        tasks do not depend on how they are batched.
-        """
-        self._next_task = int(task_index)
-
-    def sample_task(self, classes: np.ndarray | None = None, exclude: dict | None = None):
-        """One task.
-
-        Args:
-            classes: local class indices to use (``N`` of them); drawn at random if None.
-            exclude: optional ``{local class: item indices}`` not to draw (e.g. the
-                images a failed task used, so hard tasks get fresh samples). When a
-                class has fewer than ``shots + queries`` other images, all of them
-                are used and topped up with excluded ones (as fresh as it can be).
-
-        Returns:
-            ``(classes (N,), support_items (N*K,), query_items (N*Q,))`` item indices.
-        """
-        if self._next_task is not None:
-            self.rng = np.random.default_rng(
-                np.random.SeedSequence(self._entropy, spawn_key=(self._next_task,))
-            )
-            self._next_task += 1
-        if classes is None:
-            classes = self.rng.choice(self.split.num_classes, self.ways, replace=False)
-        classes = np.asarray(classes)
-        need = self.shots + self.queries
-        support, query = [], []
-        for c in classes:
-            items = self.split.items_of(int(c))
-            fresh = np.setdiff1d(items, exclude[int(c)]) if exclude and int(c) in exclude else items
-            if len(fresh) >= need:
-                picked = self.rng.choice(fresh, need, replace=False)
-            else:  # every fresh image, topped up with excluded ones
-                reused = self.rng.choice(np.setdiff1d(items, fresh), need - len(fresh), replace=False)
-                picked = self.rng.permutation(np.concatenate([fresh, reused]))
-            support.append(picked[: self.shots])
-            query.append(picked[self.shots :])
-        return classes, np.concatenate(support), np.concatenate(query)
-
-    def sample_batch(self, meta_batch_size: int) -> dict:
-        """``meta_batch_size`` tasks as index arrays (see `make_episodes`)."""
-        tasks = [self.sample_task() for _ in range(meta_batch_size)]
-        return self._pack(tasks)
-
-    def _pack(self, tasks) -> dict:
-        classes = np.stack([t[0] for t in tasks])
-        return {
-            "task_classes": self.split.class_ids[classes].astype(np.int32),
-            "support_items": np.stack([t[1] for t in tasks]),
-            "query_items": np.stack([t[2] for t in tasks]),
-        }
-
-
-def _labels(ways: int, per_class: int, batch: int) -> np.ndarray:
-    return np.tile(np.repeat(np.arange(ways, dtype=np.int32), per_class), (batch, 1))
 
 
 def make_episodes(
@@ -191,7 +96,7 @@ def make_episodes(
     try:
         tf = _tf("make_episodes' tf.data pipeline")
     except ImportError as err:
-        from mtl_keras.data.episode_source import episode_source
+        from mtl_keras.data.numpy_episodes import episode_source
 
         global _said_fallback
         if not _said_fallback:
@@ -216,13 +121,8 @@ def make_episodes(
             hard_tasks=hard_tasks,
             augment=augment,
         )
-    if hard_tasks is not None:
-        if batch_source is not None:
-            raise ValueError("Give `hard_tasks` or `batch_source`, not both.")
-        batch_source = hard_tasks.batch_source
-    sampler = EpisodeSampler(split, ways, shots, queries, seed=seed)
     B = int(meta_batch_size)
-    stream = EpisodeStream(sampler, B, batch_source=batch_source, hard_tasks=hard_tasks)
+    stream = open_stream(split, ways, shots, queries, B, seed, batch_source, hard_tasks)
 
     def generate():
         # Meta-batch i is drawn from a generator seeded with (seed, i); the stream
@@ -237,8 +137,8 @@ def make_episodes(
     )
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     load = _image_loader(split)
-    support_labels = tf.constant(_labels(ways, shots, B))
-    query_labels = tf.constant(_labels(ways, queries, B))
+    support_labels = tf.constant(episode_labels(ways, shots, B))
+    query_labels = tf.constant(episode_labels(ways, queries, B))
 
     # Plain TF ops, no Python control flow on tensors: nothing for AutoGraph to convert. Converting
     # re-reads this file's source, and when the file changed since import (an edit during a long

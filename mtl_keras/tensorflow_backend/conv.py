@@ -10,7 +10,7 @@ import functools
 
 import tensorflow as tf
 
-from mtl_keras.layers.conv import FILTER_METHODS, SWAPPED_SLICE_PIXELS
+from mtl_keras.tensorflow_backend.gradient_plan import FILTER_METHODS, SWAPPED_SLICE_PIXELS
 
 
 def swapped_filter_gradient(inputs, out_grad, kernel_size):
@@ -145,7 +145,7 @@ def conv_with_forward_gradients(filter_method, swap_input: bool):
     """The convolution of `_conv_with_forward_gradients` (made once per combination, cached).
 
     Args:
-        filter_method: one of `mtl_keras.layers.conv.FILTER_METHODS`, or a bool (True:
+        filter_method: one of `mtl_keras.tensorflow_backend.gradient_plan.FILTER_METHODS`, or a bool (True:
             ``"swapped"``, False: ``"native"``).
         swap_input: whether the input gradient is a forward convolution.
     """

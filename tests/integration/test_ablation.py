@@ -7,8 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from mtl_keras import cli
-from mtl_keras.ablation import (
+from mtl_keras.backbones import resnet12
+from mtl_keras.data.episodes import make_episodes
+from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
+from mtl_keras.models.meta_transfer import MetaTransferModel
+from mtl_keras_app import cli
+from mtl_keras_app.ablation import (
     ROWS,
     ReproduceSettings,
     draw_episodes,
@@ -17,10 +21,6 @@ from mtl_keras.ablation import (
     paired_difference,
     verdict,
 )
-from mtl_keras.backbones import resnet12
-from mtl_keras.data.episodes import make_episodes
-from mtl_keras.evaluation import EvaluationResult, evaluate_episodes
-from mtl_keras.models.meta_transfer import MetaTransferModel
 from tests.conftest import make_prototype_split
 
 #: `--quick` shrunk further so the whole reproduction runs in under 90 s on 2 cores.
@@ -93,7 +93,7 @@ def test_reproduce_beats_chance_in_every_row_and_writes_the_table(reproduction):
 def test_the_report_can_be_rewritten_from_results_json(reproduction, tmp_path):
     import shutil
 
-    from mtl_keras.ablation import rewrite_report
+    from mtl_keras_app.ablation import rewrite_report
 
     out, _ = reproduction
     copy = tmp_path / "copy"
@@ -128,7 +128,7 @@ def test_evaluation_on_cached_embeddings_equals_evaluate_episodes():
 
 def test_a_row_keeps_the_model_before_meta_training_when_no_epoch_beats_it():
     """The one model-selection rule (`kept_epoch`) in the ablation too: epoch 0 competes."""
-    from mtl_keras.ablation import EpisodeValidation
+    from mtl_keras_app.ablation import EpisodeValidation
 
     split = make_prototype_split(num_classes=10, per_class=10)
     model = MetaTransferModel(resnet12((16, 16, 1), widths=(4, 4, 4, 4)), ways=5, eval_inner_steps=2)
@@ -194,7 +194,7 @@ def test_script_is_a_thin_main(monkeypatch):
 
 def _fake_run(seed, accuracies, rows=None):
     """A seed's results.json as `reproduce` writes it, with given per-episode accuracies."""
-    from mtl_keras.config import get_config
+    from mtl_keras_app.config import get_config
 
     config = get_config("cpu-glyph_scenes").replace(seed=seed, shots=(1,))
     rows = rows or list(accuracies)
@@ -222,7 +222,7 @@ def _fake_run(seed, accuracies, rows=None):
 
 
 def test_seeds_report_pools_paired_differences_and_checks_the_targets():
-    from mtl_keras.ablation import seeds_report
+    from mtl_keras_app.ablation import seeds_report
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.3, 0.9, size=200)

@@ -13,8 +13,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from mtl_keras import cli
-from mtl_keras.config import PRESETS, ExperimentConfig, get_config, resolve_config
+from mtl_keras_app import cli
+from mtl_keras_app.config import PRESETS, ExperimentConfig, get_config, resolve_config
 from tests.conftest import TINY_CONFIG
 
 SUBCOMMANDS = (

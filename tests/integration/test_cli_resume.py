@@ -18,9 +18,9 @@ import h5py
 import numpy as np
 import pytest
 
-from mtl_keras import cli
-from mtl_keras.config import ExperimentConfig
-from mtl_keras.workflow import RunProgress
+from mtl_keras_app import cli
+from mtl_keras_app.config import ExperimentConfig
+from mtl_keras_app.workflow import RunProgress
 from tests.conftest import TINY_CONFIG
 from tests.helpers import patient
 
@@ -32,12 +32,13 @@ REPO = str(Path(__file__).resolve().parents[2])
 WRAPPER = textwrap.dedent(
     """
     import os, signal, sys
-    from mtl_keras import callbacks, cli
+    from mtl_keras import callbacks
+    from mtl_keras_app import cli
 
     crash = os.environ.get("CRASH_AT")
     stage = os.environ.get("CRASH_STAGE", "mtl_")
     if crash and stage == "evaluate":  # CRASH_AT=N: right after the N-th evaluation, before it is recorded
-        from mtl_keras.workflow import stages
+        from mtl_keras_app.workflow import stages
 
         evaluate, calls = stages.evaluate_episodes, []
 

@@ -349,7 +349,7 @@ def _cli(tmp_path, args, env_extra=None, timeout=None):
     env = _env()
     env.update(env_extra or {})
     return subprocess.Popen(
-        [sys.executable, "-m", "mtl_keras.cli", *args, "--config", str(config), "--no-tensorboard"],
+        [sys.executable, "-m", "mtl_keras_app.cli", *args, "--config", str(config), "--no-tensorboard"],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -376,8 +376,8 @@ def test_a_non_chief_worker_meta_trains_from_its_own_pretrained_weights(tmp_path
     RUN/pretrained_backbone.weights.h5' on worker 1."""
     from types import SimpleNamespace
 
-    from mtl_keras import workflow
-    from mtl_keras.config import ExperimentConfig
+    from mtl_keras_app import workflow
+    from mtl_keras_app.config import ExperimentConfig
     from tests.conftest import TINY_CONFIG
 
     config = ExperimentConfig.from_dict({k: v for k, v in TINY_CONFIG.items() if k != "preset"})
@@ -442,7 +442,7 @@ def test_cli_run_with_mirrored_strategy_and_mixed_bfloat16(tmp_path, glyph_cache
 
 
 def test_cli_strategy_errors_come_before_any_training(tmp_path, monkeypatch):
-    from mtl_keras import cli
+    from mtl_keras_app import cli
 
     code, _, err = _finish(
         _cli(

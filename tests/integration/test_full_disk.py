@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from mtl_keras import atomic, cli
+from mtl_keras import atomic
+from mtl_keras_app import cli
 from tests.conftest import TINY_CONFIG
 from tests.helpers import patient
 
@@ -73,7 +74,7 @@ def test_a_real_full_file_system_ends_with_a_message_not_a_crash(tmp_path, glyph
             "--no-tensorboard",
             "--quiet",
         ]
-        script = "import sys; from mtl_keras import cli; sys.exit(cli.main(sys.argv[1:]))"
+        script = "import sys; from mtl_keras_app import cli; sys.exit(cli.main(sys.argv[1:]))"
         result = subprocess.run(
             [sys.executable, "-c", script, *argv],
             capture_output=True,

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl_keras import cli
-from mtl_keras.config import ExperimentConfig, get_config
 from mtl_keras.data.split import ClassSplit
-from mtl_keras.workflow import check_episode_settings, pretrain, weak_pretraining
+from mtl_keras_app import cli
+from mtl_keras_app.config import ExperimentConfig, get_config
+from mtl_keras_app.workflow import check_episode_settings, pretrain, weak_pretraining
 from tests.conftest import make_prototype_split
 
 

@@ -1,6 +1,6 @@
 """The CLI turns an `OSError` into one line naming the path and the fix (exit 2), not a traceback."""
 
-from mtl_keras import cli
+from mtl_keras_app import cli
 
 
 def test_a_root_that_is_a_file_is_one_line_naming_it(tmp_path, capsys):
@@ -28,7 +28,7 @@ def test_a_root_that_is_a_file_is_one_line_naming_it(tmp_path, capsys):
 def test_os_errors_say_what_to_do():
     import errno
 
-    from mtl_keras.cli import _os_error_message
+    from mtl_keras_app.cli import _os_error_message
 
     full = _os_error_message(OSError(errno.ENOSPC, "No space left on device", "/runs/a/x.h5"))
     assert "/runs/a/x.h5" in full and "resumes" in full

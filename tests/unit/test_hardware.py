@@ -3,8 +3,8 @@
 import pytest
 
 from mtl_keras import hardware
-from mtl_keras.config import ExperimentConfig
-from mtl_keras.workflow import build_meta_model
+from mtl_keras_app.config import ExperimentConfig
+from mtl_keras_app.workflow import build_meta_model
 
 AVX2_ONLY = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx fma avx2\n\n"
 AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16\n\n"

@@ -41,7 +41,7 @@ def test_best_checkpoint_skips_an_epoch_with_nan_weights(tmp_path):
 
 
 def test_a_diverged_pretraining_stops_and_saves_nothing(tmp_path, capsys):
-    from mtl_keras import cli
+    from mtl_keras_app import cli
 
     root = write_folder_set(str(tmp_path / "data"))
     run_dir = tmp_path / "run"

@@ -7,7 +7,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from mtl_keras import cli, plots
+from mtl_keras_app import cli, plots
 
 
 def _image(path):
@@ -88,7 +88,7 @@ def test_episode_grid_without_predictions_handles_rgb(tmp_path):
 
 
 def _fake_run_folder(run_dir):
-    """What `mtl_keras.workflow` writes, with made-up numbers."""
+    """What `mtl_keras_app.workflow` writes, with made-up numbers."""
     os.makedirs(run_dir / "episodes")
     rng = np.random.default_rng(0)
     names = [f"ARMENIAN LETTER {i}" for i in range(40)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mtl_keras import _quiet
+from mtl_keras_app import quiet as _quiet
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -111,7 +111,7 @@ def test_the_filter_drops_noise_and_forwards_everything_else():
     proc = _python(
         f"""
         import os, sys
-        from mtl_keras._quiet import filtered_stderr, is_startup_noise
+        from mtl_keras_app.quiet import filtered_stderr, is_startup_noise
         with filtered_stderr(is_startup_noise):
             for line in {lines!r}:
                 os.write(2, (line + "\\n").encode())  # as C++ code writes
@@ -130,7 +130,7 @@ STARTUP_NOISE = ("cuInit", "cuda drivers", "absl::InitializeLog", "cpu_feature_g
 def test_the_cli_prints_no_cuda_errors_on_a_cpu_machine():
     if _quiet.nvidia_present():
         pytest.skip("this machine has an NVIDIA GPU: nothing is filtered")
-    proc = _python("import sys; from mtl_keras import cli; sys.exit(cli.main(['benchmarks']))")
+    proc = _python("import sys; from mtl_keras_app import cli; sys.exit(cli.main(['benchmarks']))")
     assert proc.returncode == 0, proc.stderr
     assert "glyphs" in proc.stdout
     assert [s for s in STARTUP_NOISE if s in proc.stderr] == [], proc.stderr
@@ -142,6 +142,8 @@ def test_devices_start_quietly_and_later_warnings_stay_visible():
     proc = _python(
         """
         import os
+        from mtl_keras_app.quiet import quiet_tensorflow_startup
+        quiet_tensorflow_startup()  # what the mtl-keras command does first
         import mtl_keras
         import tensorflow as tf
         print(os.environ["TF_CPP_MIN_LOG_LEVEL"], tf.config.list_physical_devices("GPU"))
@@ -160,6 +162,34 @@ def test_devices_start_quietly_and_later_warnings_stay_visible():
 def test_log_level_zero_keeps_tensorflows_own_output():
     if _quiet.nvidia_present():
         pytest.skip("this machine has an NVIDIA GPU: nothing is filtered")
-    proc = _python("import mtl_keras, tensorflow as tf; tf.constant(1)", env={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    proc = _python(
+        "from mtl_keras_app.quiet import quiet_tensorflow_startup; quiet_tensorflow_startup(); "
+        "import mtl_keras, tensorflow as tf; tf.constant(1)",
+        env={"TF_CPP_MIN_LOG_LEVEL": "0"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "cuInit" in proc.stderr and "cuda drivers" in proc.stderr
+
+
+def test_importing_the_library_leaves_the_environment_and_file_descriptors_alone():
+    """``import mtl_keras`` changes the environment exactly as ``import keras`` does (TensorFlow
+    sets ``TF_CPP_MIN_LOG_LEVEL`` itself) and never redirects a file descriptor."""
+    probe = """
+        import json, os, sys
+        calls = []
+        for name in ("dup2", "pipe"):
+            real = getattr(os, name)
+            setattr(os, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+        before = dict(os.environ)
+        import {module}
+        after = dict(os.environ)
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        print(json.dumps({{"changed": changed, "fd_calls": calls, "app": "mtl_keras_app" in sys.modules}}))
+        """
+    results = {}
+    for module in ("keras", "mtl_keras"):
+        proc = _python(probe.format(module=module))
+        assert proc.returncode == 0, proc.stderr
+        results[module] = __import__("json").loads(proc.stdout.strip().splitlines()[-1])
+    assert "dup2" not in results["mtl_keras"]["fd_calls"]  # (os.pipe: Keras's platform.processor())
+    assert results["mtl_keras"] == results["keras"] | {"app": False}

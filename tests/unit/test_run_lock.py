@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from mtl_keras import run_lock, tuning, workflow
-from mtl_keras.ablation import ReproduceSettings, reproduce
-from mtl_keras.config import ExperimentConfig
-from mtl_keras.run_lock import RunFolderLocked, run_folder_lock
+from mtl_keras_app import run_lock, tuning, workflow
+from mtl_keras_app.ablation import ReproduceSettings, reproduce
+from mtl_keras_app.config import ExperimentConfig
+from mtl_keras_app.run_lock import RunFolderLocked, run_folder_lock
 
 REPO = str(Path(__file__).resolve().parents[2])
 MODULE = run_lock.__file__
 
-# Loads mtl_keras/run_lock.py on its own (no TensorFlow: starts in a fraction of a second).
+# Loads mtl_keras_app/run_lock.py on its own (no TensorFlow: starts in a fraction of a second).
 LOAD = textwrap.dedent(
     """
     import importlib.util, os, sys, time
@@ -89,7 +89,7 @@ def _cli(args, cache) -> subprocess.CompletedProcess:
     env = dict(os.environ, MTL_KERAS_CACHE=cache, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-m", "mtl_keras.cli", *args],
+        [sys.executable, "-m", "mtl_keras_app.cli", *args],
         env=env,
         cwd=REPO,
         capture_output=True,

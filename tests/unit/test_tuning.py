@@ -10,10 +10,10 @@ import keras
 import keras_tuner
 import pytest
 
-from mtl_keras.config import get_config
 from mtl_keras.data.episodes import make_episodes
 from mtl_keras.models.meta_transfer import MetaTransferModel
-from mtl_keras.tuning import MTLHyperModel, distributed_role, make_tuner, run_tuning
+from mtl_keras_app.config import get_config
+from mtl_keras_app.tuning import MTLHyperModel, distributed_role, make_tuner, run_tuning
 from tests.conftest import TINY_CONFIG, make_prototype_split
 from tests.helpers import patient
 
@@ -177,7 +177,7 @@ def test_distributed_chief_and_worker_on_loopback(tiny_config_file, glyph_cache,
         "KERASTUNER_ORACLE_IP": "127.0.0.1",
         "KERASTUNER_ORACLE_PORT": str(port),
     }
-    command = [sys.executable, "-m", "mtl_keras.cli", "tune", *run_tuning_args]
+    command = [sys.executable, "-m", "mtl_keras_app.cli", "tune", *run_tuning_args]
 
     def start(tuner_id):
         return subprocess.Popen(

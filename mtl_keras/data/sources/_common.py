@@ -407,7 +407,7 @@ def corrupt_jpegs(paths: Sequence[str]) -> list[tuple[str, str]]:
     so is everything without TensorFlow installed (the JAX-only install: its pipeline decodes
     with PIL, which shows such a file as it decodes it, without a word either way).
     """
-    from mtl_keras._quiet import tensorflow_installed
+    from mtl_keras._tensorflow import tensorflow_installed
 
     jpegs = [str(p) for p in paths if str(p).lower().endswith(_JPEG_SUFFIXES)]
     if not jpegs or not tensorflow_installed():

@@ -319,7 +319,8 @@ def test_tensorflow_only_parts_say_what_to_install(tmp_path):
     proc = _without_tensorflow(
         """
         import numpy as np
-        from mtl_keras import distribute, export, hardware
+        from mtl_keras import export, hardware
+        from mtl_keras_app import distribute
         from mtl_keras.data import ClassSplit, pretrain_dataset
         from mtl_keras.data.episodes import _image_loader
 
@@ -352,7 +353,7 @@ def test_quiet_startup_imports_nothing_on_another_backend(tmp_path):
     (home / "keras.json").write_text(json.dumps({"backend": "jax"}))
     code = """
         del sys.modules["tensorflow"]  # installed here: the backend alone must keep it out
-        from mtl_keras import _quiet
+        from mtl_keras_app import quiet as _quiet
         print(_quiet.keras_backend_name(), _quiet.tensorflow_installed())
         assert _quiet.quiet_tensorflow_startup() is False
         assert "tensorflow" not in sys.modules and "keras" not in sys.modules
@@ -368,7 +369,7 @@ def test_keras_backend_name_defaults_to_tensorflow_and_reads_keras_json(tmp_path
     proc = _check(
         _without_tensorflow(
             """
-            from mtl_keras import _quiet
+            from mtl_keras_app import quiet as _quiet
             home = os.environ["KERAS_HOME"]
             print(_quiet.keras_backend_name({"KERAS_HOME": home}))
             os.makedirs(home)

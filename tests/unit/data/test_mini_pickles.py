@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtl_keras import cli
 from mtl_keras.data.registry import load_benchmark
 from mtl_keras.data.sources import mini_imagenet
+from mtl_keras_app import cli
 from tests.helpers import py2_pickle
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*standard benchmark:UserWarning")

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl_keras import cli
 from mtl_keras.data.sources import tiered_imagenet
+from mtl_keras_app import cli
 from tests.helpers import py2_pickle
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*standard benchmark:UserWarning")

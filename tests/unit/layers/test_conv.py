@@ -4,17 +4,16 @@ import pytest
 import tensorflow as tf
 
 from mtl_keras import resnet12, set_phase
-from mtl_keras.layers import conv as conv_module
 from mtl_keras.layers import phi_weights
-from mtl_keras.layers.conv import (
-    conv2d,
-    set_filter_gradient,
-    set_gradient_isa,
+from mtl_keras.layers.conv import conv2d
+from mtl_keras.tensorflow_backend import conv as tf_conv
+from mtl_keras.tensorflow_backend import gradient_plan as conv_module
+from mtl_keras.tensorflow_backend.conv import (
     shifted_matmul_filter_gradient,
     swapped_filter_gradient,
     swapped_input_gradient,
 )
-from mtl_keras.tensorflow_backend import conv as tf_conv
+from mtl_keras.tensorflow_backend.gradient_plan import set_filter_gradient, set_gradient_isa
 from tests.helpers import randomise_backbone
 
 

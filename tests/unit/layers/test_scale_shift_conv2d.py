@@ -151,7 +151,7 @@ def test_from_conv2d_converts_activation_dilation_and_groups_exactly(kwargs):
 @pytest.mark.parametrize("kwargs", [dict(groups=2), dict(dilation_rate=2)])
 def test_grouped_and_dilated_kernel_gradients_equal_keras(mode, kwargs):
     """The swapped filter gradient (`conv.py`) is for plain convolutions only."""
-    from mtl_keras.layers.conv import set_filter_gradient
+    from mtl_keras.tensorflow_backend.gradient_plan import set_filter_gradient
 
     x = tf.constant(_x((2, 4, 4, 4)))
     conv = keras.layers.Conv2D(4, 3, padding="same", **kwargs)

@@ -43,7 +43,7 @@ def test_a_readme_without_markers_is_refused():
 def test_the_commit_the_run_recorded_wins_over_the_checkout_now(tmp_path):
     """A demo run records the source commit it ran (`workflow.source_commit`); the README
     names that one, not where the checkout stands when the table is written."""
-    from mtl_keras.workflow import source_commit
+    from mtl_keras_app.workflow import source_commit
 
     recorded = source_commit()
     assert recorded is None or len(recorded.split("+")[0]) >= 7  # a checkout here, None from a wheel

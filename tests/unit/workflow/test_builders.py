@@ -1,12 +1,12 @@
-"""`mtl_keras.workflow` pieces that need no training: precision, strategy checks, output folders."""
+"""`mtl_keras_app.workflow` pieces that need no training: precision, strategy checks, output folders."""
 
 from __future__ import annotations
 
 import keras
 import pytest
 
-from mtl_keras.config import ExperimentConfig
-from mtl_keras.workflow import build_meta_model, check_strategy, output_dir
+from mtl_keras_app.config import ExperimentConfig
+from mtl_keras_app.workflow import build_meta_model, check_strategy, output_dir
 
 TINY = ExperimentConfig(image_size=16, widths=(4, 4, 4, 4), shots=(1,))
 
@@ -42,7 +42,7 @@ def test_strategy_checks_and_output_folders_without_a_strategy(tmp_path):
 def test_paper_presets_carry_the_official_optimizer_and_meta_phase():
     """The official PyTorch meta phase: Adam ε 1e-8 (torch's default), both rates halved every
     10 epochs, batch norm's γ/β trained with Φ, a Kaiming-normal head."""
-    from mtl_keras.config import get_config
+    from mtl_keras_app.config import get_config
 
     config = get_config("paper-mini_imagenet-1shot").replace(
         image_size=16, widths=(4, 4, 4, 4), steps_per_epoch=3
@@ -51,7 +51,7 @@ def test_paper_presets_carry_the_official_optimizer_and_meta_phase():
     assert model.optimizer.epsilon == model.head_optimizer.epsilon == 1e-8
 
     from mtl_keras.callbacks import DivergenceGuard, OuterRateDecay
-    from mtl_keras.workflow import meta_training_callbacks
+    from mtl_keras_app.workflow import meta_training_callbacks
 
     decay, guard = meta_training_callbacks(config)
     assert isinstance(decay, OuterRateDecay) and (decay.every, decay.rate) == (10, 0.5)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl_keras.config import get_config
 from mtl_keras.data.registry import load_benchmark
-from mtl_keras.workflow.training import pretrain
+from mtl_keras_app.config import get_config
+from mtl_keras_app.workflow.training import pretrain
 
 
 def write_folder_set(root, classes=20, per_class=20, size=16, seed=0):

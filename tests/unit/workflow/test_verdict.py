@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from mtl_keras.evaluation import EvaluationResult
-from mtl_keras.workflow import format_verdict
-from mtl_keras.workflow.stages import BASELINE_ROW, CENTROID_ROWS, MTL_ROW
+from mtl_keras_app.workflow import format_verdict
+from mtl_keras_app.workflow.stages import BASELINE_ROW, CENTROID_ROWS, MTL_ROW
 
 L2N, CL2N = CENTROID_ROWS["L2N"], CENTROID_ROWS["CL2N"]
 

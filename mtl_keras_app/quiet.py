@@ -22,8 +22,9 @@ Why an environment variable alone cannot quiet them:
   process: setting 3 for the import and restoring it afterwards still hides every later
   error (tried: the ``cuInit`` error, logged after the import, stayed hidden).
 
-So `quiet_tensorflow_startup` (called first thing by ``mtl_keras/__init__.py``, hence by
-the ``mtl-keras`` CLI and ``make demo``), on a machine with no NVIDIA device or driver:
+So `quiet_tensorflow_startup` (called first thing by the ``mtl-keras`` command, hence by
+``make demo``; a library user can call it before importing TensorFlow, Keras or mtl_keras),
+on a machine with no NVIDIA device or driver:
 
 1. sets ``TF_CPP_MIN_LOG_LEVEL=1`` if the user has not set it: TensorFlow's INFO lines are
    dropped for the whole run, warnings and errors stay visible;
@@ -39,8 +40,10 @@ is never overridden, and ``CUDA_VISIBLE_DEVICES`` is never touched.
 On any other Keras backend (``KERAS_BACKEND=jax``, read without importing Keras: see
 `keras_backend_name`), or where TensorFlow is not installed, `quiet_tensorflow_startup` does
 nothing and imports nothing: TensorFlow is then imported only by the parts that need it
-(tf.data pipelines, SavedModel export, ``tf.distribute``), through `import_tensorflow`, which
-filters the same start-up lines and says what to install when TensorFlow is missing.
+(tf.data pipelines, SavedModel export, ``tf.distribute``), through
+`mtl_keras._tensorflow.import_tensorflow`; `quiet_cli_startup` sets this filter there too.
+
+This module imports neither mtl_keras nor Keras nor TensorFlow at its own import.
 """
 
 from __future__ import annotations
@@ -248,34 +251,18 @@ def quiet_tensorflow_startup(environ: MutableMapping[str, str] | None = None) ->
     return True
 
 
-#: Why mtl_keras imports TensorFlow at all: the parts that exist on TensorFlow only.
-TENSORFLOW_ONLY = (
-    "the tf.data episode and pretraining pipelines (make_episodes, pretrain_dataset), "
-    "SavedModel export and tf.distribute strategies are TensorFlow-only"
-)
+def import_filtered() -> object:
+    """``import tensorflow`` through the start-up filter where `plan_quiet` says so (for
+    `mtl_keras._tensorflow.set_tensorflow_importer`)."""
+    return _import_filtered(os.environ)
 
 
-def import_tensorflow(purpose: str):
-    """TensorFlow, for ``purpose``; imported on first use (quietly, as `quiet_tensorflow_startup`).
+def quiet_cli_startup(environ: MutableMapping[str, str] | None = None) -> None:
+    """What the ``mtl-keras`` command does first: `quiet_tensorflow_startup`, and on another
+    backend the same filter for a TensorFlow the library imports later (tf.data, export)."""
+    environ = os.environ if environ is None else environ
+    if quiet_tensorflow_startup(environ) or not tensorflow_installed() or "tensorflow" in sys.modules:
+        return
+    from mtl_keras import _tensorflow  # imports Keras, on the non-TensorFlow backend
 
-    Args:
-        purpose: what needs it, for the error message (e.g. ``"make_episodes' tf.data pipeline"``).
-
-    Returns:
-        The ``tensorflow`` module.
-
-    Raises:
-        ImportError: TensorFlow is not installed (or cannot be imported); the message names
-            ``purpose`` and says to ``pip install tensorflow``.
-    """
-    tf = sys.modules.get("tensorflow")
-    if tf is not None:
-        return tf
-    try:
-        return _import_filtered(os.environ)
-    except ImportError as err:
-        raise ImportError(
-            f"{purpose} needs TensorFlow, which cannot be imported here ({err}). Install it with "
-            f"`pip install tensorflow`: {TENSORFLOW_ONLY}. Models, training and evaluation on "
-            "in-memory episodes (mtl_keras.data.episode_source) run on the JAX backend without it."
-        ) from err
+    _tensorflow.set_tensorflow_importer(import_filtered)

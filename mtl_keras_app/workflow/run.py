@@ -9,11 +9,11 @@ import time
 import tensorflow as tf
 
 from mtl_keras.callbacks import format_duration
-from mtl_keras.config import ExperimentConfig
 from mtl_keras.evaluation import EvaluationResult, paired_difference
-from mtl_keras.plots import plot_run
-from mtl_keras.workflow.builders import load_config_benchmark
-from mtl_keras.workflow.run_folder import (
+from mtl_keras_app.config import ExperimentConfig
+from mtl_keras_app.plots import plot_run
+from mtl_keras_app.workflow.builders import load_config_benchmark
+from mtl_keras_app.workflow.run_folder import (
     PRETRAINED_WEIGHTS,
     check_strategy,
     checkpoint_path,
@@ -22,7 +22,7 @@ from mtl_keras.workflow.run_folder import (
     update_metrics,
     writes_run_folder,
 )
-from mtl_keras.workflow.stages import (
+from mtl_keras_app.workflow.stages import (
     BASELINE_ROW,
     CENTROID_ROWS,
     MTL_ROW,
@@ -164,7 +164,7 @@ def run_workflow(
 ) -> dict:
     """The whole job in one run folder (``mtl-keras run``; ``mtl-keras demo`` without TensorBoard):
     pretrain, evaluate the pretrained baseline, meta-train with MTL, evaluate, export — each stage
-    the same function its own subcommand calls (`mtl_keras.workflow.stages`).
+    the same function its own subcommand calls (`mtl_keras_app.workflow.stages`).
 
     Writes into ``run_dir``: ``config.json``, ``pretrained_backbone.weights.h5``,
     ``mtl_{K}shot.weights.h5``, ``metrics.json`` (results of both rows with their paired

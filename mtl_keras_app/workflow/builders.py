@@ -11,11 +11,11 @@ import numpy as np
 import tensorflow as tf
 
 from mtl_keras.backbones import get_backbone
-from mtl_keras.config import ExperimentConfig
 from mtl_keras.data.episodes import make_episodes
 from mtl_keras.data.hard_tasks import HardTaskPool
 from mtl_keras.data.registry import load_benchmark
 from mtl_keras.models.meta_transfer import MetaTransferModel
+from mtl_keras_app.config import ExperimentConfig
 
 
 def build_backbone(config: ExperimentConfig, channels: int) -> keras.Model:

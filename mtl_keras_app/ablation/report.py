@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mtl_keras.ablation.settings import CLAIMS, PAPER_MINI_IMAGENET_1SHOT, ROWS, SHORT, ReproduceSettings
-from mtl_keras.config import ExperimentConfig
 from mtl_keras.evaluation import EvaluationResult, paired_difference
-from mtl_keras.plots import plot_accuracy_bars, plot_accuracy_vs_inner_steps, plot_learning_curves
+from mtl_keras_app.ablation.settings import CLAIMS, PAPER_MINI_IMAGENET_1SHOT, ROWS, SHORT, ReproduceSettings
+from mtl_keras_app.config import ExperimentConfig
+from mtl_keras_app.plots import plot_accuracy_bars, plot_accuracy_vs_inner_steps, plot_learning_curves
 
 
 def results_from_summary(summary: dict) -> dict[str, dict[str, EvaluationResult]]:
@@ -268,7 +268,7 @@ def write_results_md(summary: dict, results, path: str, plots: Sequence[str] = (
         "miniImageNet 5-way 1-shot, as reported by Sun et al. (CVPR 2019): "
         + "; ".join(f"{k} {v}" for k, v in PAPER_MINI_IMAGENET_1SHOT.items())
         + ". The paper's FT and MAML rows there include HT; the rows here do not (FT and scratch "
-        "without HT). The same script runs on the real benchmarks with the paper presets of `mtl_keras.config` "
+        "without HT). The same script runs on the real benchmarks with the paper presets of `mtl_keras_app.config` "
         "(needs the data folder and, in practice, a GPU):\n"
     )
     add(
@@ -330,7 +330,7 @@ def _settings_text(summary: dict, config: ExperimentConfig, settings: dict) -> s
         f"- One pretraining shared by rows 2-5: {config.backbone} widths {tuple(config.widths)}, "
         f"{config.pretrain_epochs} epochs over the {splits['train']['classes']} training classes, batch "
         f"{config.pretrain_batch_size}, Adam {config.pretrain_lr:g} with cosine decay, augmentation "
-        f"{'on' if config.pretrain_augment else 'off'} (`mtl_keras.workflow.pretrain`). Weights: `{summary['weights']}`, "
+        f"{'on' if config.pretrain_augment else 'off'} (`mtl_keras_app.workflow.pretrain`). Weights: `{summary['weights']}`, "
         "loaded afresh for each row.",
         f"- Inner loop (every row, training and test): linear head, {config.inner_steps} steps in meta-training, "
         f"{config.eval_inner_steps} at validation/test, rate {config.inner_lr:g}, "

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mtl_keras.ablation.run import reproduce, same_settings_but_rows
-from mtl_keras.ablation.settings import CLAIMS, ROWS, SHORT, ReproduceSettings
-from mtl_keras.config import ExperimentConfig
 from mtl_keras.evaluation import confidence_interval
-from mtl_keras.run_lock import locks_run_folder
+from mtl_keras_app.ablation.run import reproduce, same_settings_but_rows
+from mtl_keras_app.ablation.settings import CLAIMS, ROWS, SHORT, ReproduceSettings
+from mtl_keras_app.config import ExperimentConfig
+from mtl_keras_app.run_lock import locks_run_folder
 
 #: The targets `seeds_report` checks at every N-way setting, on the pooled paired differences:
 #: (better, worse, minimum paired difference in points, what it says). ``worse`` may name several

@@ -434,7 +434,7 @@ def _paper_config(benchmark: str, image_size: int, shots: tuple[int, ...]) -> Ex
       ``pretrain_batch_size=128`` are PyTorch ``--pre_max_epoch 100`` (``run_pre.py``
       passes 110) and ``--pre_batch_size 128`` (verified); the PyTorch code pretrains
       with SGD (lr 0.1, momentum 0.9, weight decay 5e-4, x0.2 every 30 epochs), which
-      `mtl_keras.workflow.pretrain` does not offer.
+      `mtl_keras_app.workflow.pretrain` does not offer.
 
     * ``meta_lr_decay_every=10``, ``meta_lr_decay_rate=0.5``: PyTorch ``--step_size 10
       --gamma 0.5`` (``StepLR`` over both Adam groups, stepped once per epoch). Verified.

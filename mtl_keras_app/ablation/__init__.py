@@ -56,8 +56,10 @@ The package, by concern:
   `rewrite_report`).
 """
 
-from mtl_keras.ablation.features import EpisodeValidation, evaluate_model
-from mtl_keras.ablation.report import (
+# The episode tools the ablation evaluates with (`mtl_keras.evaluation`), importable from here as before.
+from mtl_keras.evaluation import EpisodeSet, draw_episodes, embed_split, paired_difference
+from mtl_keras_app.ablation.features import EpisodeValidation, evaluate_model
+from mtl_keras_app.ablation.report import (
     format_results_table,
     results_from_summary,
     rewrite_report,
@@ -66,10 +68,10 @@ from mtl_keras.ablation.report import (
     write_plots,
     write_results_md,
 )
-from mtl_keras.ablation.rows import build_row_model, meta_train_row
-from mtl_keras.ablation.run import reproduce, same_settings_but_rows, setting_name
-from mtl_keras.ablation.seeds import SEED_TARGETS, reproduce_seeds, seeds_report
-from mtl_keras.ablation.settings import (
+from mtl_keras_app.ablation.rows import build_row_model, meta_train_row
+from mtl_keras_app.ablation.run import reproduce, same_settings_but_rows, setting_name
+from mtl_keras_app.ablation.seeds import SEED_TARGETS, reproduce_seeds, seeds_report
+from mtl_keras_app.ablation.settings import (
     CLAIMS,
     DEFAULT_CONFIG_CHANGES,
     PAPER_MINI_IMAGENET_1SHOT,
@@ -81,9 +83,6 @@ from mtl_keras.ablation.settings import (
     default_config,
     resolve_settings,
 )
-
-# The episode tools the ablation evaluates with (`mtl_keras.evaluation`), importable from here as before.
-from mtl_keras.evaluation import EpisodeSet, draw_episodes, embed_split, paired_difference
 
 __all__ = [
     "CLAIMS",

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from mtl_keras._quiet import import_tensorflow
+from mtl_keras._tensorflow import import_tensorflow
 
 if TYPE_CHECKING:
     import tensorflow as tf

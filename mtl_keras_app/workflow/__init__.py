@@ -11,14 +11,14 @@
 
 Notebooks and scripts can call the same steps one at a time::
 
-    from mtl_keras.workflow import build_meta_model, meta_train, pretrain
+    from mtl_keras_app.workflow import build_meta_model, meta_train, pretrain
     pre, history = pretrain(config, train)
     pre.backbone.save_weights("pretrained.weights.h5")
     model = build_meta_model(config, train.channels, "pretrained.weights.h5")
     meta_train(config, model, train, val, 1, "mtl_1shot.weights.h5")
 """
 
-from mtl_keras.workflow.builders import (
+from mtl_keras_app.workflow.builders import (
     build_backbone,
     build_meta_model,
     check_episode_settings,
@@ -28,8 +28,8 @@ from mtl_keras.workflow.builders import (
     outer_optimizers,
     training_episodes,
 )
-from mtl_keras.workflow.run import format_stage_times, format_table, format_verdict, run_workflow
-from mtl_keras.workflow.run_folder import (
+from mtl_keras_app.workflow.run import format_stage_times, format_table, format_verdict, run_workflow
+from mtl_keras_app.workflow.run_folder import (
     PRETRAINED_WEIGHTS,
     RunProgress,
     check_strategy,
@@ -42,7 +42,7 @@ from mtl_keras.workflow.run_folder import (
     update_metrics,
     writes_run_folder,
 )
-from mtl_keras.workflow.stages import (
+from mtl_keras_app.workflow.stages import (
     BASELINE_ROW,
     CENTROID_ROWS,
     MTL_ROW,
@@ -52,8 +52,12 @@ from mtl_keras.workflow.stages import (
     meta_train_stage,
     pretrain_stage,
 )
-from mtl_keras.workflow.tensorboard import TrainingScalarsLogger, tensorboard_callbacks, write_episode_image
-from mtl_keras.workflow.training import (
+from mtl_keras_app.workflow.tensorboard import (
+    TrainingScalarsLogger,
+    tensorboard_callbacks,
+    write_episode_image,
+)
+from mtl_keras_app.workflow.training import (
     WEAK_PRETRAINING_ACCURACY,
     meta_train,
     pretrain,

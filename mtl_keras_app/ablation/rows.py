@@ -7,13 +7,13 @@ import time
 
 import keras
 
-from mtl_keras.ablation.features import EpisodeValidation
-from mtl_keras.ablation.settings import ROWS, ReproduceSettings
 from mtl_keras.backbones import get_backbone
 from mtl_keras.callbacks import HardTaskMining
 from mtl_keras.evaluation import EpisodeSet
 from mtl_keras.models.meta_transfer import MetaTransferModel
-from mtl_keras.workflow import build_meta_model, meta_training_callbacks, training_episodes
+from mtl_keras_app.ablation.features import EpisodeValidation
+from mtl_keras_app.ablation.settings import ROWS, ReproduceSettings
+from mtl_keras_app.workflow import build_meta_model, meta_training_callbacks, training_episodes
 
 
 def build_row_model(

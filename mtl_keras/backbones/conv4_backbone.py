@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import keras
 
-from mtl_keras.backbones.resnet12 import BN_MOMENTUM, _check_input_shape
+from mtl_keras.backbones.resnet12_backbone import BN_MOMENTUM, _check_input_shape
 from mtl_keras.layers.scale_shift_conv2d import ScaleShiftConv2D
 
 

@@ -21,8 +21,7 @@ from collections.abc import Callable, Iterator
 import keras
 import numpy as np
 
-from mtl_keras.data.episode_stream import EpisodeStream
-from mtl_keras.data.episodes import EpisodeSampler, _labels
+from mtl_keras.data.episode_stream import EpisodeSampler, EpisodeStream, episode_labels, open_stream
 from mtl_keras.data.split import ClassSplit
 
 
@@ -82,18 +81,13 @@ def episode_source(
         >>> source = episode_source(train, ways=5, shots=1, queries=15, meta_batch_size=4)
         >>> model.fit(source, steps_per_epoch=100, epochs=10, shuffle=False)
     """
-    if hard_tasks is not None:
-        if batch_source is not None:
-            raise ValueError("Give `hard_tasks` or `batch_source`, not both.")
-        batch_source = hard_tasks.batch_source
-    sampler = EpisodeSampler(split, ways, shots, queries, seed=seed)
     B = int(meta_batch_size)
-    stream = EpisodeStream(sampler, B, batch_source=batch_source, hard_tasks=hard_tasks)
+    stream = open_stream(split, ways, shots, queries, B, seed, batch_source, hard_tasks)
     return EpisodeSource(
         stream,
         numpy_image_loader(split),
-        support_labels=_labels(ways, shots, B),
-        query_labels=_labels(ways, queries, B),
+        support_labels=episode_labels(ways, shots, B),
+        query_labels=episode_labels(ways, queries, B),
         num_batches=num_batches,
         repeatable=repeatable,
         augment=augment,

@@ -14,9 +14,9 @@ import tensorflow as tf
 
 from mtl_keras.atomic import write_text_atomic
 from mtl_keras.callbacks import ResumableCheckpoint
-from mtl_keras.config import ExperimentConfig
-from mtl_keras.distribute import worker_index
-from mtl_keras.run_lock import locks_run_folder
+from mtl_keras_app.config import ExperimentConfig
+from mtl_keras_app.distribute import worker_index
+from mtl_keras_app.run_lock import locks_run_folder
 
 PRETRAINED_WEIGHTS = "pretrained_backbone.weights.h5"
 
@@ -164,7 +164,7 @@ def output_dir(run_dir: str, strategy: tf.distribute.Strategy | None) -> str:
 
 
 #: Decorates every function that writes a run folder: it runs holding the lock of the folder this
-#: process writes (`output_dir`: each worker of a multi-worker strategy its own), see `mtl_keras.run_lock`.
+#: process writes (`output_dir`: each worker of a multi-worker strategy its own), see `mtl_keras_app.run_lock`.
 writes_run_folder = locks_run_folder(folder=lambda args: output_dir(args["run_dir"], args.get("strategy")))
 
 

@@ -1,5 +1,5 @@
 """The four stages of the workflow, each implemented once: pretrain → meta-train → evaluate →
-export. Every stage reads and writes one run folder (`mtl_keras.workflow.run_folder`), so the
+export. Every stage reads and writes one run folder (`mtl_keras_app.workflow.run_folder`), so the
 ``mtl-keras`` subcommands ``pretrain`` → ``meta-train`` → ``evaluate`` → ``export`` → ``plot``,
 run one after the other (possibly days apart), give what `run_workflow` (``mtl-keras run``,
 ``mtl-keras demo``) gives in one go — it calls these same functions.
@@ -19,7 +19,6 @@ import numpy as np
 import tensorflow as tf
 
 from mtl_keras.callbacks import save_weights_atomic
-from mtl_keras.config import ExperimentConfig
 from mtl_keras.evaluation import (
     EvaluationResult,
     base_feature_mean,
@@ -28,9 +27,10 @@ from mtl_keras.evaluation import (
     evaluate_nearest_centroid,
 )
 from mtl_keras.models.weights import non_finite_weights
-from mtl_keras.plots import plot_episode_grid, plot_run
-from mtl_keras.workflow.builders import build_meta_model, load_config_benchmark
-from mtl_keras.workflow.run_folder import (
+from mtl_keras_app.config import ExperimentConfig
+from mtl_keras_app.plots import plot_episode_grid, plot_run
+from mtl_keras_app.workflow.builders import build_meta_model, load_config_benchmark
+from mtl_keras_app.workflow.run_folder import (
     PRETRAINED_WEIGHTS,
     check_strategy,
     checkpoint_path,
@@ -41,8 +41,8 @@ from mtl_keras.workflow.run_folder import (
     update_metrics,
     writes_run_folder,
 )
-from mtl_keras.workflow.tensorboard import tensorboard_callbacks, write_episode_image
-from mtl_keras.workflow.training import meta_train, pretrain, weak_pretraining
+from mtl_keras_app.workflow.tensorboard import tensorboard_callbacks, write_episode_image
+from mtl_keras_app.workflow.training import meta_train, pretrain, weak_pretraining
 
 #: The names of the rows of a run's results table (and of ``metrics.json`` → ``results``).
 BASELINE_ROW = "pretrained + inner loop (no meta-training)"

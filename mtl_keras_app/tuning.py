@@ -25,12 +25,12 @@ import os
 import keras
 import keras_tuner
 
-from mtl_keras.config import ExperimentConfig
 from mtl_keras.data.episodes import make_episodes
 from mtl_keras.data.split import ClassSplit
 from mtl_keras.evaluation import EpisodeAccuracy
-from mtl_keras.run_lock import locks_run_folder
-from mtl_keras.workflow import (
+from mtl_keras_app.config import ExperimentConfig
+from mtl_keras_app.run_lock import locks_run_folder
+from mtl_keras_app.workflow import (
     build_meta_model,
     check_strategy,
     load_config_benchmark,

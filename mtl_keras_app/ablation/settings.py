@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from mtl_keras.config import ExperimentConfig, get_config
+from mtl_keras_app.config import ExperimentConfig, get_config
 
 #: The rows, in the order of the table.
 ROWS = ("scratch", "pretrained", "simpleshot_l2n", "simpleshot", "ft", "ss", "ss_ht")

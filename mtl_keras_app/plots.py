@@ -317,7 +317,7 @@ def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
     Reads ``metrics.json`` (``histories`` → learning curves; ``results`` → accuracy
     versus inner steps; ``per_class`` → per-class accuracy; ``hard_classes`` → hard-class
     frequency) and ``episodes/sample_{K}shot.npz`` (→ episode grids), as written by
-    `mtl_keras.workflow`. Figures whose data the folder lacks are skipped.
+    `mtl_keras_app.workflow`. Figures whose data the folder lacks are skipped.
 
     Args:
         run_dir: a run folder.

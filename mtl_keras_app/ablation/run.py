@@ -14,10 +14,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mtl_keras.ablation.features import evaluate_model
-from mtl_keras.ablation.report import results_from_summary, write_plots, write_results_md
-from mtl_keras.ablation.rows import build_row_model, meta_train_row
-from mtl_keras.ablation.settings import ROWS, SHORT, ReproduceSettings
 from mtl_keras.evaluation import (
     EvaluationResult,
     base_feature_mean,
@@ -26,8 +22,12 @@ from mtl_keras.evaluation import (
     evaluate_nearest_centroid,
 )
 from mtl_keras.models.meta_transfer import MetaTransferModel
-from mtl_keras.run_lock import locks_run_folder
-from mtl_keras.workflow import load_config_benchmark, pretrain
+from mtl_keras_app.ablation.features import evaluate_model
+from mtl_keras_app.ablation.report import results_from_summary, write_plots, write_results_md
+from mtl_keras_app.ablation.rows import build_row_model, meta_train_row
+from mtl_keras_app.ablation.settings import ROWS, SHORT, ReproduceSettings
+from mtl_keras_app.run_lock import locks_run_folder
+from mtl_keras_app.workflow import load_config_benchmark, pretrain
 
 
 def setting_name(ways: int, shots: int) -> str:

@@ -24,12 +24,13 @@ import shlex
 import sys
 import time
 
-from mtl_keras.run_lock import RunFolderLocked
+from mtl_keras_app.quiet import quiet_cli_startup
+from mtl_keras_app.run_lock import RunFolderLocked
 
 
 def _demo(args) -> int:
-    from mtl_keras.config import get_config
-    from mtl_keras.workflow import run_workflow
+    from mtl_keras_app.config import get_config
+    from mtl_keras_app.workflow import run_workflow
 
     overrides = {}
     if args.test_episodes is not None:
@@ -66,7 +67,7 @@ def _common_flags(args) -> dict:
 
 def _config_and_dir(args):
     """The resolved config and the run folder of a stage subcommand."""
-    from mtl_keras.config import resolve_config
+    from mtl_keras_app.config import resolve_config
 
     run_dir = args.run_dir or os.path.join("runs", time.strftime(f"{args.command}-%Y%m%d-%H%M%S"))
     config = resolve_config(
@@ -78,7 +79,7 @@ def _config_and_dir(args):
     return config, run_dir
 
 
-# `mtl-keras` stage commands: command → (function of mtl_keras.workflow, the keywords it takes).
+# `mtl-keras` stage commands: command → (function of mtl_keras_app.workflow, the keywords it takes).
 _STAGES = {
     "run": ("run_workflow", ("tensorboard", "strategy", "restart")),
     "pretrain": ("pretrain_stage", ("tensorboard", "strategy", "restart")),
@@ -89,7 +90,7 @@ _STAGES = {
 
 
 def _stage(args) -> int:
-    from mtl_keras import workflow
+    from mtl_keras_app import workflow
 
     strategy = _strategy(args)  # before any other TensorFlow work
     config, run_dir = _config_and_dir(args)
@@ -110,7 +111,7 @@ def _strategy(args):
     """The `tf.distribute` strategy of ``--strategy`` / ``--devices`` / ``--logical-cpus`` (None: default)."""
     if not hasattr(args, "strategy"):
         return None
-    from mtl_keras.distribute import configure_logical_cpus, make_strategy
+    from mtl_keras_app.distribute import configure_logical_cpus, make_strategy
 
     if args.logical_cpus:
         configure_logical_cpus(args.logical_cpus)
@@ -125,7 +126,14 @@ def _strategy(args):
 
 def _tune(args) -> int:
     strategy = _strategy(args)  # before any other TensorFlow work
-    from mtl_keras.tuning import run_tuning
+    try:
+        import keras_tuner  # noqa: F401
+    except ImportError as err:
+        raise ValueError(
+            f"`mtl-keras tune` needs Keras Tuner ({err}): pip install 'mtl_keras[app]' "
+            "(or pip install 'keras-tuner[bayesian]')."
+        ) from err
+    from mtl_keras_app.tuning import run_tuning
 
     config, run_dir = _config_and_dir(args)
     run_tuning(
@@ -144,7 +152,7 @@ def _tune(args) -> int:
 
 
 def _plot(args) -> int:
-    from mtl_keras.plots import plot_run
+    from mtl_keras_app.plots import plot_run
 
     for path in plot_run(args.run_dir, args.out):
         print(path)
@@ -158,7 +166,7 @@ def _reproduce(args, prog: str = "mtl-keras reproduce") -> int:
     ``--quick``, the flags (``--benchmark``, ``--root``, ``--allow-pickle``, ``--seed``,
     ``--shots``), ``--rows``, then ``--set``. The command is recorded in ``RESULTS.md``.
     """
-    from mtl_keras.ablation import reproduce, reproduce_seeds, resolve_settings
+    from mtl_keras_app.ablation import reproduce, reproduce_seeds, resolve_settings
 
     settings = resolve_settings(
         args.config,
@@ -553,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_cli_startup()  # before the command imports Keras (and TensorFlow)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RunFolderLocked) as err:

@@ -23,13 +23,13 @@ from mtl_keras.callbacks import (
     TimeEstimate,
     save_weights_atomic,
 )
-from mtl_keras.config import ExperimentConfig
 from mtl_keras.data.augment import pretrain_augmentation
 from mtl_keras.data.episodes import pretrain_dataset
 from mtl_keras.evaluation import EpisodeAccuracy, kept_epoch
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.models.pretrain import PretrainModel
-from mtl_keras.workflow.builders import build_backbone, meta_training_callbacks, training_episodes
+from mtl_keras_app.config import ExperimentConfig
+from mtl_keras_app.workflow.builders import build_backbone, meta_training_callbacks, training_episodes
 
 
 def verbose_mode(verbose: bool) -> int:
