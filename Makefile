@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: demo test test-jax test-slow lint format clean
+.PHONY: demo test test-jax test-slow docs lint format clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test-jax: $(STAMP)
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow
 
+## make docs: the guides and the API reference (from the docstrings) into site/, warnings as errors
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mtl_keras mtl_keras_app tests scripts benchmarks
 	$(VENV)/bin/ruff format --check mtl_keras mtl_keras_app tests scripts benchmarks
@@ -42,4 +46,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix mtl_keras mtl_keras_app tests scripts benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info runs
+	rm -rf $(VENV) build *.egg-info runs site

@@ -30,7 +30,11 @@ setup(
             "nbclient>=0.10",
             "ipykernel>=6.29",
             "jax>=0.4.30",
+            "mkdocs>=1.6",
+            "mkdocstrings-python>=1.10",
         ],
+        # make docs: the guides and the API reference
+        "docs": ["mkdocs>=1.6", "mkdocstrings-python>=1.10"],
         "bench": ["torch==2.13.0"],
         # keras-hub CNN backbones for enable_scale_shift (tested with 0.32.0; tests skip without it)
         "hub": ["keras-hub>=0.32"],

@@ -2,9 +2,8 @@
 
 `evaluate_episodes` is the library's one evaluation path (the workflow, its validation callback
 `EpisodeAccuracy`, the ablation and ``mtl-keras evaluate`` call it), with `kept_epoch`, the one
-model-selection rule; the module is a little over 500 lines because the two ways an episode is
-embedded (each image once, or each episode on its own for transductive batch norm) and the
-per-class details are kept beside the one function that uses them.
+model-selection rule. An episode is embedded in one of two ways: each image once (cached
+embeddings), or each episode on its own for transductive batch norm.
 """
 
 from __future__ import annotations
@@ -275,7 +274,9 @@ class EpisodeAccuracy(keras.callbacks.Callback):
 
     Args:
         split: the validation classes.
-        ways, shots, queries: the episode setting.
+        ways: ``N``, classes per episode.
+        shots: ``K``, support images per class.
+        queries: ``Q``, query images per class.
         episodes: episodes per evaluation.
         seed: episode seed.
     """
@@ -337,7 +338,9 @@ def evaluate_episodes(
     Args:
         model: a `MetaTransferModel` (its ``ways`` must equal ``ways``).
         split: test (or validation) classes.
-        ways, shots, queries: episode setting.
+        ways: ``N``, classes per episode.
+        shots: ``K``, support images per class.
+        queries: ``Q``, query images per class.
         episodes: number of episodes (the paper uses 600).
         seed: episode seed.
         inner_steps: inner steps (default ``model.eval_inner_steps``).
@@ -362,11 +365,11 @@ def evaluate_episodes(
         * ``accuracy``: each one's mean query accuracy over the episodes it was in;
         * ``episodes``: how many episodes it was in;
         * ``worst``: how many times it was its episode's *failure class* (lowest
-          accuracy, the hard-task criterion; episodes whose classes all tie count for
-          none);
+            accuracy, the hard-task criterion; episodes whose classes all tie count for
+            none);
         * ``sample``: the first episode — ``support_images (N*K, H, W, C) uint8``,
-          ``support_labels (N*K,)``, ``query_images (N*Q, H, W, C) uint8``,
-          ``query_labels``, ``query_predictions (N*Q,)``, ``class_names (N,)``.
+            ``support_labels (N*K,)``, ``query_images (N*Q, H, W, C) uint8``,
+            ``query_labels``, ``query_predictions (N*Q,)``, ``class_names (N,)``.
 
     Raises:
         ValueError: a model of other ``ways``; ``cached=True`` with transductive batch norm.
@@ -517,7 +520,11 @@ def evaluate_nearest_centroid(
         model: a `MetaTransferModel` (embedded as `embed_split` does: batch norm on its stored
             statistics) or a backbone ``keras.Model``.
         split: test (or validation) classes.
-        ways, shots, queries, episodes, seed: the episodes, as in `evaluate_episodes`.
+        ways: ``N``, classes per episode (as in `evaluate_episodes`).
+        shots: ``K``, support images per class.
+        queries: ``Q``, query images per class.
+        episodes: number of episodes.
+        seed: episode seed (the same seed gives `evaluate_episodes`' episodes).
         normalization: ``"UN"`` (the embeddings as they are), ``"L2N"`` (each divided by its L2
             norm) or ``"CL2N"`` (``mean_feature`` subtracted, then L2-normalised; SimpleShot's
             best).

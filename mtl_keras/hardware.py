@@ -2,9 +2,8 @@
 
 ``mixed_bfloat16`` pays only where the hardware computes in bfloat16: on CPUs with
 AVX512-BF16 or AMX-BF16 (and on GPUs). Elsewhere — AVX2-only laptops, VMs, CI runners —
-oneDNN emulates bfloat16 and a step runs several times *slower* than float32 (measured on an
-AVX2-only AMD EPYC: 0.04 tasks/s against 0.33 in float32, 8×; `benchmarks/RESULTS.md`). `resolve_precision`
-turns such a request into float32 with one line saying why, unless the user insists
+oneDNN emulates bfloat16 and a step runs several times *slower* than float32 (about 8× on an
+AVX2-only CPU; the measurement is in `benchmarks/RESULTS.md`). `resolve_precision` turns such a request into float32 with one line saying why, unless the user insists
 (``MTL_KERAS_ALLOW_EMULATED_BF16=1``).
 """
 

@@ -1,5 +1,5 @@
-"""`mtl-keras` command line. Subcommands call the package; no logic lives here (over 500 lines
-because the parser spells out every subcommand's options and help).
+"""`mtl-keras` command line. Subcommands call the application's functions; no logic
+lives here.
 
 Examples::
 

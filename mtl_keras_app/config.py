@@ -1,6 +1,6 @@
 """Experiment presets as dataclasses: `ExperimentConfig`, `PRESETS` (cpu, cpu-glyph_scenes, cpu-glyphs and the paper's
 settings per benchmark), `get_config` and `resolve_config` (the CLI's config resolution).
-About 500 lines: most of it is the presets with where each value comes from."""
+Each preset value says where it comes from."""
 
 from __future__ import annotations
 
@@ -394,68 +394,8 @@ PRESETS["cpu"] = ExperimentConfig(
 def _paper_config(benchmark: str, image_size: int, shots: tuple[int, ...]) -> ExperimentConfig:
     """MTL's settings (Sun et al., CVPR 2019, §5) as far as the official code pins them.
 
-    Checked on the official repository yaoyao-liu/meta-transfer-learning (read with the
-    search tool, not run): ``pytorch/main.py`` (argparse defaults), ``pytorch/run_meta.py``
-    and ``pytorch/run_pre.py`` (the commands it runs), ``pytorch/models/mtl.py``,
-    ``pytorch/trainer/meta.py``, ``pytorch/dataloader/dataset_loader.py``, and the
-    TensorFlow version's ``tensorflow/main.py``, ``run_experiment.py`` and
-    ``tensorflow/models/resnet12.py``. The paper's own §5 text could not be retrieved
-    here, so nothing below is checked against the PDF itself.
-
-    What was verified, value by value:
-
-    * ``phi_lr=1e-4``: PyTorch ``--meta_lr1 0.0001`` ("Learning rate for SS weights"),
-      Adam. Verified.
-    * ``head_lr=1e-3``: PyTorch ``--meta_lr2 0.001`` ("Learning rate for FC weights"),
-      the second Adam parameter group. Verified.
-    * ``inner_lr=0.01``: PyTorch ``--base_lr 0.01``; TF ``run_experiment.py`` passes
-      ``--base_lr=0.01`` (TF ``main.py``'s own default is 1e-3). Verified.
-    * ``inner_steps=20`` / ``eval_inner_steps=100``: TF ``--train_base_epoch_num 20`` /
-      ``--test_base_epoch_num 100``. Verified in the TF code only: the PyTorch
-      ``MtlLearner`` uses one ``--update_step`` for training *and* testing (default 50;
-      ``run_meta.py`` runs 100 for both).
-    * ``ways=5``, ``queries=15``, ``test_queries=15``: PyTorch ``--way 5``,
-      ``--train_query 15``, ``--val_query 15``. Verified.
-    * ``meta_epochs=100``, ``steps_per_epoch=100``: PyTorch ``--max_epoch 100``,
-      ``--num_batch 100``. Verified. The PyTorch code samples one task per step;
-      ``meta_batch_size=2`` is the TF code's ``--meta_batch_size 2`` (verified there).
-    * ``val_episodes=600``, ``test_episodes=600``: PyTorch ``CategoriesSampler(..., 600,
-      ...)`` for validation (each epoch) and for the meta-test. Verified.
-    * ``widths=(64, 128, 256, 512)``: the TF code's ResNet-12 (four residual blocks of
-      three 3x3 convolutions). Verified there. The PyTorch code uses a different, wider
-      ResNet (three stages of four blocks, 160/320/640 channels) that is not offered here.
-    * ``image_size``: 84 for miniImageNet and tieredImageNet is TF ``--img_size 84``
-      (verified); the PyTorch loader crops to 80 instead. 32 for FC100 is CIFAR-100's
-      native size (FC100 is defined on CIFAR-100; nothing in the repository sets it).
-    * Pretraining: ``pretrain_lr=1e-3`` and ``pretrain_dropout=0.1`` are the TF code's
-      ``--pre_lr 0.001`` and ``--pretrain_dropout_keep 0.9`` (verified); we keep Adam with
-      a cosine decay rather than the TF step decay, and our dropout sits before the
-      classifier, not after every block. ``pretrain_epochs=100`` and
-      ``pretrain_batch_size=128`` are PyTorch ``--pre_max_epoch 100`` (``run_pre.py``
-      passes 110) and ``--pre_batch_size 128`` (verified); the PyTorch code pretrains
-      with SGD (lr 0.1, momentum 0.9, weight decay 5e-4, x0.2 every 30 epochs), which
-      `mtl_keras_app.workflow.pretrain` does not offer.
-
-    * ``meta_lr_decay_every=10``, ``meta_lr_decay_rate=0.5``: PyTorch ``--step_size 10
-      --gamma 0.5`` (``StepLR`` over both Adam groups, stepped once per epoch). Verified.
-    * ``adam_epsilon=1e-8``: ``torch.optim.Adam``'s default, which the official code keeps.
-      Keras adds ε to √v before v's bias correction, torch after it, so this ε is at most
-      torch's (it is torch's ε·√(1−β2^t)); Keras' own default 1e-7 is up to 3·10⁻⁶ in torch's
-      terms at the first step. Verified (the default; not set in the code).
-    * ``train_batch_norm=True``: the PyTorch meta phase's first Adam group is every encoder
-      parameter with ``requires_grad`` — Φ *and* batch norm's γ/β (its convolutions freeze
-      only their kernels and biases). Verified. It also meta-trains in ``model.train()``
-      mode (batch statistics, support and query embedded in separate calls) and tests in
-      ``eval()`` mode; the presets keep ``batch_norm="frozen"`` (pretrained statistics in
-      both), see `MetaTransferModel` for the transductive modes.
-    * ``head_init="kaiming"``: ``BaseLearner`` initialises its weight with
-      ``torch.nn.init.kaiming_normal_``. Verified.
-
-    Not reproduced: the hard-task meta-batch is not in the official code (mtl_keras has it,
-    ``hard_tasks``, off in these presets).
-    Not verified: any per-benchmark difference. The repository has no FC100- or
-    tieredImageNet-specific hyperparameters (``--dataset`` only picks the data
-    folder), so the three benchmarks share every value but ``image_size``.
+    Every value, with the line of the official code it comes from and what differs here, is
+    listed in the recipe guide (``docs/guides/recipe.md``, "The paper presets").
     """
     return ExperimentConfig(
         benchmark=benchmark,

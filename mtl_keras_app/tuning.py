@@ -68,7 +68,9 @@ class MTLHyperModel(keras_tuner.HyperModel):
         shots: ``K`` of the episodes (default ``config.shots[0]``).
         weights_path: pretrained backbone weights, or None for a fresh backbone.
         channels: image channels (default ``train_split.channels``; needed without it).
-        inner_lr_range, phi_lr_range, head_lr_range: ``(min, max)`` of each learning rate.
+        inner_lr_range: ``(min, max)`` of the inner loop's learning rate.
+        phi_lr_range: ``(min, max)`` of Φ's learning rate.
+        head_lr_range: ``(min, max)`` of the head initialisation's learning rate.
         inner_steps_choices: the inner step counts to try.
 
     Example:

@@ -1,15 +1,16 @@
-"""Rewrite the README's demo table from what `make demo` printed (issue 18 item 2).
+"""Rewrite the README's demo table from what `make demo` printed.
 
-The README holds the demo's table between two markers::
+The README and ``benchmarks/README.md`` hold the demo's table between two markers::
 
     <!-- demo-table:start -->
     ...
     <!-- demo-table:end -->
 
 This script puts there the table of a demo run folder (``results.md``, written by
-`mtl_keras_app.workflow.run_workflow`), with the date, commit, kept epochs and time from its
-``metrics.json``, so the README shows what the command printed. Run it whenever code that
-changes the numbers lands::
+`mtl_keras_app.workflow.run_workflow`), with the kept epochs and the time from its
+``metrics.json``, so the README shows what the command printed. The README gets no commit, date
+or run folder; the record in ``benchmarks/README.md`` (``--record``) names the run folder and the
+commit the demo ran. Run it whenever code that changes the numbers lands::
 
     make demo                                              # prints the run folder
     python scripts/update_readme_demo.py runs/demo-XXXX    # rewrites README.md
@@ -29,8 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START, END = "<!-- demo-table:start -->", "<!-- demo-table:end -->"
 
 
-def demo_section(run_dir: str, commit: str | None = None) -> str:
-    """The Markdown that goes between the markers, from a demo run folder."""
+def demo_section(run_dir: str, commit: str | None = None, provenance: bool = False) -> str:
+    """The Markdown that goes between the markers, from a demo run folder; with ``provenance``
+    (the benchmarks record) also the run folder's name and ``commit``."""
     with open(os.path.join(run_dir, "results.md")) as f:
         table = f.read().strip()
     with open(os.path.join(run_dir, "metrics.json")) as f:
@@ -48,8 +50,8 @@ def demo_section(run_dir: str, commit: str | None = None) -> str:
         )
     seconds = metrics.get("seconds")
     facts = [
-        f"run folder `{os.path.basename(os.path.normpath(run_dir))}`",
-        f"commit {commit}" if commit else None,
+        f"run folder `{os.path.basename(os.path.normpath(run_dir))}`" if provenance else None,
+        f"commit {commit}" if commit and provenance else None,
         f"{seconds / 60:.1f} min from the start of the run to the table" if seconds else None,
     ]
     lines.append("Printed by `make demo` (" + "; ".join(f for f in facts if f) + ").")
@@ -76,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", nargs="?", help="a demo run folder (default: the newest runs/demo-*)")
     parser.add_argument("--run", action="store_true", help="run `mtl-keras demo` first")
     parser.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
+    parser.add_argument(
+        "--record",
+        default=os.path.join(ROOT, "benchmarks", "README.md"),
+        help="the results record that also gets the table, with the run folder and commit ('' for none)",
+    )
     args = parser.parse_args(argv)
     if args.run:
         subprocess.run([os.path.join(os.path.dirname(sys.executable), "mtl-keras"), "demo"], check=True)
@@ -100,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (OSError, subprocess.CalledProcessError):
         commit = None
-    with open(args.readme) as f:
-        text = f.read()
-    with open(args.readme, "w") as f:
-        f.write(rewrite(text, demo_section(run_dir, commit)))
-    print(f"{args.readme}: demo table from {run_dir}")
+    for path, provenance in ((args.readme, False), (args.record, True)):
+        if not path:
+            continue
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(rewrite(text, demo_section(run_dir, commit, provenance)))
+        print(f"{path}: demo table from {run_dir}")
     return 0
 
 

@@ -62,7 +62,9 @@ def make_episodes(
 
     Args:
         split: a `ClassSplit` (in memory or file-backed).
-        ways, shots, queries: ``N``, ``K``, ``Q``.
+        ways: ``N``, classes per task.
+        shots: ``K``, support images per class.
+        queries: ``Q``, query images per class.
         meta_batch_size: tasks per element ``B``.
         num_batches: elements per pass; ``None`` = endless (give
             ``steps_per_epoch`` to `fit`).

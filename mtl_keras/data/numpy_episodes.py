@@ -58,7 +58,9 @@ def episode_source(
             channels and resized (bilinear, antialiased, `keras.ops.image.resize`) when
             their size differs: identical to `make_episodes` for PNG/BMP files at the
             split's channel count, within 4/255 for JPEG files (see the module doc).
-        ways, shots, queries: ``N``, ``K``, ``Q``.
+        ways: ``N``, classes per task.
+        shots: ``K``, support images per class.
+        queries: ``Q``, query images per class.
         meta_batch_size: tasks per element ``B``.
         num_batches: elements per pass; ``None`` = endless (give ``steps_per_epoch`` to `fit`).
         seed: sampler seed. Same seed ⇒ same episodes as `make_episodes`.

@@ -32,7 +32,8 @@ class ScaleShiftConv2D(ScaleShiftLayer):
         padding: ``"same"`` or ``"valid"``.
         use_bias: whether Θ holds a bias (the shift Φ2 is always there).
         phase: ``"pretrain"`` or ``"meta"``.
-        kernel_initializer, bias_initializer: initializers of Θ.
+        kernel_initializer: initializer of Θ's kernel.
+        bias_initializer: initializer of Θ's bias.
         kernel_regularizer: optional regularizer of the kernel.
         dilation_rate: int or ``(dh, dw)``.
         groups: as `keras.layers.Conv2D`'s: ``Cin`` and ``Cout`` divisible by it.

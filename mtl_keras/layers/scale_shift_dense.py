@@ -25,7 +25,8 @@ class ScaleShiftDense(ScaleShiftLayer):
         use_bias: whether Θ holds a bias (the shift is always there).
         activation: applied after the shift (``None``: linear).
         phase: ``"pretrain"`` or ``"meta"``.
-        kernel_initializer, bias_initializer: initializers of Θ.
+        kernel_initializer: initializer of Θ's kernel.
+        bias_initializer: initializer of Θ's bias.
 
     Input shape: ``(..., Din)``. Output shape: ``(..., units)``.
     """

@@ -32,7 +32,8 @@ class ScaleShiftDepthwiseConv2D(ScaleShiftLayer):
         use_bias: whether Θ holds a bias (the shift Φ2 is always there).
         activation: applied after the shift (``None``: linear).
         phase: ``"pretrain"`` or ``"meta"``.
-        kernel_initializer, bias_initializer: initializers of Θ.
+        kernel_initializer: initializer of Θ's kernel.
+        bias_initializer: initializer of Θ's bias.
 
     Input shape: ``(batch, H, W, Cin)``. Output shape: ``(batch, H', W', Cin*M)``.
 

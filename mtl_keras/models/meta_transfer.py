@@ -1,8 +1,7 @@
 """`MetaTransferModel`: meta-transfer learning's inner and outer loops in `fit`.
 
-One module over 500 lines on purpose: it is one Keras model class (STYLE: one public class per
-file) whose `train_step`, `test_step`, `adapt`, per-class feedback, config and export signature
-share its private state; the inner loop itself lives in `base_learner`.
+One Keras model class whose `train_step`, `test_step`, `adapt`, per-class feedback, config and
+export signature share its private state; the inner loop itself lives in `base_learner`.
 """
 
 from __future__ import annotations

@@ -234,8 +234,8 @@ def run_info(config: ExperimentConfig, splits) -> dict:
 
 
 def source_commit() -> str | None:
-    """The git commit of the mtl_keras source that runs (``"3dec970"``; ``"3dec970+changes"``
-    when tracked files differ from it), or None outside a git checkout (an installed wheel)."""
+    """The git commit of the mtl_keras source that runs (its short hash, with ``"+changes"``
+    appended when tracked files differ from it), or None outside a git checkout (an installed wheel)."""
     here = os.path.dirname(os.path.abspath(__file__))
 
     def git(*args):

@@ -42,9 +42,6 @@ Cache:
 Example:
     >>> from mtl_keras.data import load_benchmark
     >>> train, val, test = load_benchmark("glyph_scenes")  # 64 / 16 / 20 classes, 32x32 RGB
-
-Over 500 lines on purpose: one benchmark, one module of ``data/sources`` (classes, families,
-scene rendering, splits and cache together).
 """
 
 from __future__ import annotations

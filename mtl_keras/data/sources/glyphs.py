@@ -63,8 +63,7 @@ Example:
     >>> from mtl_keras.data import load_benchmark
     >>> train, val, test = load_benchmark("glyphs", image_size=32)
 
-Over 500 lines on purpose: one benchmark is one module of ``data/sources`` (the house rule), and
-this one holds its font discovery, rendering, deduplication and cache; `glyph_scenes` reuses them.
+The module holds the font discovery, rendering, deduplication and cache; `glyph_scenes` reuses them.
 """
 
 from __future__ import annotations

@@ -25,13 +25,13 @@ def test_the_table_between_the_markers_is_replaced_by_the_runs(tmp_path):
     (run / "metrics.json").write_text(json.dumps({"histories": {"MTL 1-shot": history}, "seconds": 600}))
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\nbefore\n{script.START}\nold table 97.62\n{script.END}\nafter\n")
-    assert script.main([str(run), "--readme", str(readme)]) == 0
+    assert script.main([str(run), "--readme", str(readme), "--record", ""]) == 0
     text = readme.read_text()
     assert "old table" not in text and "| MTL | 73.10 ± 1.00 |" in text
     assert text.startswith("# x\nbefore\n") and text.endswith(f"{script.END}\nafter\n")
     assert "kept epoch 2 of 3 (73.50%)" in text and "70.00% before" in text
     # Idempotent: a second run gives the same README.
-    assert script.main([str(run), "--readme", str(readme)]) == 0
+    assert script.main([str(run), "--readme", str(readme), "--record", ""]) == 0
     assert readme.read_text() == text
 
 
@@ -40,9 +40,10 @@ def test_a_readme_without_markers_is_refused():
         _script().rewrite("no markers here", "table")
 
 
-def test_the_commit_the_run_recorded_wins_over_the_checkout_now(tmp_path):
-    """A demo run records the source commit it ran (`workflow.source_commit`); the README
-    names that one, not where the checkout stands when the table is written."""
+def test_the_record_names_the_commit_the_run_recorded_and_the_readme_names_none(tmp_path):
+    """A demo run records the source commit it ran (`workflow.source_commit`); the benchmarks
+    record names that one, not where the checkout stands when the table is written. The README
+    names no commit and no run folder (whose name is a date)."""
     from mtl_keras_app.workflow import source_commit
 
     recorded = source_commit()
@@ -52,7 +53,9 @@ def test_the_commit_the_run_recorded_wins_over_the_checkout_now(tmp_path):
     run.mkdir()
     (run / "results.md").write_text("| method | 5-way 1-shot |\n|---|---|\n| MTL | 73.10 ± 1.00 |\n")
     (run / "metrics.json").write_text(json.dumps({"source_commit": "abc1234", "histories": {}}))
-    readme = tmp_path / "README.md"
-    readme.write_text(f"{script.START}\n{script.END}\n")
-    assert script.main([str(run), "--readme", str(readme)]) == 0
-    assert "commit abc1234" in readme.read_text()
+    readme, record = tmp_path / "README.md", tmp_path / "RECORD.md"
+    for path in (readme, record):
+        path.write_text(f"{script.START}\n{script.END}\n")
+    assert script.main([str(run), "--readme", str(readme), "--record", str(record)]) == 0
+    assert "commit abc1234" in record.read_text() and "demo-y" in record.read_text()
+    assert "abc1234" not in readme.read_text() and "demo-y" not in readme.read_text()
