@@ -2,7 +2,7 @@
 
 Each configuration runs in its own subprocess (peak RSS is per process) and trains
 a few meta-batches; the table compares the measured growth of peak RSS over the
-post-build baseline with `mtl_keras.models.memory.estimate_training_memory`.
+post-build baseline with `mtl_keras.tensorflow_backend.memory.estimate_training_memory`.
 
     python benchmarks/probes/measure_inner_loop_memory.py                  # 20 vs 100 steps, a few minutes on 2 cores
     python benchmarks/probes/measure_inner_loop_memory.py --steps 20 100 200 --image-size 32
@@ -22,7 +22,7 @@ import numpy as np
 import keras
 from mtl_keras import MetaTransferModel, make_episodes, resnet12
 from mtl_keras.data import ClassSplit
-from mtl_keras.models.memory import estimate_training_memory
+from mtl_keras.tensorflow_backend.memory import estimate_training_memory
 
 steps, size, first_order, batch, queries = (int(a) for a in sys.argv[1:6])
 ways, shots = 5, 1

@@ -13,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from mtl_keras import keras_private
+from mtl_keras.inputs import check_images
 from mtl_keras.layers.batch_statistics import batch_statistics_view
 from mtl_keras.layers.folding import fold_batch_norm
 from mtl_keras.layers.phase import set_phase
@@ -23,7 +24,6 @@ from mtl_keras.models.base_learner import (
     inner_loop,
     prototype_head,
 )
-from mtl_keras.models.inputs import check_images
 
 EPISODE_KEYS = ("support_images", "support_labels", "query_images")
 BATCH_NORM_MODES = ("frozen", "transductive", "transductive_separate")
@@ -40,11 +40,11 @@ def _backend_steps():
     """The mixin with `MetaTransferModel`'s train/test steps for the Keras backend in use."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        from mtl_keras.models.steps_tensorflow import TensorFlowSteps
+        from mtl_keras.tensorflow_backend.meta_transfer_steps import TensorFlowSteps
 
         return TensorFlowSteps
     if backend == "jax":
-        from mtl_keras.models.steps_jax import JaxSteps
+        from mtl_keras.jax_backend.meta_transfer_steps import JaxSteps
 
         return JaxSteps
     return _UnsupportedBackendSteps
@@ -175,8 +175,8 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
             `keras.layers.GlobalAveragePooling2D` (``GlobalMaxPooling2D``), sharing its layers;
             ``None``: a feature-map output is refused. A ``(batch, D)`` output is used as it is.
 
-    Backends: on TensorFlow the steps are `steps_tensorflow.TensorFlowSteps` (a gradient tape,
-    `tf.distribute`); on JAX `steps_jax.JaxSteps` (stateless: ``stateless_call``,
+    Backends: on TensorFlow the steps are `mtl_keras.tensorflow_backend.meta_transfer_steps.TensorFlowSteps` (a gradient tape,
+    `tf.distribute`); on JAX `mtl_keras.jax_backend.meta_transfer_steps.JaxSteps` (stateless: ``stateless_call``,
     ``jax.value_and_grad`` through the unrolled inner loop, both optimizers' ``stateless_apply``).
     The forward pass is the same `keras.ops` code; the two give the same steps to float precision
     (`tests/unit/models/test_backends.py`). Under JAX's ``jit`` support labels are checked in

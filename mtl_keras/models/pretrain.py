@@ -11,26 +11,22 @@ from mtl_keras import keras_private
 from mtl_keras.layers.phase import set_phase
 
 
-class _TensorFlowPretrainSteps:
-    """On TensorFlow: Keras's own steps, then the replicas' moving statistics averaged (see
-    `PretrainModel`), and multi-worker logs given the axis Keras 3.15 reduces over."""
-
-    def train_step(self, data):
-        logs = super().train_step(data)
-        self._average_moving_statistics()
-        return _with_batch_axis(logs)
-
-    def test_step(self, data):
-        return _with_batch_axis(super().test_step(data))
-
-
 class _KerasSteps:
     """On JAX (no `tf.distribute`): Keras's own stateless steps, unchanged."""
 
 
+def _backend_steps():
+    """The mixin with `PretrainModel`'s steps for the Keras backend in use."""
+    if keras.backend.backend() == "tensorflow":
+        from mtl_keras.tensorflow_backend.pretrain_steps import TensorFlowPretrainSteps
+
+        return TensorFlowPretrainSteps
+    return _KerasSteps
+
+
 @keras.saving.register_keras_serializable(package="mtl_keras")
 class PretrainModel(
-    _TensorFlowPretrainSteps if keras.backend.backend() == "tensorflow" else _KerasSteps,
+    _backend_steps(),
     keras_private.SymbolicBuildFromZeros,
     keras.Model,
 ):
@@ -164,16 +160,3 @@ def synchronize_batch_norm(model: keras.layers.Layer, synchronized: bool = True)
     for layer in layers:
         layer.synchronized = bool(synchronized)
     return len(layers)
-
-
-def _with_batch_axis(logs):
-    """Keras 3.15 reduces multi-worker step logs with ``strategy.reduce(MEAN, axis=0)``,
-    which needs an axis: give each scalar log one (the reduced log is a scalar again)."""
-    import tensorflow as tf
-
-    if not keras_private.in_multi_worker_mode(tf.distribute.get_strategy()):
-        return logs
-    return {
-        k: tf.reshape(v, [1]) if getattr(v, "shape", None) is not None and v.shape.rank == 0 else v
-        for k, v in logs.items()
-    }

@@ -29,8 +29,8 @@ from mtl_keras.callbacks import ResumableCheckpoint, StopOnNonFiniteLoss
 from mtl_keras.data import ClassSplit
 from mtl_keras.data.sources import folders
 from mtl_keras.export import export_adapt_and_classify
-from mtl_keras.models import memory
 from mtl_keras.models.weights import load_backbone_weights
+from mtl_keras.tensorflow_backend import memory
 from tests.helpers import patient
 
 REPO = str(Path(__file__).resolve().parents[2])

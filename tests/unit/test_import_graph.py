@@ -56,3 +56,19 @@ def test_no_public_name_hides_a_module(package):
         ):
             hidden.append(info.name)
     assert hidden == []
+
+
+def test_backend_packages_import_only_the_librarys_leaves():
+    """One convention for backend code: ``tensorflow_backend/`` and ``jax_backend/`` hold it and
+    import nothing from the layers, backbones, models, data, evaluation or callbacks they serve."""
+    served = ("layers", "backbones", "models", "data", "evaluation", "callbacks", "export")
+    def room(module):
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else ""
+
+    upward = [
+        (a, b)
+        for a, b in import_graph.arrows()
+        if room(a) in ("tensorflow_backend", "jax_backend") and room(b) in served
+    ]
+    assert upward == []

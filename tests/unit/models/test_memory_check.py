@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from mtl_keras import MetaTransferModel, make_episodes, resnet12
-from mtl_keras.models import memory
+from mtl_keras.tensorflow_backend import memory
 
 
 def _fake_nvidia_smi(folder, mib):

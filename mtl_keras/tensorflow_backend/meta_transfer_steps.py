@@ -5,7 +5,7 @@ The model's forward pass (`MetaTransferModel.adapt`, the inner loop) is backend-
 runs on TensorFlow (`mtl_keras.models.meta_transfer`): the training step under a gradient tape
 with both optimizers, the replica handling of `tf.distribute`, the in-graph checks of the support
 labels, and the per-class feedback through `tf.numpy_function`. The JAX counterpart is
-`mtl_keras.models.steps_jax`.
+`mtl_keras.jax_backend.meta_transfer_steps`.
 """
 
 from __future__ import annotations
@@ -116,13 +116,13 @@ class TensorFlowSteps:
         """Checks of a training step's inputs; returns the ops the step must run after.
 
         While ``fit`` traces the step: the activations must fit in memory
-        (`mtl_keras.models.memory.check_step_memory`, raises `MemoryError` before any step
+        (`mtl_keras.tensorflow_backend.memory.check_step_memory`, raises `MemoryError` before any step
         runs). Under a `tf.distribute` strategy whose replicas' shares have no static size (a
         meta-batch split unevenly, or any multi-worker pipeline), every step asserts that all
         replicas got the same number of tasks (``tf.errors.InvalidArgumentError`` naming
         the fix; the loss is a mean of the replicas' means). One 2-float all-reduce per step.
         """
-        from mtl_keras.models.memory import check_step_memory
+        from mtl_keras.tensorflow_backend.memory import check_step_memory
 
         support = inputs["support_images"].shape
         check_step_memory(self, support, inputs["query_images"].shape, replicas)

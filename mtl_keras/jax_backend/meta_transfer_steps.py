@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from mtl_keras.models.inputs import check_images
+from mtl_keras.inputs import check_images
 
 #: Keys of the training step's logs that carry the per-class feedback out of the compiled step
 #: (taken out of the logs before Keras sees them).
