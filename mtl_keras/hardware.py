@@ -181,3 +181,45 @@ def resolve_precision(precision: str, flags: set[str] | None = None, has_gpu: bo
         _said.add(message)
         print(message, file=sys.stderr, flush=True)
     return "float32"
+
+
+def warn_if_emulated_bfloat16(
+    policy: str, where: str, flags: set[str] | None = None, has_gpu: bool | None = None
+) -> bool:
+    """Warn when a model is about to train in ``mixed_bfloat16`` on a CPU that would emulate it.
+
+    The models' ``compile`` calls this with their dtype policy, so a notebook that sets
+    ``keras.mixed_precision.set_dtype_policy("mixed_bfloat16")`` on an AVX2-only machine hears
+    about it as the command line does (`resolve_precision`, which switches to float32 instead).
+
+    Args:
+        policy: the model's dtype policy name (e.g. ``model.dtype_policy.name``).
+        where: who asks, for the message (``"MetaTransferModel.compile"``).
+        flags: the CPU's flags (default: `cpu_flags`).
+        has_gpu: whether a GPU is visible (default: asks the backend's framework).
+
+    Returns:
+        True if it warned (a `UserWarning`): ``mixed_bfloat16``, no GPU, a CPU with none of
+        `NATIVE_BF16_FLAGS`, and ``MTL_KERAS_ALLOW_EMULATED_BF16`` not set to 1.
+    """
+    if policy != "mixed_bfloat16" or os.environ.get(ALLOW_EMULATED_BF16) == "1":
+        return False
+    flags = cpu_flags() if flags is None else flags
+    if flags is None or native_bfloat16(flags):
+        return False
+    if has_gpu is None:
+        has_gpu = _has_gpu()
+    if has_gpu:
+        return False
+    import warnings
+
+    warnings.warn(
+        f"{where}: the dtype policy is mixed_bfloat16, but this CPU has no native bfloat16 (no "
+        "avx512_bf16 or amx_bf16 among its flags) and no GPU is visible, so bfloat16 is emulated: "
+        "about 8x slower than float32. Build the model under "
+        "keras.mixed_precision.set_dtype_policy('float32'), or set "
+        f"{ALLOW_EMULATED_BF16}=1 to keep bfloat16 without this warning.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return True

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from mtl_keras import keras_private
+from mtl_keras import hardware, keras_private
 from mtl_keras.inputs import check_images
 from mtl_keras.layers.batch_statistics import batch_statistics_view
 from mtl_keras.layers.folding import fold_batch_norm
@@ -355,6 +355,7 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
         # TensorFlow: graph mode without XLA (the oneDNN kernels and the custom conv gradients);
         # JAX: compiled by XLA, its only fast path (op by op it ran 3.3x slower a step).
         kwargs.setdefault("jit_compile", keras.backend.backend() == "jax")
+        hardware.warn_if_emulated_bfloat16(self.dtype_policy.name, "MetaTransferModel.compile")
 
         def resolve(given, rate, default, arg, rate_arg, name):
             if given is None or (isinstance(given, str) and given == "auto"):

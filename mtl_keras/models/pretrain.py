@@ -7,7 +7,7 @@ import copy
 import keras
 import numpy as np
 
-from mtl_keras import keras_private
+from mtl_keras import hardware, keras_private
 from mtl_keras.layers.phase import set_phase
 
 
@@ -72,6 +72,12 @@ class PretrainModel(
         self.dropout = keras.layers.Dropout(self.dropout_rate) if dropout else None
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
         self.classifier.build((None, backbone.output_shape[-1]))
+
+    def compile(self, *args, **kwargs):
+        """`keras.Model.compile`, after warning when the dtype policy is ``mixed_bfloat16`` on a
+        CPU that would emulate it (`mtl_keras.hardware.warn_if_emulated_bfloat16`)."""
+        hardware.warn_if_emulated_bfloat16(self.dtype_policy.name, "PretrainModel.compile")
+        super().compile(*args, **kwargs)
 
     def build(self, input_shape):
         """Build the augmentation and dropout for ``input_shape`` ``(B, H, W, C)`` (the backbone

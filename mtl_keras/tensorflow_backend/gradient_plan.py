@@ -37,6 +37,8 @@ This module is TensorFlow/oneDNN knowledge, so it lives with the TensorFlow kern
 
 from __future__ import annotations
 
+import functools
+
 import keras
 
 #: Which gradients of a plain convolution (stride 1, ``"same"`` padding, odd kernel, neither
@@ -175,3 +177,24 @@ def forward_gradients(inputs, kernel, strides, padding, dilation_rate=(1, 1)) ->
 def _swapped(inputs, kernel, strides, padding, dilation_rate=(1, 1)) -> bool:
     """Whether the filter gradient runs as a forward convolution (`forward_gradients`)."""
     return forward_gradients(inputs, kernel, strides, padding, dilation_rate)[0]
+
+
+@functools.cache
+def gpus_visible() -> bool:
+    """Whether TensorFlow sees a GPU (its logical devices are fixed once it has started)."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def placed_on_cpu(tensor) -> bool:
+    """Whether TensorFlow runs the ops on ``tensor`` on a CPU: the plan is CPU (oneDNN) knowledge,
+    so a convolution placed on a GPU keeps TensorFlow's own gradients.
+
+    The tensor's device where TensorFlow has one (eager tensors; graph ops under ``tf.device`` or a
+    `tf.distribute` replica's scope); otherwise the default placement, a GPU whenever one is visible.
+    """
+    device = getattr(tensor, "device", None) or ""
+    if device:  # "/job:localhost/replica:0/task:0/device:CPU:0", "/CPU:0", "/device:GPU:1"...
+        return "CPU" in device.upper().rsplit("/", 1)[-1].split(":")
+    return not gpus_visible()

@@ -62,6 +62,7 @@ def test_backend_packages_import_only_the_librarys_leaves():
     """One convention for backend code: ``tensorflow_backend/`` and ``jax_backend/`` hold it and
     import nothing from the layers, backbones, models, data, evaluation or callbacks they serve."""
     served = ("layers", "backbones", "models", "data", "evaluation", "callbacks", "export")
+
     def room(module):
         parts = module.split(".")
         return parts[1] if len(parts) > 1 else ""

@@ -397,3 +397,49 @@ def test_backbone_gradients_agree_under_mixed_bfloat16(monkeypatch):
     # maps 16, 8, 4, 2: the three convolutions of blocks 2-4 use it, block 1's do not
     assert len(calls) == 9
     assert float(tf.norm(auto - native) / tf.norm(native)) < 2e-2
+
+
+def _conv_and_gradients(x, w, b):
+    with tf.GradientTape() as tape:
+        tape.watch([x, w])
+        loss = tf.reduce_sum(conv2d(x, w, b) ** 2)
+    return tape.gradient(loss, [x, w])
+
+
+@pytest.mark.parametrize(
+    "device, cpu",
+    [
+        ("/job:localhost/replica:0/task:0/device:CPU:0", True),
+        ("/CPU:0", True),
+        ("/job:worker/replica:0/task:1/device:GPU:0", False),
+        ("/device:GPU:1", False),
+    ],
+)
+def test_placement_is_read_from_the_device_string(device, cpu):
+    class Placed:
+        pass
+
+    placed = Placed()
+    placed.device = device
+    assert conv_module.placed_on_cpu(placed) is cpu
+
+
+def test_the_cpu_gradient_plan_stays_off_a_gpu(monkeypatch):
+    """A convolution TensorFlow places on a GPU (no device on the graph op, a GPU visible) keeps
+    TensorFlow's gradients, even where the CPU plan would swap them; on the CPU the plan applies."""
+    set_filter_gradient("swapped")  # the plan would swap every gradient that can be swapped
+    used = []
+    real = tf_conv.conv_with_forward_gradients
+    monkeypatch.setattr(tf_conv, "conv_with_forward_gradients", lambda *a: used.append(a) or real(*a))
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 6, 6, 3)), tf.float32)
+    w = tf.constant(rng.normal(size=(3, 3, 3, 4)), tf.float32)
+    b = tf.zeros((4,))
+    monkeypatch.setattr(conv_module, "gpus_visible", lambda: True)  # a faked GPU placement
+    on_gpu = tf.function(_conv_and_gradients)(x, w, b)
+    assert used == []
+    monkeypatch.setattr(conv_module, "gpus_visible", lambda: False)
+    on_cpu = tf.function(_conv_and_gradients)(x, w, b)
+    assert used != []
+    for a, c in zip(on_gpu, on_cpu):
+        np.testing.assert_allclose(a.numpy(), c.numpy(), rtol=1e-4, atol=1e-4)
