@@ -17,6 +17,9 @@ setup(
         "numpy>=1.26",
         "matplotlib>=3.7",  # the embedded glyph datasets are drawn from its fonts; the app's figures
         "pillow>=9",
+        # not the library's: the mtl-keras command (installed with it) writes TensorBoard logs by
+        # default, and TensorFlow 2.21 no longer brings TensorBoard along
+        "tensorboard>=2.16",
     ],
     extras_require={
         # the application's extra: `mtl-keras tune` and mtl_keras_app.tuning (Keras Tuner)
