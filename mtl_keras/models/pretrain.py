@@ -79,6 +79,14 @@ class PretrainModel(
         hardware.warn_if_emulated_bfloat16(self.dtype_policy.name, "PretrainModel.compile")
         super().compile(*args, **kwargs)
 
+    def compile_from_config(self, config):
+        """Compile from a `.keras` file's compile config, as `keras.Model.compile_from_config` does
+        (Keras skips it for a model whose ``compile`` is overridden, which would load the model
+        without its optimizer)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def build(self, input_shape):
         """Build the augmentation and dropout for ``input_shape`` ``(B, H, W, C)`` (the backbone
         and classifier are built already), so that a call or `load_weights` before `fit` builds
