@@ -273,6 +273,7 @@ def test_seeds_report_pools_paired_differences_and_checks_the_targets():
     assert "above 100× its first epoch's: **not met**" in seeds_report(runs, combined)[0]
 
 
+@pytest.mark.slow  # 115 s of a 2-core CI run: make test-slow runs it
 def test_reproduce_seeds_tests_every_seed_on_the_same_episodes_and_resumes(
     tmp_path, glyph_cache, monkeypatch
 ):

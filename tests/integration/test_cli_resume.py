@@ -195,6 +195,7 @@ def test_a_pretraining_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_o
         np.testing.assert_allclose(weights[name], ref_weights[name], rtol=0, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow  # 95 s of a 2-core CI run: make test-slow runs it
 def test_a_run_killed_in_evaluation_or_in_export_ends_like_an_uninterrupted_one(tmp_path, glyph_cache):
     """The last two stages of `mtl-keras run`, killed in a real process: the rerun evaluates and
     exports again and prints the numbers of an uninterrupted run; a SavedModel killed before
