@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 #: /proc/cpuinfo flags of CPUs with native bfloat16 arithmetic.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -148,6 +149,25 @@ def _has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def emulates_bfloat16(flags: set[str] | None = None, has_gpu: bool | None = None) -> bool:
+    """Whether bfloat16 would be emulated here, and the user has not asked to keep it anyway.
+
+    True on a CPU-only machine whose CPU has none of `NATIVE_BF16_FLAGS`, unless
+    ``MTL_KERAS_ALLOW_EMULATED_BF16=1``. Unknown flags (not Linux) count as native.
+
+    Args:
+        flags: the CPU's flags (default: `cpu_flags`).
+        has_gpu: whether a GPU is visible (default: asks the Keras backend's framework; asked
+            only when the flags say the CPU would emulate).
+    """
+    if os.environ.get(ALLOW_EMULATED_BF16) == "1":
+        return False
+    flags = cpu_flags() if flags is None else flags
+    if flags is None or native_bfloat16(flags):
+        return False
+    return not (_has_gpu() if has_gpu is None else has_gpu)
+
+
 def resolve_precision(precision: str, flags: set[str] | None = None, has_gpu: bool | None = None) -> str:
     """The precision to build a model in: ``precision``, or float32 where bfloat16 would be emulated.
 
@@ -163,14 +183,7 @@ def resolve_precision(precision: str, flags: set[str] | None = None, has_gpu: bo
         has none of `NATIVE_BF16_FLAGS` (one line on stderr says so, once per process), unless
         ``MTL_KERAS_ALLOW_EMULATED_BF16=1``.
     """
-    if precision != "mixed_bfloat16" or os.environ.get(ALLOW_EMULATED_BF16) == "1":
-        return precision
-    if has_gpu is None:
-        has_gpu = _has_gpu()
-    if has_gpu:
-        return precision
-    flags = cpu_flags() if flags is None else flags
-    if flags is None or native_bfloat16(flags):
+    if precision != "mixed_bfloat16" or not emulates_bfloat16(flags, has_gpu):
         return precision
     message = (
         "precision=mixed_bfloat16: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 among its "
@@ -202,17 +215,8 @@ def warn_if_emulated_bfloat16(
         True if it warned (a `UserWarning`): ``mixed_bfloat16``, no GPU, a CPU with none of
         `NATIVE_BF16_FLAGS`, and ``MTL_KERAS_ALLOW_EMULATED_BF16`` not set to 1.
     """
-    if policy != "mixed_bfloat16" or os.environ.get(ALLOW_EMULATED_BF16) == "1":
+    if policy != "mixed_bfloat16" or not emulates_bfloat16(flags, has_gpu):
         return False
-    flags = cpu_flags() if flags is None else flags
-    if flags is None or native_bfloat16(flags):
-        return False
-    if has_gpu is None:
-        has_gpu = _has_gpu()
-    if has_gpu:
-        return False
-    import warnings
-
     warnings.warn(
         f"{where}: the dtype policy is mixed_bfloat16, but this CPU has no native bfloat16 (no "
         "avx512_bf16 or amx_bf16 among its flags) and no GPU is visible, so bfloat16 is emulated: "
