@@ -29,14 +29,14 @@ def conv2d(inputs, kernel, bias, strides=(1, 1), padding: str = "same", dilation
     Returns:
         ``(N, H', W', Cout)``; on the TensorFlow backend the gradients with respect to
         ``kernel`` and ``inputs`` are computed as
-        `mtl_keras.tensorflow_backend.gradient_plan.gradient_methods` says where the op runs on a
-        CPU (`placed_on_cpu`); on a GPU TensorFlow's own gradients.
+        `mtl_keras.tensorflow_backend.gradient_plan.gradient_methods` says (on a GPU:
+        TensorFlow's own gradients).
     """
     if keras.backend.backend() == "tensorflow":
-        from mtl_keras.tensorflow_backend.gradient_plan import gradient_methods, placed_on_cpu
+        from mtl_keras.tensorflow_backend.gradient_plan import gradient_methods
 
         filter_method, swap_input = gradient_methods(inputs, kernel, strides, padding, dilation_rate)
-        if (filter_method != "native" or swap_input) and placed_on_cpu(inputs):
+        if filter_method != "native" or swap_input:
             from mtl_keras.tensorflow_backend.conv import conv_with_forward_gradients
 
             return conv_with_forward_gradients(filter_method, swap_input)(inputs, kernel, bias)

@@ -136,14 +136,15 @@ def gradient_methods(inputs, kernel, strides, padding, dilation_rate=(1, 1)) -> 
     (one of `FILTER_METHODS`) and whether its input gradient is a forward convolution — the mode
     of `set_filter_gradient`; in ``"auto"``, `gradient_plan`'s limits for the compute dtype and
     the map size. Only stride-1 ``"same"`` convolutions with odd kernels, neither grouped nor
-    dilated, get anything but TensorFlow's kernels.
+    dilated, placed on a CPU (`placed_on_cpu`: the plan is oneDNN knowledge), get anything but
+    TensorFlow's kernels.
 
     Args:
         inputs: ``(N, H, W, Cin)`` (a tensor or anything with ``shape`` and ``dtype``).
         kernel: ``(kh, kw, Cin, Cout)``.
     """
     mode = _mode["filter_gradient"]
-    if mode == "native":
+    if mode == "native" or not placed_on_cpu(inputs):
         return "native", False
     kh, kw = kernel.shape[0], kernel.shape[1]
     if tuple(strides) != (1, 1) or padding != "same" or kh is None or kw is None or not (kh % 2 and kw % 2):
