@@ -261,7 +261,9 @@ def quiet_cli_startup(environ: MutableMapping[str, str] | None = None) -> None:
     """What the ``mtl-keras`` command does first: `quiet_tensorflow_startup`, and on another
     backend the same filter for a TensorFlow the library imports later (tf.data, export)."""
     environ = os.environ if environ is None else environ
-    if quiet_tensorflow_startup(environ) or not tensorflow_installed() or "tensorflow" in sys.modules:
+    if quiet_tensorflow_startup(environ) or keras_backend_name(environ) == "tensorflow":
+        return  # filtered now, or Keras imports TensorFlow itself (unfiltered where plan_quiet says so)
+    if not tensorflow_installed() or "tensorflow" in sys.modules:
         return
     from mtl_keras import _tensorflow  # imports Keras, on the non-TensorFlow backend
 
