@@ -183,42 +183,57 @@ def split_features(model, split: ClassSplit, features: np.ndarray | None = None)
     return features
 
 
-#: TensorFlow: one compiled embedding function per model (a `tf.function` reads the variables when
-#: it runs, so it stays valid as they change; a new one per call retraced every time, and
-#: TensorFlow warned about it).
-_EMBED_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Compiled functions per model: ``{model: {key: function}}``. Each is made once and reused by
+#: every later evaluation of the model (a new one per call retraced every time, and TensorFlow
+#: warned about it), so it must read the weights when it runs: a `tf.function` does; on JAX the
+#: weights are arguments (`mtl_keras.jax_backend.compiled.WeightsAsArguments`). The functions
+#: hold their model by weak reference, so that the cache keeps no model alive.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+#: `MetaTransferModel` settings (plain Python values) that its compiled functions read.
+_TRACED_SETTINGS = (
+    "inner_lr",
+    "first_order",
+    "normalize_inner_step",
+    "head_initializer",
+    "logits",
+    "batch_norm",
+    "input_range",
+)
 
 
 def _embed_function(model):
     """``images (b, H, W, C) → (b, D)`` float32 of ``model``, compiled (`embed_split`)."""
-    cacheable = keras.backend.backend() == "tensorflow"
-    if cacheable and model in _EMBED_FUNCTIONS:
-        return _EMBED_FUNCTIONS[model]
+    ref = weakref.ref(model)
     if hasattr(model, "embed"):
-        embed = _compiled(lambda x: model.embed(x, training=False))
-    else:
-        embed = _compiled(lambda x: ops.cast(model(x, training=False), "float32"))
-    if cacheable:
-        _EMBED_FUNCTIONS[model] = embed
-    return embed
+        return _compiled(model, ("embed",), lambda x: ref().embed(x, training=False))
+    return _compiled(model, ("embed",), lambda x: ops.cast(ref()(x, training=False), "float32"))
 
 
-def _compiled(fn):
-    """``fn`` compiled by the backend: `tf.function` (retracing only on new shapes) or `jax.jit`.
-
-    Under JAX the model's variables are read when ``fn`` is traced (constants of the compiled
-    function): compile anew whenever the weights change — each evaluation does.
-    """
+def _compiled(model, key, fn):
+    """``fn`` compiled by the backend, once per ``model`` and hashable ``key`` (which names
+    everything ``fn`` holds other than the model and its arguments): `tf.function` (retracing
+    only on new shapes) or, on JAX, ``jax.jit`` with the model's variables as arguments (compiled
+    again only on new shapes). ``fn`` must reach the model through a weak reference. The model's
+    plain settings are part of the key: a compiled function holds the values it was traced with."""
+    key = (*key, *(getattr(model, name, None) for name in _TRACED_SETTINGS))
+    functions = _COMPILED.setdefault(model, {})
+    if key in functions:
+        return functions[key]
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=True)
-    if backend == "jax":
-        import jax
+        compiled = tf.function(fn, reduce_retracing=True)
+    elif backend == "jax":
+        from mtl_keras.jax_backend.compiled import WeightsAsArguments
 
-        return jax.jit(fn)
-    return fn
+        compiled = WeightsAsArguments(model, fn)
+    else:
+        compiled = fn
+    functions[key] = compiled
+    return compiled
 
 
 def head_for_ways(model, ways: int) -> tuple[np.ndarray, np.ndarray]:
@@ -605,7 +620,10 @@ def _episode_batches(model, split, ways, shots, queries, num_batches, seed, batc
         repeatable=True,
     )
 
+    ref = weakref.ref(model)
+
     def run(inputs, labels):
+        model = ref()
         _, history = model.adapt(
             inputs["support_images"],
             inputs["support_labels"],
@@ -615,7 +633,7 @@ def _episode_batches(model, split, ways, shots, queries, num_batches, seed, batc
         )
         return _scores(model, history["query_logits"], history["support_loss"], labels, ways)
 
-    run = _compiled(run)
+    run = _compiled(model, ("episodes", ways, steps), run)
     for inputs, labels in ds:
         if keras.backend.backend() != "tensorflow":
             inputs, labels = {k: np.asarray(v) for k, v in inputs.items()}, np.asarray(labels)
@@ -650,19 +668,23 @@ def _cached_batches(
     support_labels = np.tile(np.repeat(np.arange(ways, dtype=np.int32), shots), (batch, 1))
     query_labels = np.tile(np.repeat(np.arange(ways, dtype=np.int32), queries), (batch, 1))
 
-    def run(support, support_labels, query, labels):
+    ref = weakref.ref(model)
+
+    def run(support, support_labels, query, labels, head):
+        model = ref()
         _, history = model.adapt_features(
-            support, support_labels, query, steps=steps, return_history=True, head=given
+            support, support_labels, query, steps=steps, return_history=True, head=head
         )
         return _scores(model, history["query_logits"], history["support_loss"], labels, ways)
 
-    run = _compiled(run)
+    # The head is an argument (None: the model's own), so one function serves every given head.
+    run = _compiled(model, ("cached", ways, steps), run)
     for start in range(0, drawn.episodes, batch):
         s_items = drawn.support_items[start : start + batch]
         q_items = drawn.query_items[start : start + batch]
         b = len(s_items)
         correct, loss, class_acc, preds, query_loss = run(
-            features[s_items], support_labels[:b], features[q_items], query_labels[:b]
+            features[s_items], support_labels[:b], features[q_items], query_labels[:b], given
         )
 
         def sample(s_items=s_items, q_items=q_items, preds=preds, task_classes=drawn.task_classes[start]):
