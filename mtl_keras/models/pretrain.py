@@ -12,7 +12,7 @@ from mtl_keras.layers.phase import set_phase
 
 
 class _KerasSteps:
-    """On JAX (no `tf.distribute`): Keras's own stateless steps, unchanged."""
+    """On another backend: Keras's own steps, unchanged."""
 
 
 def _backend_steps():
@@ -21,6 +21,10 @@ def _backend_steps():
         from mtl_keras.tensorflow_backend.pretrain_steps import TensorFlowPretrainSteps
 
         return TensorFlowPretrainSteps
+    if keras.backend.backend() == "jax":
+        from mtl_keras.jax_backend.pretrain_steps import JaxPretrainSteps
+
+        return JaxPretrainSteps
     return _KerasSteps
 
 
