@@ -113,3 +113,18 @@ def test_a_backbone_is_embedded_with_its_current_weights(proto_split):
     expected = np.asarray(backbone(proto_split.images.astype("float32") / 255.0, training=False))
     assert not np.allclose(after, before)
     np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_compiled_functions_keep_no_model_alive(proto_split):
+    import gc
+    import weakref
+
+    from mtl_keras import evaluation
+
+    model = _model()
+    evaluate_episodes(model, proto_split, 4, 1, 2, episodes=2, verbose=False)
+    assert model in evaluation._COMPILED
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
