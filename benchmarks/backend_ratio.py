@@ -4,7 +4,10 @@
     python benchmarks/backend_ratio.py --rounds 7 --out benchmarks/backend_ratio.json   # RESULTS.md's run
     python benchmarks/backend_ratio.py --render benchmarks/backend_ratio.json           # its table again
     python benchmarks/backend_ratio.py --quick          # smoke run: tiny network, 1 round (≈ 40 s)
+    python benchmarks/backend_ratio.py --merge a.json b.json --out ab.json   # rounds of several runs, one table
 
+``--merge`` joins the rounds of several ``--out`` files of one configuration (e.g. one-round runs
+of two checkouts interleaved on a shared machine: each checkout's runs merged on their own).
 Every round starts one worker process per backend (``KERAS_BACKEND=tensorflow`` and
 ``KERAS_BACKEND=jax``, the order alternating from round to round, one worker at a time), each
 speaking the harness's line protocol (`benchmarks.harness.worker_protocol`, driven by
@@ -33,9 +36,10 @@ It then times, after warm-up:
   TensorFlow, tracing and XLA compilation on JAX);
 * **eval**: `mtl_keras.evaluate_episodes` of ``--eval-episodes`` 5-way 1-shot episodes (15
   queries, 100 inner steps, cached embeddings of a 20 × 40-image split of random pixels, 10
-  episodes per call: `DEFAULTS`); episodes/s. A first, 10-episode evaluation warms up. Each call of
-  `evaluate_episodes` compiles its functions anew on both backends (a fresh `tf.function` /
-  ``jax.jit`` per call, as users see it), so the timed call includes that.
+  episodes per call: `DEFAULTS`); episodes/s. A first, 10-episode evaluation warms up and
+  compiles: `evaluate_episodes` keeps its compiled functions per model (on JAX the weights are
+  their arguments), so the timed call compiles nothing (JAX's compile clock says so; before that
+  change each call compiled anew, and the timed call included it).
 
 Prints a Markdown table — per backend the median over rounds (min–max) of train tasks/s and
 eval episodes/s, the compile seconds, peak RSS, fit's first loss — and the JAX/TF ratios
@@ -445,7 +449,7 @@ def format_table(report: dict) -> str:
         f"median over rounds: warm-up fit {_median_of(jax_rows, 'warmup_fit_jax_compile_seconds')} s, "
         f"timed fit {_median_of(jax_rows, 'train_jax_compile_seconds')} s, "
         f"timed evaluation {_median_of(jax_rows, 'eval_jax_compile_seconds')} s "
-        "(`evaluate_episodes` compiles its functions anew at every call)",
+        "(the timed evaluation compiles nothing where `evaluate_episodes` keeps its compiled functions)",
         "- cross-check, same initial weights on both backends: query loss of meta-batch 0 after the "
         f"inner loop (`model(x, training=True)`), |JAX − TF| {_max_gap(rounds, 'meta_batch_0_loss')}; "
         f"fit's first-step loss |JAX − TF| {_max_gap(rounds, 'first_loss')} (on TensorFlow Keras's "
@@ -470,6 +474,36 @@ def _median_of(rows: list[dict], key: str) -> str:
     return f"{statistics.median(values):.2f}" if values else "–"
 
 
+def merge(paths: list[str], out: str | None, raw: list[str], log=print) -> dict:
+    """One report of the rounds of the ``--out`` files ``paths`` (same configuration), in order."""
+    reports = []
+    for path in paths:
+        with open(path) as f:
+            reports.append(json.load(f))
+    spec = reports[0]["spec"]
+    for path, report in zip(paths, reports):
+        if report["spec"] != spec:
+            raise SystemExit(f"--merge: {path} measured another configuration than {paths[0]}.")
+    merged = {
+        **reports[0],
+        "date": reports[0]["date"],
+        "command": "python benchmarks/backend_ratio.py " + shlex.join(raw),
+        "merged_commands": [r["command"] for r in reports],
+        "load_average_start": reports[0]["load_average_start"],
+        "load_average_end": reports[-1]["load_average_end"],
+        "rounds": [r for report in reports for r in report["rounds"]],
+        "wall_seconds": sum(r["wall_seconds"] for r in reports),
+    }
+    merged["summary"] = summarise(merged["rounds"])
+    log(format_table(merged))
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(merged, f, indent=1)
+        log(f"Wrote {out}")
+    return merged
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -486,6 +520,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the workers (default 2)")
     parser.add_argument("--out", default=None, help="also write the measurements as JSON here")
+    parser.add_argument(
+        "--merge",
+        metavar="JSON",
+        nargs="+",
+        default=None,
+        help="measure nothing: join the rounds of these --out files (one configuration) into one table",
+    )
     parser.add_argument(
         "--render",
         metavar="JSON",
@@ -506,6 +547,8 @@ def main(argv=None, log=print) -> dict:
             report = json.load(f)
         log(format_table(report))
         return report
+    if args.merge:
+        return merge(args.merge, args.out, raw, log)
     spec = dict(QUICK if args.quick else DEFAULTS)
     for key in ("train_steps", "warmup_steps", "eval_episodes"):
         if getattr(args, key) is not None:

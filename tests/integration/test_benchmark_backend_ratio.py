@@ -51,3 +51,18 @@ def test_quick_backend_ratio_reports_both_backends(tmp_path):
     assert math.isfinite(jax_loss) and jax_loss == pytest.approx(tf_loss, abs=1e-4)
     for ratio in report["summary"]["ratio"].values():
         assert math.isfinite(ratio) and ratio > 0
+    # the timed evaluation reuses the warm-up's compiled functions (weights as arguments)
+    assert measured["jax"]["eval_jax_compile_seconds"] < 0.5
+
+    # --merge joins runs' rounds into one report
+    merged_path = tmp_path / "merged.json"
+    merged = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "backend_ratio.py"), "--merge", str(out), str(out)]
+        + ["--out", str(merged_path)],
+        capture_output=True,
+        text=True,
+        timeout=patient(60),
+        cwd=ROOT,
+    )
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    assert len(json.loads(merged_path.read_text())["rounds"]) == 2
