@@ -26,6 +26,9 @@ def tensorboard_available(verbose: bool = True) -> bool:
     """
     global _said_unavailable
     if tensorflow_installed():
+        # Imported here, through the command's start-up filter when it set one (on JAX Keras's
+        # TensorBoard callback would import it bare, and TensorFlow's start-up lines would show).
+        import_tensorflow("TensorBoard logging")
         return True
     if verbose and not _said_unavailable:
         _said_unavailable = True
