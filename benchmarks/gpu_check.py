@@ -17,9 +17,11 @@ numpy meta-batches ``fit`` gets) in tasks/s for 1 and 5 shots × meta-batch 2 an
 ``mixed_bfloat16`` × second and first order; evaluation episodes/s (adapt 100 inner steps and
 classify, 8 episodes per call, the official ``MetaTrainer.eval`` step beside it); each side's
 peak GPU memory (``device.memory_stats()['peak_bytes_in_use']`` on JAX,
-``torch.cuda.max_memory_allocated`` on PyTorch; peak RSS on a CPU); the GPU utilisation, as the
-achieved FLOP/s (`benchmarks.harness.flops`: convolutions and inner-loop products, so a lower
-bound) over the device's dense peak (`PEAK_TFLOPS`). Each row runs one mtl_keras worker process
+``torch.cuda.max_memory_allocated`` on PyTorch; peak RSS on a CPU); how much of a train call is
+the host's (the input checks before the compiled step and the copy to the device, timed apart);
+the GPU utilisation, as the achieved FLOP/s (`benchmarks.harness.flops`: convolutions and
+inner-loop products, so a lower bound) over the device's dense peak (`PEAK_TFLOPS`). Each row
+runs one mtl_keras worker process
 (`benchmarks.harness.suite.Worker` speaking `benchmarks.harness.worker_protocol`: its memory is its
 own); the official workers (one per step kind and shot count) live through the run. After
 ``--warmup`` untimed steps (the first compiles: its JAX compile seconds are reported) each row
@@ -173,6 +175,7 @@ def jax_steps(spec: dict):
         jax.config.update("jax_compilation_cache_dir", spec["compile_cache"])
     from benchmarks.backend_ratio import jax_compile_clock
     from benchmarks.harness.keras_worker import build_model, synthetic_arrays
+    from mtl_keras.inputs import check_images
 
     compiling = jax_compile_clock()
     device = jax.local_devices()[0]
@@ -201,7 +204,14 @@ def jax_steps(spec: dict):
         jax.block_until_ready(state)
         return float(logs["loss"])
 
-    steps = {"train": train}
+    def host_inputs():
+        # The host's share of each train step: the input checks the train function runs before
+        # the compiled step (as fit does on JAX), and the meta-batch's copy to the device.
+        for name in ("support_images", "query_images"):
+            check_images(inputs[name], name, model.input_range)
+        jax.block_until_ready(jax.device_put((inputs, labels), device))
+
+    steps = {"train": train, "host_inputs": host_inputs}
     if spec.get("eval"):
 
         @jax.jit
@@ -390,7 +400,7 @@ def run_check(args, log=print) -> dict:
 
             timer = threading.Timer(max(1.0, deadline - time.perf_counter()), stop)
             timer.start()
-            samples = {"train": [], "eval": [], "official_train": [], "official_eval": []}
+            samples = {"train": [], "eval": [], "host_inputs": [], "official_train": [], "official_eval": []}
             try:
                 ready = worker.ready
                 for _ in range(sizes["repeats"]):
@@ -398,6 +408,7 @@ def run_check(args, log=print) -> dict:
                         samples[mode] += worker.time(mode)
                         if mode in bases:
                             samples["official_" + mode] += bases[mode][0].time()
+                    samples["host_inputs"] += worker.time("host_inputs")
                 worker.close()
             except WorkerError as error:
                 why = "stopped at the time budget" if stopped.is_set() else f"failed: {str(error)[-1500:]}"
@@ -420,6 +431,7 @@ def run_check(args, log=print) -> dict:
                     "mtl_keras": {
                         **side_summary(config, samples[mode], config.meta_batch, "mtl_keras"),
                         "first_call_seconds": ready["warmup_seconds"][mode][0],
+                        "host_input_seconds": _median(samples["host_inputs"]) if mode == "train" else None,
                         "compile_seconds": final.get("jax_compile_seconds"),
                         "peak_gpu_mib": _mib(final.get("peak_bytes_in_use")),
                         "max_rss_mib": final.get("max_rss_mb"),
@@ -617,8 +629,10 @@ def format_markdown(report: dict) -> str:
         f"eval: {sizes['eval_inner_steps']} inner steps, {sizes['eval_meta_batch']} episodes per mtl_keras call, "
         "one per official call",
         f"- timing: {sizes['warmup']} warm-up step(s), then {sizes['repeats']} round(s) alternating one mtl_keras "
-        "step and one official step; medians. Compile s: JAX's compile clock in the worker (train and, on its "
-        "rows, eval)",
+        "step and one official step; medians. Host inputs: the part of a train call spent on the host, timed "
+        "apart in the same rounds (the input checks the train function runs before the compiled step, as in "
+        "`fit`, and the meta-batch's copy to the device). Compile s: JAX's compile clock in the worker (train "
+        "and, on its rows, eval)",
         "- utilisation: achieved FLOP/s (`benchmarks/harness/flops.py`: convolutions and inner-loop products) over "
         + (
             f"the dense peak ({report['peaks']['source']}: "
@@ -628,9 +642,10 @@ def format_markdown(report: dict) -> str:
             else "the device's peak: unknown device, not computed (--peak-tflops sets it)"
         ),
         "",
-        "| step | shots | B | precision | order | mtl_keras /s | official /s | ratio | compile s "
-        "| GFLOP/step | TFLOP/s | utilisation | peak memory MiB mtl_keras / official |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| step | shots | B | precision | order | mtl_keras /s | official /s | ratio "
+        "| mtl_keras ms/call (host inputs) | compile s | GFLOP/step | TFLOP/s | utilisation "
+        "| peak memory MiB mtl_keras / official |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         c, k, o = row["config"], row["mtl_keras"], row["official"]
@@ -639,7 +654,9 @@ def format_markdown(report: dict) -> str:
         lines.append(
             f"| {c['mode']} | {c['shots']} | {c['meta_batch']} | {c['precision']} | {order if c['mode'] == 'train' else '–'} "
             f"| {k[unit]:.3f} | {_fmt(o[unit] if o else None, 3)} | {_fmt(_ratio(row), 2, '×')} "
-            f"| {_fmt(k['compile_seconds'], 1)} | {k['gflop_per_step']:.1f} | {k['tflop_per_s']:.3g} "
+            f"| {1000 * k['median_step_seconds']:.1f}"
+            + (f" ({1000 * k['host_input_seconds']:.1f})" if k.get("host_input_seconds") is not None else "")
+            + f" | {_fmt(k['compile_seconds'], 1)} | {k['gflop_per_step']:.1f} | {k['tflop_per_s']:.3g} "
             f"| {_utilisation(k, peaks)} | {_memory(k)} / {_memory(o)} |"
         )
     lines += [

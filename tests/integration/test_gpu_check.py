@@ -75,7 +75,15 @@ def test_tiny_gpu_check_runs_on_cpu_without_tensorflow(tmp_path):
     for row in report["rows"]:
         unit = "tasks_per_s" if row["config"]["mode"] == "train" else "episodes_per_s"
         k = row["mtl_keras"]
-        for value in (k[unit], k["tflop_per_s"], k["utilisation"], k["compile_seconds"], k["max_rss_mib"]):
+        host = [k["host_input_seconds"]] if row["config"]["mode"] == "train" else []
+        for value in (
+            k[unit],
+            k["tflop_per_s"],
+            k["utilisation"],
+            k["compile_seconds"],
+            k["max_rss_mib"],
+            *host,
+        ):
             assert _positive(value), (row["label"], k)
         assert k["peak_gpu_mib"] is None  # a CPU: peak RSS instead
         assert row["tensorflow_loaded"] is False
@@ -93,7 +101,7 @@ def test_tiny_gpu_check_runs_on_cpu_without_tensorflow(tmp_path):
     table = [
         line for line in markdown.splitlines() if line.startswith("| train |") or line.startswith("| eval |")
     ]
-    main_rows = [line for line in table if line.count("|") == 14]
+    main_rows = [line for line in table if line.count("|") == 15]
     assert len(main_rows) == 6, markdown
     assert "| train | 1 | 8 | mixed_bfloat16 | second |" in markdown
     assert "| train | 1 | 8 | float32 | first |" in markdown
