@@ -86,6 +86,7 @@ FULL = {
     "eval_meta_batch": 8,
     "warmup": 2,
     "repeats": 7,
+    "settle": 0.0,
 }
 TINY = {
     **FULL,
@@ -96,6 +97,7 @@ TINY = {
     "eval_inner_steps": 3,
     "warmup": 1,
     "repeats": 1,
+    "settle": 0.2,
 }
 
 #: The training rows, ``(shots, meta_batch, precision, first_order)``, in the order they run: the
@@ -320,7 +322,7 @@ def run_check(args, log=print) -> dict:
     from benchmarks.harness.suite import Worker, WorkerError, _env, cpu_model, describe, torch_available
 
     sizes = dict(TINY if args.tiny else FULL)
-    for key in ("warmup", "repeats"):
+    for key in ("warmup", "repeats", "settle"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
     rows_plan = plan(sizes)[: args.rows] if args.rows else plan(sizes)
@@ -344,8 +346,8 @@ def run_check(args, log=print) -> dict:
     use_torch = not args.no_torch and torch_available()
     if not use_torch:
         log(
-            "PyTorch is not installed (or --no-torch): the official step is skipped; "
-            "mtl_keras rows only (pip install -e '.[bench]' adds it)."
+            "PyTorch is not installed: the official step is skipped, mtl_keras rows only "
+            "(pip install -e '.[bench]' adds it)."
             if not args.no_torch
             else "--no-torch: the official step is skipped."
         )
@@ -403,12 +405,17 @@ def run_check(args, log=print) -> dict:
             samples = {"train": [], "eval": [], "host_inputs": [], "official_train": [], "official_eval": []}
             try:
                 ready = worker.ready
+
+                def timed(worker, what="step"):
+                    time.sleep(sizes["settle"])  # the last worker's spinning threads go to sleep
+                    return worker.time(what)
+
                 for _ in range(sizes["repeats"]):
                     for mode in ("train", "eval") if evaluation else ("train",):
-                        samples[mode] += worker.time(mode)
+                        samples[mode] += timed(worker, mode)
                         if mode in bases:
-                            samples["official_" + mode] += bases[mode][0].time()
-                    samples["host_inputs"] += worker.time("host_inputs")
+                            samples["official_" + mode] += timed(bases[mode][0])
+                    samples["host_inputs"] += timed(worker, "host_inputs")
                 worker.close()
             except WorkerError as error:
                 why = "stopped at the time budget" if stopped.is_set() else f"failed: {str(error)[-1500:]}"
@@ -629,8 +636,8 @@ def format_markdown(report: dict) -> str:
         f"eval: {sizes['eval_inner_steps']} inner steps, {sizes['eval_meta_batch']} episodes per mtl_keras call, "
         "one per official call",
         f"- timing: {sizes['warmup']} warm-up step(s), then {sizes['repeats']} round(s) alternating one mtl_keras "
-        "step and one official step; medians. Host inputs: the part of a train call spent on the host, timed "
-        "apart in the same rounds (the input checks the train function runs before the compiled step, as in "
+        f"step and one official step ({sizes['settle']:g} s idle before each); medians. Host inputs: the part "
+        "of a train call spent on the host, timed apart in the same rounds (the input checks the train function runs before the compiled step, as in "
         "`fit`, and the meta-batch's copy to the device). Compile s: JAX's compile clock in the worker (train "
         "and, on its rows, eval)",
         "- utilisation: achieved FLOP/s (`benchmarks/harness/flops.py`: convolutions and inner-loop products) over "
@@ -659,19 +666,23 @@ def format_markdown(report: dict) -> str:
             + f" | {_fmt(k['compile_seconds'], 1)} | {k['gflop_per_step']:.1f} | {k['tflop_per_s']:.3g} "
             f"| {_utilisation(k, peaks)} | {_memory(k)} / {_memory(o)} |"
         )
-    lines += [
-        "",
-        "Units: train rows tasks/s, eval rows episodes/s. Official step's FLOP/s and utilisation:",
-        "",
-    ]
-    lines += ["| step | shots | official TFLOP/s | official utilisation |", "|---|---|---|---|"]
+    lines += ["", "Units: train rows tasks/s, eval rows episodes/s."]
+    if any(row["official"] for row in rows):
+        lines += [
+            "",
+            "The official step (each from the first row that timed it):",
+            "",
+            "| step | shots | official ms/step | TFLOP/s | utilisation |",
+            "|---|---|---|---|---|",
+        ]
     seen = set()
     for row in rows:
         c, o = row["config"], row["official"]
         if o and (c["mode"], c["shots"]) not in seen:
             seen.add((c["mode"], c["shots"]))
             lines.append(
-                f"| {c['mode']} | {c['shots']} | {o['tflop_per_s']:.3g} | {_utilisation(o, peaks)} |"
+                f"| {c['mode']} | {c['shots']} | {1000 * o['median_step_seconds']:.1f} "
+                f"| {o['tflop_per_s']:.3g} | {_utilisation(o, peaks)} |"
             )
     lines += ["", "Targets:", ""]
     lines += [
@@ -721,6 +732,13 @@ def parse_args(argv) -> argparse.Namespace:
     )
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed rounds per row (default 7; --tiny 1)"
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        help="idle seconds before each timed call (default 0; --tiny 0.2: on a CPU the last worker's "
+        "spinning threads would slow the next)",
     )
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count(), help="OMP / PyTorch threads of the workers"
