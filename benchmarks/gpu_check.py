@@ -638,8 +638,8 @@ def format_markdown(report: dict) -> str:
         f"- timing: {sizes['warmup']} warm-up step(s), then {sizes['repeats']} round(s) alternating one mtl_keras "
         f"step and one official step ({sizes['settle']:g} s idle before each); medians. Host inputs: the part "
         "of a train call spent on the host, timed apart in the same rounds (the input checks the train function runs before the compiled step, as in "
-        "`fit`, and the meta-batch's copy to the device). Compile s: JAX's compile clock in the worker (train "
-        "and, on its rows, eval)",
+        "`fit`, and the meta-batch's copy to the device). Compile s and peak memory: the mtl_keras worker's "
+        "(its train and, on the rows that have one, eval step together; compile s on JAX's compile clock)",
         "- utilisation: achieved FLOP/s (`benchmarks/harness/flops.py`: convolutions and inner-loop products) over "
         + (
             f"the dense peak ({report['peaks']['source']}: "
