@@ -25,8 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 #: distribution) and then ``two`` (``DataParallel`` over both devices), part ``meta`` meta-trains
 #: from the same weights on the same episodes (plain SGD: each update is the meta-gradient times
 #: the rate), reports per-class feedback as to a hard-task pool and evaluates; under ``two`` it also
-#: records how the data and variables were laid out and tries a meta-batch the devices cannot
-#: split. Part ``resume`` saves a checkpoint, trains one more epoch and (under ``two``) resumes a
+#: records how the data and variables were laid out, tries a meta-batch the devices cannot
+#: split and fits a model created before the distribution was set. Part ``resume`` saves a checkpoint, trains one more epoch and (under ``two``) resumes a
 #: new model from the checkpoint; part ``pretrain`` trains a `PretrainModel`. ``BLOCK_TF=1`` makes
 #: TensorFlow unimportable (the episodes then come from NumPy, as on a machine without it).
 _SCRIPT = textwrap.dedent(
@@ -44,6 +44,7 @@ _SCRIPT = textwrap.dedent(
     from tests.helpers import randomise_backbone
 
     assert jax.device_count() == 2, jax.devices()
+    keras.utils.set_random_seed(0)
     split = make_prototype_split()
     rng = np.random.default_rng(0)
     report = {}
@@ -63,7 +64,7 @@ _SCRIPT = textwrap.dedent(
             model.head.kernel.assign(rng.normal(0, 0.1, model.head.kernel.shape).astype("float32"))
         else:
             model.set_weights(weights)
-        model.compile(optimizer=keras.optimizers.SGD(0.1), head_optimizer=keras.optimizers.SGD(0.1))
+        model.compile(optimizer=keras.optimizers.SGD(0.01), head_optimizer=keras.optimizers.SGD(0.01))
         return model
 
 
@@ -101,6 +102,7 @@ _SCRIPT = textwrap.dedent(
         model = meta_model(init)
         if init is None:
             init = model.get_weights()
+            early = meta_model(init)  # created before the distribution, fitted under it
         out.update(numbered("init", init))
         feedback = Feedback()
         model.task_feedback = feedback
@@ -135,6 +137,11 @@ _SCRIPT = textwrap.dedent(
                     report[f"indivisible_{name}"] = None
                 except Exception as err:
                     report[f"indivisible_{name}"] = f"{type(err).__name__}: {err}"
+            try:
+                early.fit(episodes(), steps_per_epoch=1, epochs=1, verbose=0)
+                report["created_before"] = None
+            except Exception as err:
+                report["created_before"] = f"{type(err).__name__}: {err}"
             try:
                 after = model.get_weights()
                 report["unchanged_after_refusal"] = all(np.array_equal(a, b) for a, b in zip(before, after))
@@ -237,6 +244,9 @@ def _check_meta_part(report, one, two):
         assert message and message.startswith("ValueError"), (name, message)
         assert "3 tasks" in message and "2 devices" in message and "meta_batch_size" in message, message
     assert report["unchanged_after_refusal"] is True, report["unchanged_after_refusal"]
+    # A model created before set_distribution: told so, not JAX's "incompatible devices".
+    message = report["created_before"]
+    assert message and message.startswith("ValueError") and "set_distribution" in message, message
 
 
 @pytest.mark.backends
@@ -247,7 +257,7 @@ def test_data_parallel_on_two_devices_meta_trains_what_one_device_trains(tmp_pat
     device's — the same meta-gradients and weights (to 1e-5), losses and gradient norms, per-class
     feedback to the hard-task pool, and evaluation. A meta-batch the devices cannot split is refused
     by ``fit`` and ``evaluate`` with a message naming its size, the device count and the fix, and
-    leaves the model as it was."""
+    leaves the model as it was; a model created before ``set_distribution`` is told so."""
     if keras.backend.backend() != "jax":
         pytest.skip("runs in the JAX pass of make test (the subprocess is JAX either way)")
     report, one, two = _run(tmp_path, ["meta"], block_tensorflow=True)
