@@ -275,3 +275,25 @@ def test_data_parallel_on_two_devices_checkpoints_resumes_and_pretrains_like_one
     assert _largest_difference(_weights(two, "resumed"), _weights(two, "continued")) < 1e-6
     _same_logs(report, "pretrain")
     assert _largest_difference(_weights(one, "pretrain"), _weights(two, "pretrain")) < 1e-5
+
+
+@pytest.mark.backends
+def test_keras_jax_trainer_still_lays_out_its_state_as_the_meta_step_does():
+    """`keras_private.state_sharding_spec` is ``JAXTrainer._get_state_sharding_spec``, which
+    Keras's own JAX ``make_train_function`` gives ``jax.jit`` as ``out_shardings``."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("the JAX trainer's hook (JAX pass of make test)")
+    import inspect
+
+    from keras.src.backend.jax.trainer import JAXTrainer
+
+    from mtl_keras import keras_private
+
+    assert callable(getattr(JAXTrainer, "_get_state_sharding_spec", None))
+    assert "self._get_state_sharding_spec()" in inspect.getsource(JAXTrainer.make_train_function)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.optimizer.build(model.trainable_variables)
+    trainable, non_trainable, optimizer, metrics = keras_private.state_sharding_spec(model)
+    assert len(trainable) == len(model.trainable_variables) == 2
+    assert len(optimizer) == len(model.optimizer.variables)
