@@ -26,9 +26,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 #: from the same weights on the same episodes (plain SGD: each update is the meta-gradient times
 #: the rate), reports per-class feedback as to a hard-task pool and evaluates; under ``two`` it also
 #: records how the data and variables were laid out, tries a meta-batch the devices cannot
-#: split and fits a model created before the distribution was set. Part ``resume`` saves a checkpoint, trains one more epoch and (under ``two``) resumes a
-#: new model from the checkpoint; part ``pretrain`` trains a `PretrainModel`. ``BLOCK_TF=1`` makes
-#: TensorFlow unimportable (the episodes then come from NumPy, as on a machine without it).
+#: split and fits a model created before the distribution was set. Part ``resume`` trains two
+#: more epochs backed up by a `ResumableCheckpoint` and (under ``two``) the same two epochs stopped
+#: after the first and resumed by a new model; part ``pretrain`` trains a `PretrainModel`.
+#: ``BLOCK_TF=1`` makes TensorFlow unimportable (the episodes then come from NumPy, as on a machine
+#: without it).
 _SCRIPT = textwrap.dedent(
     """
     import json, sys, warnings
@@ -39,6 +41,7 @@ _SCRIPT = textwrap.dedent(
     import jax, keras
     import numpy as np
     import mtl_keras
+    from mtl_keras.callbacks import ResumableCheckpoint
     from mtl_keras.models.pretrain import PretrainModel
     from tests.conftest import make_prototype_split
     from tests.helpers import randomise_backbone
@@ -90,10 +93,6 @@ _SCRIPT = textwrap.dedent(
 
 
     init = pretrain_init = None
-    if "resume" in parts:  # two meta-batches of 4 tasks as arrays
-        drawn = list(episodes(num_batches=2))
-        arrays_x = {k: np.concatenate([np.asarray(x[k]) for x, _ in drawn]) for k in drawn[0][0]}
-        arrays_y = np.concatenate([np.asarray(y) for _, y in drawn])
     for mode in ("one", "two"):
         keras.distribution.set_distribution(
             keras.distribution.DataParallel(devices=jax.devices()) if mode == "two" else None
@@ -148,15 +147,21 @@ _SCRIPT = textwrap.dedent(
             except Exception as err:
                 report["unchanged_after_refusal"] = f"{type(err).__name__}: {err}"
         if "resume" in parts:
-            checkpoint = f"{folder}/{mode}.weights.h5"
-            model.save_weights(checkpoint)
-            model.fit(arrays_x, arrays_y, batch_size=4, epochs=1, shuffle=False, verbose=0)
-            out.update(numbered("continued", model.get_weights()))
+            # Two more epochs backed up by a ResumableCheckpoint; under `two` also the same two
+            # epochs stopped after the first (as if killed) and resumed by a new model.
+            trained = model.get_weights()
+
+            def two_epochs(model, backup, epochs=2):
+                stream = episodes()
+                callback = ResumableCheckpoint(backup, stream, verbose=0)
+                model.fit(stream, steps_per_epoch=2, epochs=epochs, shuffle=False, verbose=0, callbacks=[callback])
+                return model.get_weights(), callback.resumed_from
+
+            out.update(numbered("continued", two_epochs(model, f"{folder}/{mode}-whole")[0]))
             if mode == "two":
-                resumed = meta_model(init)
-                resumed.load_weights(checkpoint)
-                resumed.fit(arrays_x, arrays_y, batch_size=4, epochs=1, shuffle=False, verbose=0)
-                out.update(numbered("resumed", resumed.get_weights()))
+                two_epochs(meta_model(trained), f"{folder}/two-resumed", epochs=1)
+                weights, report["resumed_from"] = two_epochs(meta_model(trained), f"{folder}/two-resumed")
+                out.update(numbered("resumed", weights))
         if "pretrain" in parts:  # Keras's own train step, batch norm on 16-image batches
             pretrain = PretrainModel(mtl_keras.resnet12((16, 16, 1), widths=(4, 8, 8, 8)), num_classes=8)
             if pretrain_init is None:
@@ -266,12 +271,14 @@ def test_data_parallel_on_two_devices_meta_trains_what_one_device_trains(tmp_pat
 
 @pytest.mark.slow
 def test_data_parallel_on_two_devices_checkpoints_resumes_and_pretrains_like_one_device(tmp_path):
-    """The same with episodes from `tf.data`, then: one more epoch after a checkpoint gives one
-    device's weights, a new model resumed from the checkpoint gives exactly the continued model's,
-    and `PretrainModel` (Keras's own step, batch norm in training mode) trains as on one device."""
+    """The same with episodes from `tf.data`, then: two more epochs backed up by a
+    `ResumableCheckpoint` give one device's weights; stopped after the first and resumed by a new
+    model, they give the uninterrupted run's; and `PretrainModel` (Keras's own step, batch norm in
+    training mode) trains as on one device."""
     report, one, two = _run(tmp_path, ["meta", "resume", "pretrain"], block_tensorflow=False)
     _check_meta_part(report, one, two)
     assert _largest_difference(_weights(one, "continued"), _weights(two, "continued")) < 1e-5
+    assert report["resumed_from"] == 1  # the second run continued after the first one's epoch
     assert _largest_difference(_weights(two, "resumed"), _weights(two, "continued")) < 1e-6
     _same_logs(report, "pretrain")
     assert _largest_difference(_weights(one, "pretrain"), _weights(two, "pretrain")) < 1e-5
