@@ -10,13 +10,14 @@ Public API (flat)::
     PretrainModel, MetaTransferModel     # models
     ClassSplit, load_benchmark, list_benchmarks, make_episodes, pretrain_dataset
     episode_source, EpisodeSource       # episodes without TensorFlow (any backend)
+    pretrain_source                      # pretraining batches without TensorFlow (any backend)
     evaluate_episodes, EvaluationResult
     evaluate_nearest_centroid, base_feature_mean   # the SimpleShot baseline on the same episodes
 
 Backends: the layers, backbones, models and evaluation run on Keras's TensorFlow and JAX
 backends (``KERAS_BACKEND``, read by Keras at its first import). On JAX ``import mtl_keras``
-imports no TensorFlow; tf.data pipelines and SavedModel export need it (export from JAX runs
-in a TensorFlow subprocess).
+imports no TensorFlow; the tf.data pipelines and SavedModel export need it (export from JAX runs
+in a TensorFlow subprocess), `episode_source` and `pretrain_source` give the same data without it.
 
 This package is the library. The experiment application built on it (the ``mtl-keras``
 command, presets, the workflow, the ablation, plots, Keras Tuner search, tf.distribute
@@ -39,6 +40,7 @@ from mtl_keras.data import (
     load_benchmark,
     make_episodes,
     pretrain_dataset,
+    pretrain_source,
 )
 from mtl_keras.evaluation import (
     EvaluationResult,
@@ -79,6 +81,7 @@ __all__ = [
     "load_scale_shift_weights",
     "make_episodes",
     "pretrain_dataset",
+    "pretrain_source",
     "resnet12",
     "resnet18",
     "save_scale_shift_weights",

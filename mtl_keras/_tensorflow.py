@@ -67,5 +67,6 @@ def import_tensorflow(purpose: str):
         raise ImportError(
             f"{purpose} needs TensorFlow, which cannot be imported here ({err}). Install it with "
             f"`pip install tensorflow`: {TENSORFLOW_ONLY}. Models, training and evaluation on "
-            "in-memory episodes (mtl_keras.data.episode_source) run on the JAX backend without it."
+            "numpy episodes and batches (mtl_keras.data.episode_source, pretrain_source) run on the JAX "
+            "backend without it."
         ) from err

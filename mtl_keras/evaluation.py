@@ -21,6 +21,8 @@ from keras import ops
 from mtl_keras.callbacks import format_duration
 from mtl_keras.data.episode_stream import open_stream
 from mtl_keras.data.episodes import _image_loader, make_episodes, pretrain_dataset
+from mtl_keras.data.numpy_batches import pretrain_source
+from mtl_keras.data.numpy_episodes import episode_source, numpy_image_loader
 from mtl_keras.data.split import ClassSplit
 
 
@@ -160,13 +162,10 @@ def embed_split(model, split: ClassSplit, batch_size: int = 256) -> np.ndarray:
         split: the images (in memory or file-backed).
         batch_size: images per call (speed and memory only).
     """
-    if keras.backend.backend() == "tensorflow" or split.is_file_backed:
+    if keras.backend.backend() == "tensorflow":
         images = pretrain_dataset(split, batch_size=batch_size, shuffle=False).map(lambda x, y: x)
-    else:  # in memory, no tf.data: the same pixels (uint8 / 255 in float32)
-        images = (
-            split.images[i : i + batch_size].astype(np.float32) / np.float32(255.0)
-            for i in range(0, split.num_images, batch_size)
-        )
+    else:  # no tf.data: the same pixels, decoded by numpy (in memory) or Pillow (files)
+        images = (x for x, _ in pretrain_source(split, batch_size=batch_size, shuffle=False))
     embed = _embed_function(model)
     return np.concatenate([np.asarray(embed(x)) for x in images]).astype(np.float32)
 
@@ -609,7 +608,8 @@ def _scores(model, logits, losses, labels, ways):
 
 def _episode_batches(model, split, ways, shots, queries, num_batches, seed, batch, steps):
     """Each meta-batch of episodes through the whole model (images → adapted logits)."""
-    ds = make_episodes(
+    episodes = make_episodes if keras.backend.backend() == "tensorflow" else episode_source
+    ds = episodes(
         split,
         ways,
         shots,
@@ -712,10 +712,13 @@ def _split_images(split: ClassSplit, items: np.ndarray) -> np.ndarray:
     """``(n, H, W, C) uint8`` images ``items`` of ``split`` (decoded as the episodes decode them)."""
     if not split.is_file_backed:
         return split.images[items]
-    import tensorflow as tf  # file-backed splits decode with TensorFlow
+    if keras.backend.backend() == "tensorflow":  # decoded as the tf.data episodes decode them
+        import tensorflow as tf
 
-    pixels = _image_loader(split)(tf.constant(items, tf.int64))
-    return np.round(pixels.numpy() * 255).astype(np.uint8)
+        pixels = _image_loader(split)(tf.constant(items, tf.int64)).numpy()
+    else:  # as `episode_source` decodes them (Pillow), without TensorFlow
+        pixels = numpy_image_loader(split)(items)
+    return np.round(pixels * 255).astype(np.uint8)
 
 
 def _sample_episode(inputs, labels, preds) -> dict:

@@ -18,6 +18,9 @@ silently). Tested with Keras 3.15 and TensorFlow 2.21 (``setup.py``'s lower boun
 * `in_multi_worker_mode`: ``MultiWorkerMirroredStrategy.extended._in_multi_worker_mode``.
 * `has_distribute_strategy`: ``model._distribute_strategy``, set when the model was built in
   a strategy's scope.
+* `state_sharding_spec`: ``JAXTrainer._get_state_sharding_spec``, the layouts of a JAX model's
+  training state, which Keras's JAX trainer gives ``jax.jit`` as ``out_shardings`` under a
+  `keras.distribution` (the JAX `MetaTransferModel` step does the same).
 """
 
 from __future__ import annotations
@@ -59,6 +62,18 @@ def in_multi_worker_mode(strategy) -> bool:
 def has_distribute_strategy(model: keras.Model) -> bool:
     """Whether ``model`` was created in a `tf.distribute` strategy's scope."""
     return getattr(model, "_distribute_strategy", None) is not None
+
+
+def state_sharding_spec(model: keras.Model) -> tuple:
+    """The shardings of a JAX model's training state, read from its variables' current values.
+
+    ``JAXTrainer._get_state_sharding_spec``: ``(trainable, non_trainable, optimizer, metrics)``,
+    each a list of ``jax.sharding.Sharding`` in the order of ``model.trainable_variables``,
+    ``model.non_trainable_variables``, ``model.optimizer.variables`` and ``model.metrics_variables``.
+    Keras warns here when local and distributed variables are mixed (a model built before
+    ``keras.distribution.set_distribution``).
+    """
+    return model._get_state_sharding_spec()
 
 
 class SkipSymbolicBuildWhenBuilt:

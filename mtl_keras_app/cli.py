@@ -567,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RunFolderLocked) as err:
         print(f"mtl-keras {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except ImportError as err:  # an optional dependency missing here (e.g. TensorFlow on a JAX machine)
+        print(f"mtl-keras {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except OSError as err:  # a path that is not what it should be, a full disk, no permission
         print(f"mtl-keras {args.command}: error: {_os_error_message(err)}", file=sys.stderr)
         return 2

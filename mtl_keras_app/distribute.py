@@ -24,6 +24,16 @@ if TYPE_CHECKING:
 
 
 def _tf(purpose: str):
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ValueError(
+            f"{purpose}: tf.distribute strategies train models of the TensorFlow backend, and Keras runs "
+            f"on {backend} here (KERAS_BACKEND={backend}). Run with KERAS_BACKEND=tensorflow, or, in Python "
+            "on JAX, split meta-batches over devices with keras.distribution.DataParallel "
+            "(docs/guides/distributed.md)."
+        )
     return import_tensorflow(f"{purpose} (tf.distribute)")
 
 
@@ -35,8 +45,8 @@ def configure_logical_cpus(count: int) -> None:
     """Split the (first) physical CPU into ``count`` logical devices.
 
     Raises:
-        ValueError: ``count`` < 1, or TensorFlow is already initialised (devices can
-            only be configured before the first operation).
+        ValueError: ``count`` < 1, TensorFlow is already initialised (devices can
+            only be configured before the first operation), or Keras runs on another backend.
     """
     count = int(count)
     if count < 1:
@@ -62,8 +72,9 @@ def make_strategy(name: str | None, devices: list[str] | None = None) -> tf.dist
             default every GPU, or every logical CPU device when there is no GPU.
 
     Raises:
-        ValueError: an unknown name, ``devices`` with another strategy, or
-            ``"multi-worker"`` without a valid ``TF_CONFIG``.
+        ValueError: an unknown name, ``devices`` with another strategy,
+            ``"multi-worker"`` without a valid ``TF_CONFIG``, or a strategy on another Keras
+            backend than TensorFlow.
         ImportError: a strategy is asked for and TensorFlow is not installed.
     """
     if name in (None, "none"):

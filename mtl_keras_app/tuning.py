@@ -26,6 +26,7 @@ import keras
 import keras_tuner
 
 from mtl_keras.data.episodes import make_episodes
+from mtl_keras.data.numpy_episodes import episode_source
 from mtl_keras.data.split import ClassSplit
 from mtl_keras.evaluation import EpisodeAccuracy
 from mtl_keras_app.config import ExperimentConfig
@@ -35,6 +36,8 @@ from mtl_keras_app.workflow import (
     check_strategy,
     load_config_benchmark,
     meta_training_callbacks,
+    tensorboard_available,
+    tf_data_pipelines,
 )
 
 OBJECTIVE = "val_accuracy"
@@ -188,7 +191,7 @@ class MTLHyperModel(keras_tuner.HyperModel):
         train_eps = (
             x
             if x is not None
-            else make_episodes(
+            else (make_episodes if tf_data_pipelines() else episode_source)(
                 self.train_split,
                 config.ways,
                 self.shots,
@@ -341,6 +344,10 @@ def run_tuning(
 
     Returns:
         The summary (also in ``tuning.json``), or ``{"role": "worker"}`` on a worker.
+
+    Raises:
+        ValueError: an unknown ``tuner``, a meta-batch that does not split over the strategy,
+            or a search whose every trial failed (Keras Tuner goes on after a failed trial).
     """
     if tuner not in TUNERS:
         raise ValueError(f"Unknown tuner '{tuner}'. Known: {', '.join(TUNERS)}.")
@@ -370,13 +377,19 @@ def run_tuning(
     log_dir = os.path.join(run_dir, "logs", "tuning")
     callbacks = (
         [keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False, profile_batch=0)]
-        if tensorboard
+        if tensorboard and tensorboard_available(verbose)
         else []
     )
     search.search(callbacks=callbacks, verbose=1 if verbose else 0)
     if role == "worker":
         return {"role": "worker", "tuner_id": os.environ.get("KERASTUNER_TUNER_ID")}
     summary = summarize(search, tuner)
+    if summary["best_score"] is None and summary["trials"]:
+        raise ValueError(
+            f"Every trial of the search failed ({len(summary['trials'])} of them, none scored "
+            f"{OBJECTIVE}): Keras Tuner printed each trial's error above. Fix it and run the same "
+            f"command with --overwrite; {os.path.join(run_dir, 'tuner')} holds the failed trials."
+        )
     with open(os.path.join(run_dir, "tuning.json"), "w") as f:
         json.dump(summary, f, indent=1, default=float)
     if verbose:

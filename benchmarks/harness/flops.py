@@ -79,6 +79,7 @@ def step_flops(
     queries: int = 15,
     channels: int = 3,
     widths: Sequence[int] = (64, 128, 256, 512),
+    first_order: bool = False,
 ) -> int:
     """FLOPs *executed* by one step of ``impl`` (``"mtl_keras"`` or ``"torch"``).
 
@@ -86,6 +87,8 @@ def step_flops(
     every support and query image of its ``meta_batch`` tasks and through the inner loop (counted
     as twice its forward). The PyTorch baseline (first order, one task) back-propagates through the
     query images only: its inner gradients are detached, so nothing reaches the support path.
+    mtl_keras with ``first_order=True`` (``stop_gradient`` on the inner gradients) does the same
+    for each of its tasks (its inner loop without the per-step query logits).
 
     ``mode="eval"``: adapt ``meta_batch`` tasks (``inner_steps`` steps) and classify the queries,
     forward only.
@@ -102,6 +105,8 @@ def step_flops(
         return tasks * ((support + query) * fwd + loop)
     if mode != "train":
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}.")
+    if impl == "mtl_keras" and first_order:
+        return tasks * ((support + query) * fwd + query * bwd + loop)
     if impl == "mtl_keras":
         return tasks * ((support + query) * (fwd + bwd) + 3 * loop)
     if impl == "torch":

@@ -24,10 +24,9 @@ def configure_threads(intra: int | None, inter: int | None) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(int(inter))
 
 
-def synthetic_episodes(meta_batch, ways, shots, queries, image_size, channels, seed=0):
-    """``(inputs, query_labels)`` as `make_episodes` yields, with random pixels."""
-    import tensorflow as tf
-
+def synthetic_arrays(meta_batch, ways, shots, queries, image_size, channels, seed=0):
+    """``(inputs, query_labels)`` as `make_episodes` yields, with random pixels, as numpy arrays
+    (what `mtl_keras.data.episode_source` feeds ``fit`` on any backend)."""
     rng = np.random.default_rng(seed)
 
     def labels(per_class):
@@ -35,11 +34,19 @@ def synthetic_episodes(meta_batch, ways, shots, queries, image_size, channels, s
 
     shape = (image_size, image_size, channels)
     inputs = {
-        "support_images": tf.constant(rng.random((meta_batch, ways * shots, *shape), dtype=np.float32)),
-        "support_labels": tf.constant(labels(shots)),
-        "query_images": tf.constant(rng.random((meta_batch, ways * queries, *shape), dtype=np.float32)),
+        "support_images": rng.random((meta_batch, ways * shots, *shape), dtype=np.float32),
+        "support_labels": labels(shots),
+        "query_images": rng.random((meta_batch, ways * queries, *shape), dtype=np.float32),
     }
-    return inputs, tf.constant(labels(queries))
+    return inputs, labels(queries)
+
+
+def synthetic_episodes(meta_batch, ways, shots, queries, image_size, channels, seed=0):
+    """`synthetic_arrays` as TensorFlow constants."""
+    import tensorflow as tf
+
+    inputs, labels = synthetic_arrays(meta_batch, ways, shots, queries, image_size, channels, seed)
+    return {name: tf.constant(value) for name, value in inputs.items()}, tf.constant(labels)
 
 
 def ceiling_steps(
@@ -92,6 +99,34 @@ def train_spec(args, **extra) -> dict:
     }
 
 
+def build_model(spec: dict):
+    """The compiled `MetaTransferModel` of a ``train``/``eval`` spec, on the running Keras backend:
+    ResNet-12 ``spec["widths"]`` under the ``spec["precision"]`` dtype policy, seeded."""
+    import keras
+
+    from mtl_keras.backbones.resnet12_backbone import resnet12
+    from mtl_keras.models.meta_transfer import MetaTransferModel
+
+    keras.utils.set_random_seed(spec.get("seed", 0))
+    keras.mixed_precision.set_dtype_policy(spec.get("precision", "float32"))
+    size, channels = spec["image_size"], spec.get("channels", 3)
+    backbone = resnet12((size, size, channels), widths=tuple(spec["widths"]))
+    model = MetaTransferModel(
+        backbone,
+        ways=spec["ways"],
+        inner_steps=spec["inner_steps"],
+        eval_inner_steps=spec.get("eval_inner_steps", spec["inner_steps"]),
+        first_order=spec.get("first_order", False),
+        # an A/B knob (benchmarks/probes/step_ab.py): inner loop unrolled (default) or a tf.while_loop
+        unroll_training=spec.get("unroll_training", True),
+        # an A/B knob: frozen batch norm folded into the convolutions (default) or run as it is
+        fold_batch_norm=spec.get("fold_batch_norm", True),
+        **spec.get("model_kwargs", {}),
+    )
+    model.compile(jit_compile=spec.get("jit_compile", False))
+    return model
+
+
 def build_steps(spec: dict) -> tuple[dict, dict]:
     """The worker's steps for ``spec``."""
     configure_threads(spec.get("intra_threads"), spec.get("inter_threads"))
@@ -107,8 +142,6 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
     if spec["kind"] == "ceiling":
         return ceiling_steps(dtypes=spec.get("dtypes", ("float32", "bfloat16"))), info
 
-    from mtl_keras.backbones.resnet12_backbone import resnet12
-    from mtl_keras.models.meta_transfer import MetaTransferModel
     from mtl_keras.tensorflow_backend import gradient_plan as conv
 
     conv.set_filter_gradient(spec.get("filter_gradient", "auto"))
@@ -125,23 +158,8 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
             for dtype in ("float32", "bfloat16", "float16"):
                 limits[dtype] = value
 
-    keras.utils.set_random_seed(spec.get("seed", 0))
-    keras.mixed_precision.set_dtype_policy(spec.get("precision", "float32"))
+    model = build_model(spec)
     size, channels = spec["image_size"], spec.get("channels", 3)
-    backbone = resnet12((size, size, channels), widths=tuple(spec["widths"]))
-    model = MetaTransferModel(
-        backbone,
-        ways=spec["ways"],
-        inner_steps=spec["inner_steps"],
-        eval_inner_steps=spec["inner_steps"],
-        first_order=spec.get("first_order", False),
-        # an A/B knob (benchmarks/probes/step_ab.py): inner loop unrolled (default) or a tf.while_loop
-        unroll_training=spec.get("unroll_training", True),
-        # an A/B knob: frozen batch norm folded into the convolutions (default) or run as it is
-        fold_batch_norm=spec.get("fold_batch_norm", True),
-        **spec.get("model_kwargs", {}),
-    )
-    model.compile(jit_compile=spec.get("jit_compile", False))
     inputs, labels = synthetic_episodes(
         spec["meta_batch"], spec["ways"], spec["shots"], spec["queries"], size, channels, spec.get("seed", 0)
     )

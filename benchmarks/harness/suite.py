@@ -49,7 +49,8 @@ class BenchConfig:
         inner_steps: ``T``; precision: ``"float32"`` or ``"mixed_bfloat16"`` (mtl_keras only: the
             baseline is the official float32 code);
         widths: ResNet-12 channels; ways, queries, channels: episode and image sizes;
-        jit_compile: compile the mtl_keras step with XLA.
+        jit_compile: compile the mtl_keras step with XLA;
+        first_order: mtl_keras meta-trains first order (the baseline always does, as the official code).
     """
 
     mode: str = "train"
@@ -63,6 +64,7 @@ class BenchConfig:
     queries: int = 15
     channels: int = 3
     jit_compile: bool = False
+    first_order: bool = False
 
     def __post_init__(self):
         if self.mode not in ("train", "eval"):
@@ -97,6 +99,7 @@ class BenchConfig:
             "queries": self.queries,
             "channels": self.channels,
             "jit_compile": self.jit_compile,
+            "first_order": self.first_order,
         }
 
     def flops(self, impl: str) -> int:
@@ -111,6 +114,7 @@ class BenchConfig:
             self.queries,
             self.channels,
             self.widths,
+            first_order=self.first_order,
         )
 
 
@@ -205,6 +209,7 @@ class Worker:
         )
         self._ready = None
         self.cpu_seconds = {}
+        self.final = {}
 
     @property
     def ready(self) -> dict:
@@ -239,12 +244,13 @@ class Worker:
         return answer["seconds"]
 
     def close(self) -> float:
-        """Stop the worker; returns its peak RSS in MiB."""
+        """Stop the worker; returns its peak RSS in MiB (its whole last answer: `final`)."""
         assert self.ready
         try:
             self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
             self.proc.stdin.flush()
-            rss = self._read()["max_rss_mb"]
+            self.final = self._read()
+            rss = self.final["max_rss_mb"]
         finally:
             self.proc.stdin.close()
             self.proc.wait(timeout=60)
@@ -644,6 +650,7 @@ def describe(config: BenchConfig) -> str:
         f"{config.mode} {config.image_size}x{config.image_size} {config.ways}-way {config.shots}-shot "
         f"B={config.meta_batch} T={config.inner_steps} {config.precision}{width}"
         + (" xla" if config.jit_compile else "")
+        + (" first-order" if config.first_order else "")
     )
 
 

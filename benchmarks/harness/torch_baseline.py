@@ -20,7 +20,9 @@ official 160-320-640 ResNet, and batch norm is frozen (``eval()`` mode, as mtl_k
 where the official trainer leaves it in ``train()`` mode. Layout NCHW, as the official code.
 
 Run as a benchmark worker by path (``python torch_baseline.py SPEC_JSON``), so that the process
-imports neither TensorFlow nor mtl_keras; the driver talks to it with `worker_protocol`.
+imports neither TensorFlow nor mtl_keras; the driver talks to it with `worker_protocol`. The spec's
+``device`` (default ``"cpu"``; ``"auto"``: CUDA when PyTorch sees a GPU) places the encoder, the
+head and the episode there; on CUDA the worker reports its peak allocated GPU memory when it quits.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class MtlBaseline:
         ways: ``N``; feature_dim: ``D`` (the encoder's output width).
         update_step: inner steps; update_lr: inner learning rate (official ``base_lr`` 0.01).
         meta_lr1, meta_lr2: Adam learning rates of Φ and of the head (official 1e-4, 1e-3).
+        device: where the head is made (the encoder's device; the official code calls ``.cuda()``).
     """
 
     def __init__(
@@ -144,6 +147,7 @@ class MtlBaseline:
         update_lr: float = 0.01,
         meta_lr1: float = 1e-4,
         meta_lr2: float = 1e-3,
+        device=None,
     ):
         import torch
         from torch import nn
@@ -151,9 +155,9 @@ class MtlBaseline:
         self.encoder = encoder
         self.update_step = int(update_step)
         self.update_lr = float(update_lr)
-        self.fc1_w = nn.Parameter(torch.ones([ways, feature_dim]))
+        self.fc1_w = nn.Parameter(torch.ones([ways, feature_dim], device=device))
         nn.init.kaiming_normal_(self.fc1_w)
-        self.fc1_b = nn.Parameter(torch.zeros(ways))
+        self.fc1_b = nn.Parameter(torch.zeros(ways, device=device))
         self.base_vars = [self.fc1_w, self.fc1_b]
         self.optimizer = torch.optim.Adam(
             [
@@ -222,8 +226,10 @@ def ceiling_steps(conv_shape=(128, 16, 128, 128), matmul_size: int = 2048) -> di
     }
 
 
-def build_steps(spec: dict) -> tuple[dict, dict]:
-    """The worker's steps for ``spec`` (kind ``train``, ``eval`` or ``ceiling``)."""
+def build_steps(spec: dict) -> tuple:
+    """The worker's steps for ``spec`` (kind ``train``, ``eval`` or ``ceiling``), its info and
+    (``train``, ``eval``) a ``final()`` reporting, on CUDA, ``cuda_peak_bytes``
+    (`torch.cuda.max_memory_allocated`)."""
     import torch
 
     threads = int(spec.get("threads", 2))
@@ -231,24 +237,47 @@ def build_steps(spec: dict) -> tuple[dict, dict]:
     info = {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
     if spec["kind"] == "ceiling":
         return ceiling_steps(), info
+    device = spec.get("device", "cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    info["device"] = str(device)
+    if device.type == "cuda":
+        info.update(
+            device_name=torch.cuda.get_device_name(device),
+            cuda_version=torch.version.cuda,
+            # float32 convolutions run on TF32 tensor cores where cuDNN may (PyTorch's default)
+            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+            matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+        )
     torch.manual_seed(spec.get("seed", 0))
     widths = tuple(spec["widths"])
-    encoder = build_encoder(spec.get("channels", 3), widths)
-    model = MtlBaseline(encoder, spec["ways"], widths[-1], update_step=spec["inner_steps"])
-    shot, label_shot, query, label_query = _episode(
-        spec["ways"],
-        spec["shots"],
-        spec["queries"],
-        spec["image_size"],
-        spec.get("channels", 3),
-        spec.get("seed", 0),
+    encoder = build_encoder(spec.get("channels", 3), widths).to(device)
+    model = MtlBaseline(encoder, spec["ways"], widths[-1], update_step=spec["inner_steps"], device=device)
+    shot, label_shot, query, label_query = (
+        t.to(device)
+        for t in _episode(
+            spec["ways"],
+            spec["shots"],
+            spec["queries"],
+            spec["image_size"],
+            spec.get("channels", 3),
+            spec.get("seed", 0),
+        )
     )
-    if spec["kind"] == "train":
-        return {"step": lambda: model.train_step(shot, label_shot, query, label_query)}, info
+
+    def final():
+        return {"cuda_peak_bytes": torch.cuda.max_memory_allocated(device)} if device.type == "cuda" else {}
+
+    if spec["kind"] == "train":  # the loss's float() waits for the GPU
+        return {"step": lambda: model.train_step(shot, label_shot, query, label_query)}, info, final
     if spec["kind"] == "eval":
         # MetaTrainer.eval: the same meta_forward in eval mode (no torch.no_grad: the inner loop
-        # needs autograd), accuracy read from the logits.
-        return {"step": lambda: model.meta_forward(shot, label_shot, query).argmax(dim=1).numpy()}, info
+        # needs autograd), accuracy read from the logits (on the host: waits for the GPU).
+        def evaluate():
+            return model.meta_forward(shot, label_shot, query).argmax(dim=1).cpu().numpy()
+
+        return {"step": evaluate}, info, final
     raise ValueError(f"Unknown worker kind {spec['kind']!r}.")
 
 

@@ -9,7 +9,8 @@ A worker builds what it measures, warms it up, then answers one JSON command per
   ``{"seconds": [n wall-clock durations], "cpu_seconds": [n CPU times of the process]}`` (CPU
   time counts every thread of the worker, spinning ones included; it is less sensitive than wall
   time to other jobs sharing the machine);
-* ``{"cmd": "quit"}`` → answers ``{"max_rss_mb": peak resident set size}`` and exits.
+* ``{"cmd": "quit"}`` → answers ``{"max_rss_mb": peak resident set size}`` (plus what the worker's
+  ``final()`` returns, e.g. its peak GPU memory) and exits.
 
 Answers are single lines prefixed with `PREFIX` on stdout (anything else a library prints there is
 ignored by the driver).
@@ -48,8 +49,14 @@ def time_calls(fn: Callable[[], object], n: int) -> tuple[list[float], list[floa
     return seconds, cpu_seconds
 
 
-def serve(steps: dict[str, Callable[[], object]], info: dict, warmup: int = 2) -> None:
-    """Warm every step up (``warmup`` calls, timed into ``info``), announce, answer commands."""
+def serve(
+    steps: dict[str, Callable[[], object]],
+    info: dict,
+    warmup: int = 2,
+    final: Callable[[], dict] | None = None,
+) -> None:
+    """Warm every step up (``warmup`` calls, timed into ``info``), announce, answer commands;
+    ``final()`` (JSON-able) joins the answer to ``quit``."""
     warm = {name: time_calls(fn, warmup)[0] for name, fn in steps.items()}
     send({"ready": True, "warmup_seconds": warm, "startup_rss_mb": peak_rss_mb(), **info})
     for line in sys.stdin:
@@ -61,7 +68,7 @@ def serve(steps: dict[str, Callable[[], object]], info: dict, warmup: int = 2) -
             seconds, cpu_seconds = time_calls(steps[command["what"]], command.get("n", 1))
             send({"seconds": seconds, "cpu_seconds": cpu_seconds})
         elif command["cmd"] == "quit":
-            send({"max_rss_mb": peak_rss_mb()})
+            send({"max_rss_mb": peak_rss_mb(), **(final() if final else {})})
             return
         else:
             send({"error": f"unknown command {command['cmd']!r}"})
@@ -69,9 +76,9 @@ def serve(steps: dict[str, Callable[[], object]], info: dict, warmup: int = 2) -
 
 def run_worker(build_steps: Callable[[dict], tuple[dict, dict]], argv: Sequence[str] | None = None) -> None:
     """A worker's ``main``: ``argv[0]`` (default ``sys.argv[1]``) is the spec JSON; build its steps
-    with ``build_steps(spec) -> (steps, info)`` and `serve` them (``spec["warmup"]`` warm-up calls,
-    default 2)."""
+    with ``build_steps(spec) -> (steps, info)`` or ``(steps, info, final)`` and `serve` them
+    (``spec["warmup"]`` warm-up calls, default 2)."""
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
-    steps, info = build_steps(spec)
-    serve(steps, info, warmup=int(spec.get("warmup", 2)))
+    steps, info, *final = build_steps(spec)
+    serve(steps, info, warmup=int(spec.get("warmup", 2)), final=final[0] if final else None)

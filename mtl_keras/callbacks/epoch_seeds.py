@@ -26,7 +26,9 @@ class EpochSeeds(keras.callbacks.Callback):
     Put it first among the callbacks, before any that iterate the data.
 
     Args:
-        epoch_variable: scalar int64 ``tf.Variable`` the dataset reads, or None.
+        epoch_variable: what the dataset reads its epoch from, or None: a scalar int64
+            ``tf.Variable`` (`mtl_keras.data.pretrain_dataset`) or an
+            `mtl_keras.data.EpochNumber` (`mtl_keras.data.pretrain_source`).
 
     Example:
         >>> epoch = tf.Variable(0, dtype=tf.int64, trainable=False)

@@ -203,8 +203,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.history.append({k: float(v) for k, v in logs.items() if _is_number(v)})
         if self.stream is not None:
             self.stream.trained = self._batches
-        strategy = self.model.distribute_strategy
-        if self.chief_only and not strategy.extended.should_checkpoint:
+        # A `tf.distribute` strategy's non-chief workers skip the save; other backends have none.
+        strategy = getattr(self.model, "distribute_strategy", None)
+        if self.chief_only and strategy is not None and not strategy.extended.should_checkpoint:
             return
         self._save(epoch + 1, steps)
 

@@ -291,21 +291,17 @@ def pretrain_dataset(
             re-estimation, read the order of the epoch they run in).
 
     Raises:
-        ImportError: TensorFlow is not installed (this is a `tf.data` pipeline).
+        ImportError: TensorFlow is not installed (this is a `tf.data` pipeline; `pretrain_source`
+            gives the same batches as numpy arrays without it).
     """
+    from mtl_keras.data.numpy_batches import holdout_items
+
     tf = _tf("pretrain_dataset's tf.data pipeline")
-    rng = np.random.default_rng(seed)
-    train_items, held_items = [], []
-    for c in range(split.num_classes):
-        items = rng.permutation(split.items_of(c))
-        n_held = int(round(holdout * len(items)))
-        held_items.append(items[:n_held])
-        train_items.append(items[n_held:])
+    train_items, held_items = holdout_items(split, seed, holdout)
     load = _image_loader(split)
     labels = tf.constant(split.labels.astype(np.int32))
 
     def build(items, shuffle_it):
-        items = np.sort(np.concatenate(items)).astype(np.int64)
         if shuffle_it and epoch is not None:
             table, last = tf.constant(items), len(items) - 1
 

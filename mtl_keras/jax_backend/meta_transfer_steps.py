@@ -14,15 +14,27 @@ cannot raise on data) and reports the per-class query accuracy to ``model.task_f
 
 Everything between — the backbone call, the inner loop, the loss — is the model's own
 backend-agnostic forward pass (`MetaTransferModel.call`), run by `keras.Model.stateless_call`.
+
+Under a `keras.distribution` (``DataParallel``) the step is compiled as Keras's JAX trainer
+compiles its own: Keras's epoch iterator lays each meta-batch out over the devices (the episode
+axis, axis 0 of every input, split among them), and ``jax.jit`` gets the variables' layouts as
+``out_shardings`` (replicated under ``DataParallel``), the head optimizer's with the rest. The
+step itself is unchanged: XLA partitions it, and the loss is the mean over the whole meta-batch,
+so the update equals one device's. A meta-batch the devices cannot split evenly is refused
+before the step with a `ValueError` that names its size and the device count.
 """
 
 from __future__ import annotations
+
+import math
+import re
 
 import jax
 import keras
 import numpy as np
 from keras import ops
 
+from mtl_keras import keras_private
 from mtl_keras.inputs import check_images
 
 #: Keys of the training step's logs that carry the per-class feedback out of the compiled step
@@ -136,37 +148,71 @@ class JaxSteps:
             self._checked_support_labels(np.asarray(inputs["support_labels"]))
         for name in ("support_images", "query_images"):
             if name in inputs:
-                check_images(np.asarray(inputs[name]), name, self.input_range)
+                images = inputs[name]
+                if isinstance(images, jax.Array) and _images_pass(images, self.input_range):
+                    continue  # checked where the images are (a GPU): three numbers to the host
+                check_images(np.asarray(images), name, self.input_range)  # numpy, or the message
 
-    def _restore_variables(self, state) -> None:
-        """Assign Keras's JAX training ``state`` (trainable, non-trainable, optimizer, metrics) back."""
-        groups = (
-            self.trainable_variables,
-            self.non_trainable_variables,
-            self.optimizer.variables,
-            self.metrics_variables,
-        )
+    def _restore_variables(self, state, training: bool = True) -> None:
+        """Assign Keras's JAX ``state`` back to the variables: the training state (trainable,
+        non-trainable, optimizer, metrics), or with ``training=False`` the evaluation state
+        (trainable, non-trainable, metrics)."""
+        groups = [self.trainable_variables, self.non_trainable_variables]
+        groups += [self.optimizer.variables, self.metrics_variables] if training else [self.metrics_variables]
         for variables, values in zip(groups, state):
             for variable, value in zip(variables, values or ()):
                 variable.assign(value)
         self._jax_state_synced = True
 
+    def _check_variables_distributed(self) -> None:
+        """Under a `keras.distribution` over several devices, every variable must have been
+        created under it (laid out over its devices); else a `ValueError` that says so, instead
+        of JAX's "incompatible devices" error at the first step."""
+        distribution = keras.distribution.distribution()
+        if distribution is None or distribution.device_mesh.devices.size < 2:
+            return
+        variables = [*self.variables, *self.optimizer.variables]
+        if self.head_optimizer is not None:
+            variables += self.head_optimizer.variables
+        local = [v for v in variables if len(v.value.sharding.device_set) == 1]
+        if local:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}': variable '{local[0].path}' (and {len(local) - 1} "
+                f"more) lives on one device, but the keras.distribution {type(distribution).__name__} "
+                f"spans {distribution.device_mesh.devices.size}: the model was created (or compiled) "
+                "before keras.distribution.set_distribution(...). Set the distribution first, then "
+                "create and compile the model (or create both inside `with distribution.scope():`)."
+            )
+
     def make_train_function(self, force=False):
         """Keras's JAX train function around `train_step`, carrying the head optimizer's state.
 
-        Compiled with ``jax.jit`` unless ``run_eagerly`` or ``jit_compile=False``. Each call runs
-        ``steps_per_execution`` steps; before each, the meta-batch's support labels are checked
-        (`_checked_support_labels`: a clear error instead of a silently wrong task), after each the
-        per-class query accuracy goes to ``task_feedback``.
+        Compiled with ``jax.jit`` unless ``run_eagerly`` or ``jit_compile=False``; under a
+        `keras.distribution` with the variables' layouts as ``out_shardings``, as Keras's own
+        JAX trainer does (each meta-batch comes already split over the devices by Keras's epoch
+        iterator). Each call runs ``steps_per_execution`` steps; before each, the meta-batch's
+        support labels are checked (`_checked_support_labels`: a clear error instead of a
+        silently wrong task), after each the per-class query accuracy goes to ``task_feedback``.
+
+        Raises:
+            ValueError: (from the returned function) a meta-batch ``(B, ...)`` whose ``B`` the
+                distribution's devices cannot split evenly, or failing the input checks; the
+                variables keep their values from before the refused meta-batch.
         """
         if self.train_function is not None and not force:
             return
         if self.head_optimizer is None:
             raise RuntimeError("Call model.compile() before fit().")
-        step = self.train_step
-        if not self.run_eagerly and self.jit_compile:
-            step = jax.jit(step, donate_argnums=0)
         head_variables = self.head_optimizer.variables
+        step = self.train_step
+        self._check_variables_distributed()
+        if not self.run_eagerly and self.jit_compile:
+            out_shardings = None
+            if keras.distribution.distribution() is not None:
+                # (logs, (trainable, non-trainable, optimizer, metrics, head optimizer)).
+                state = (*keras_private.state_sharding_spec(self), [v.value.sharding for v in head_variables])
+                out_shardings = (None, state)
+            step = jax.jit(step, donate_argnums=0, out_shardings=out_shardings)
 
         def one_step(state, data):
             try:
@@ -185,17 +231,120 @@ class JaxSteps:
                 self.task_feedback.report(np.asarray(feedback[0]), np.asarray(feedback[1]))
             return logs, tuple(state[:4])
 
+        def next_meta_batch(state, iterator):
+            try:
+                return next(iterator)
+            except ValueError:
+                if iterator.refused:  # Keras's fit holds the values in `state` only: put them back
+                    self._restore_variables(state)
+                raise
+
         def function(state, iterator):
-            logs, state = one_step(state, next(iterator))
+            iterator = _ExplainedIterator(iterator)
+            logs, state = one_step(state, next_meta_batch(state, iterator))
             for _ in range(self.steps_per_execution - 1):
                 try:
-                    data = next(iterator)
+                    data = next_meta_batch(state, iterator)
                 except StopIteration:
                     break
                 logs, state = one_step(state, data)
             return logs, state
 
         self.train_function = function
+
+    def make_test_function(self, force=False):
+        """Keras's JAX test function (with its ``out_shardings`` under a `keras.distribution`),
+        refusing a meta-batch the devices cannot split with the `ValueError` of
+        `make_train_function` instead of JAX's sharding error."""
+        if self.test_function is not None and not force:
+            return
+        self._check_variables_distributed()
+        super().make_test_function(force=force)
+        keras_function = self.test_function
+
+        def function(state, iterator):
+            iterator = _ExplainedIterator(iterator)
+            try:
+                return keras_function(state, iterator)
+            except ValueError:
+                if iterator.refused and not any(v.is_deleted() for v in jax.tree.leaves(state)):
+                    self._restore_variables(state, training=False)  # not yet donated to a step
+                raise
+
+        self.test_function = function
+
+
+class _ExplainedIterator:
+    """Keras's batch iterator, whose JAX sharding error on a meta-batch that the distribution's
+    devices cannot split (Keras lays each batch out over them as it hands it over) becomes a
+    `ValueError` naming the meta-batch's size, the device count and the fix; ``refused`` says
+    that it did."""
+
+    def __init__(self, iterator):
+        self.iterator = iterator
+        self.refused = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self.iterator)
+        except ValueError as err:
+            explained = _indivisible_meta_batch(err)
+            if explained is None:
+                raise
+            self.refused = True
+            raise explained from err
+
+
+@jax.jit
+def _image_summary(images):
+    """``[all finite (1/0), min, max]`` of ``images``, computed on their device(s)."""
+    values = images.astype("float32")
+    return jax.numpy.stack(
+        [jax.numpy.all(jax.numpy.isfinite(values)).astype("float32"), values.min(), values.max()]
+    )
+
+
+def _images_pass(images: jax.Array, input_range: tuple[float, float] | None) -> bool:
+    """Whether `check_images` would pass ``images``, decided without copying them to the host.
+
+    Keras's JAX epoch iterator puts each meta-batch on the accelerator before the train function
+    sees it (one batch ahead): reading the images back for a host-side check moved the whole
+    meta-batch (about 70 MB at 84x84, 8 tasks of 100 images) back over PCIe every step. A batch
+    that fails is checked again on the host, by `check_images`, for its message.
+    """
+    if images.size == 0:
+        return True
+    finite, low, high = (float(v) for v in np.asarray(_image_summary(images)))
+    if finite != 1.0:
+        return False
+    if input_range is None:
+        return True
+    return low >= input_range[0] - 1e-6 and high <= input_range[1] + 1e-6
+
+
+def _indivisible_meta_batch(error: ValueError) -> ValueError | None:
+    """The clear error for JAX's ``IndivisibleError`` under a `keras.distribution`, else None."""
+    distribution = keras.distribution.distribution()
+    if distribution is None or type(error).__name__ != "IndivisibleError":
+        return None
+    mesh = distribution.device_mesh
+    devices = int(mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)])
+    # JAX names the array's global shape: "... (full shape: (3, 12, 16, 16, 1), ...".
+    found = re.search(r"full shape: \((\d+)", str(error))
+    size = int(found.group(1)) if found else None
+    suggestion = devices * max(1, math.ceil(size / devices)) if size else 2 * devices
+    what = f"A meta-batch of {size} tasks" if size else "A meta-batch"
+    return ValueError(
+        f"{what} cannot be split evenly over the {devices} devices of the keras.distribution "
+        f"{type(distribution).__name__}, which divides the episode axis (axis 0 of every input) among "
+        f"them. Make meta_batch_size a multiple of {devices} (e.g. make_episodes(..., "
+        f"meta_batch_size={suggestion})); with arrays, a batch_size that is a multiple of {devices} and "
+        f"divides the number of tasks; or give the distribution a number of devices that divides the "
+        "meta-batch."
+    )
 
 
 def _global_norm(tensors):

@@ -182,6 +182,13 @@ class MetaTransferModel(_backend_steps(), keras_private.SkipSymbolicBuildWhenBui
     (`tests/unit/models/test_backends.py`). Under JAX's ``jit`` support labels are checked in
     Python before each training step, not in the compiled step.
 
+    Several devices: `tf.distribute` strategies on TensorFlow (create the model in
+    ``strategy.scope()``), ``keras.distribution.DataParallel`` on JAX (call
+    ``keras.distribution.set_distribution`` before creating the model): each meta-batch's ``B``
+    tasks are split over the devices (``B`` a multiple of their number), the variables replicated,
+    and the update is that of the mean loss over all ``B`` tasks, as on one device
+    (docs/guides/distributed.md).
+
     Mixed precision: build the backbone under ``keras.mixed_precision.set_dtype_policy(
     "mixed_bfloat16")`` (CPUs with AVX512-BF16, TPUs) or ``"mixed_float16"`` (GPUs): the
     backbone then computes in 16 bits while its variables, the embeddings, the inner loop,

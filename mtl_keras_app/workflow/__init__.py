@@ -26,6 +26,7 @@ from mtl_keras_app.workflow.builders import (
     load_config_benchmark,
     meta_training_callbacks,
     outer_optimizers,
+    tf_data_pipelines,
     training_episodes,
 )
 from mtl_keras_app.workflow.run import format_stage_times, format_table, format_verdict, run_workflow
@@ -54,6 +55,7 @@ from mtl_keras_app.workflow.stages import (
 )
 from mtl_keras_app.workflow.tensorboard import (
     TrainingScalarsLogger,
+    tensorboard_available,
     tensorboard_callbacks,
     write_episode_image,
 )
@@ -98,7 +100,9 @@ __all__ = [
     "run_info",
     "run_workflow",
     "source_commit",
+    "tensorboard_available",
     "tensorboard_callbacks",
+    "tf_data_pipelines",
     "training_episodes",
     "update_metrics",
     "verbose_mode",

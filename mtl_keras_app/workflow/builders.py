@@ -5,17 +5,31 @@ every episode it will give."""
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from mtl_keras.backbones import get_backbone
 from mtl_keras.data.episodes import make_episodes
 from mtl_keras.data.hard_tasks import HardTaskPool
+from mtl_keras.data.numpy_episodes import episode_source
 from mtl_keras.data.registry import load_benchmark
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras_app.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+
+def tf_data_pipelines() -> bool:
+    """Whether the workflow feeds its models from `tf.data` pipelines: on the TensorFlow backend.
+
+    On another backend (JAX) it reads the same episodes as numpy arrays (`episode_source`) and
+    the pretraining batches from `pretrain_source`, with or without TensorFlow installed: one
+    data path per backend.
+    """
+    return keras.backend.backend() == "tensorflow"
 
 
 def build_backbone(config: ExperimentConfig, channels: int) -> keras.Model:
@@ -168,7 +182,8 @@ def training_episodes(config: ExperimentConfig, train_split, shots: int, replica
     ``docs/distributed.md``).
 
     Returns:
-        ``(dataset, pool or None)``; the dataset's elements hold ``meta_batch_size`` tasks.
+        ``(dataset, pool or None)``; the dataset's elements hold ``meta_batch_size`` tasks: a
+        `tf.data.Dataset` on the TensorFlow backend, an `EpisodeSource` on another (`tf_data_pipelines`).
     """
     pool = None
     if config.hard_tasks:
@@ -179,7 +194,7 @@ def training_episodes(config: ExperimentConfig, train_split, shots: int, replica
             seed=config.seed,
             **({"delay": 10} if replicas > 1 else {}),
         )
-    episodes = make_episodes(
+    episodes = (make_episodes if tf_data_pipelines() else episode_source)(
         train_split,
         config.ways,
         shots,

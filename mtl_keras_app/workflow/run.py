@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from typing import TYPE_CHECKING
 
-import tensorflow as tf
-
+from mtl_keras._tensorflow import tensorflow_installed
 from mtl_keras.callbacks import format_duration
 from mtl_keras.evaluation import EvaluationResult, paired_difference
 from mtl_keras_app.config import ExperimentConfig
@@ -32,6 +32,9 @@ from mtl_keras_app.workflow.stages import (
     meta_train_stage,
     pretrain_stage,
 )
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 #: The paired columns of a run's table: ``{column label: row it subtracts}``; ``None``: the better
 #: SimpleShot row of each shot setting (`best_centroid_row`).
@@ -234,8 +237,15 @@ def run_workflow(
         say(f"[4/4] {config.ways}-way {k}-shot: test evaluation ({config.test_episodes} episodes)")
         with timed(f"test evaluation {k}-shot"):
             rows[MTL_ROW][k] = evaluate_stage(config, out, **one)[k]
-        with timed(f"export {k}-shot"):
-            export_stage(config, out, verbose=verbose, shots=(k,))
+        if tensorflow_installed():
+            with timed(f"export {k}-shot"):
+                export_stage(config, out, verbose=verbose, shots=(k,))
+        elif k == config.shots[0]:
+            say(
+                "Export skipped: an adapt-and-classify SavedModel is TensorFlow's format, and TensorFlow is "
+                f"not installed. The meta-trained weights are in {out}; `mtl-keras export --run-dir {out}` "
+                "writes the SavedModels on a machine with TensorFlow (pip install tensorflow)."
+            )
 
     table = format_table(rows, config.ways)
     verdict = format_verdict(rows, config.ways)

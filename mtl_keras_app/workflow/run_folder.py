@@ -8,15 +8,18 @@ import json
 import os
 import shutil
 import subprocess
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from mtl_keras.atomic import write_text_atomic
 from mtl_keras.callbacks import ResumableCheckpoint
 from mtl_keras_app.config import ExperimentConfig
 from mtl_keras_app.distribute import worker_index
 from mtl_keras_app.run_lock import locks_run_folder
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 PRETRAINED_WEIGHTS = "pretrained_backbone.weights.h5"
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from mtl_keras.callbacks import save_weights_atomic
 from mtl_keras.evaluation import (
@@ -41,8 +41,15 @@ from mtl_keras_app.workflow.run_folder import (
     update_metrics,
     writes_run_folder,
 )
-from mtl_keras_app.workflow.tensorboard import tensorboard_callbacks, write_episode_image
+from mtl_keras_app.workflow.tensorboard import (
+    tensorboard_available,
+    tensorboard_callbacks,
+    write_episode_image,
+)
 from mtl_keras_app.workflow.training import meta_train, pretrain, weak_pretraining
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 #: The names of the rows of a run's results table (and of ``metrics.json`` → ``results``).
 BASELINE_ROW = "pretrained + inner loop (no meta-training)"
@@ -262,7 +269,7 @@ def _save_evaluation(run_dir: str, shots: int, details: dict, benchmark: str, te
     )
     os.makedirs(os.path.join(run_dir, "episodes"), exist_ok=True)
     np.savez_compressed(os.path.join(run_dir, "episodes", f"sample_{shots}shot.npz"), **details["sample"])
-    if tensorboard:
+    if tensorboard and tensorboard_available():
         sample = details["sample"]
         with tempfile.TemporaryDirectory() as tmp:
             png = plot_episode_grid(

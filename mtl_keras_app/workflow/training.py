@@ -7,10 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from mtl_keras.callbacks import (
     BestCheckpoint,
@@ -25,11 +25,20 @@ from mtl_keras.callbacks import (
 )
 from mtl_keras.data.augment import pretrain_augmentation
 from mtl_keras.data.episodes import pretrain_dataset
+from mtl_keras.data.numpy_batches import EpochNumber, pretrain_source
 from mtl_keras.evaluation import EpisodeAccuracy, kept_epoch
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.models.pretrain import PretrainModel
 from mtl_keras_app.config import ExperimentConfig
-from mtl_keras_app.workflow.builders import build_backbone, meta_training_callbacks, training_episodes
+from mtl_keras_app.workflow.builders import (
+    build_backbone,
+    meta_training_callbacks,
+    tf_data_pipelines,
+    training_episodes,
+)
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def verbose_mode(verbose: bool) -> int:
@@ -69,7 +78,13 @@ def pretrain(
     # The epoch's order and augmentation seeds come from the epoch (`EpochSeeds`): a resumed
     # pretraining replays the epochs an uninterrupted one would have run. (Outside the strategy:
     # the input pipeline reads it, not the replicas.)
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    if tf_data_pipelines():
+        from mtl_keras._tensorflow import import_tensorflow
+
+        tf = import_tensorflow("pretraining's tf.data pipeline")
+        epoch, batches = tf.Variable(0, dtype=tf.int64, trainable=False), pretrain_dataset
+    else:  # numpy batches (`pretrain_source`): no TensorFlow needed
+        epoch, batches = EpochNumber(), pretrain_source
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         backbone = build_backbone(config, train_split.channels)
         model = PretrainModel(
@@ -78,7 +93,7 @@ def pretrain(
             augmentation=pretrain_augmentation(seed=config.seed) if config.pretrain_augment else None,
             dropout=config.pretrain_dropout,
         )
-        train_ds, held_ds = pretrain_dataset(
+        train_ds, held_ds = batches(
             train_split, batch_size=config.pretrain_batch_size, seed=config.seed, holdout=0.1, epoch=epoch
         )
         per_epoch = int(train_ds.cardinality())
@@ -126,7 +141,7 @@ def pretrain(
             )
     history = model.fit(
         train_ds,
-        shuffle=False,  # a tf.data pipeline: it shuffles itself (Keras warns otherwise)
+        shuffle=False,  # the pipeline shuffles itself (Keras warns otherwise)
         validation_data=held,
         epochs=config.pretrain_epochs,
         verbose=verbose_mode(verbose),
@@ -222,8 +237,9 @@ def meta_train(
         with ``initial_val_accuracy`` and ``kept_epoch`` (0 = the pretrained model).
     """
     keras.utils.set_random_seed(config.seed)
+    strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's trainer only
     train_eps, pool = training_episodes(
-        config, train_split, shots, replicas=model.distribute_strategy.num_replicas_in_sync
+        config, train_split, shots, replicas=1 if strategy is None else strategy.num_replicas_in_sync
     )
     validation = EpisodeAccuracy(
         val_split, config.ways, shots, config.queries, config.val_episodes, config.seed + 1
@@ -254,7 +270,7 @@ def meta_train(
     try:
         history = model.fit(
             train_eps,
-            shuffle=False,  # a tf.data pipeline: it shuffles itself (Keras warns otherwise)
+            shuffle=False,  # the pipeline shuffles itself (Keras warns otherwise)
             steps_per_epoch=config.steps_per_epoch,
             epochs=config.meta_epochs,
             callbacks=[

@@ -83,7 +83,7 @@ def test_models_keep_keras_contract(model, mixin):
 #: Private names of Keras / TF that mtl_keras uses: only keras_private.py may mention them.
 PRIVATE = re.compile(
     r"[.\"'](_flatten_layers|_layers|_maybe_symbolic_build|_initial_epoch|_in_multi_worker_mode"
-    r"|_distribute_strategy)\b|def _maybe_symbolic_build|keras\.src|tensorflow\.python"
+    r"|_distribute_strategy|_get_state_sharding_spec)\b|def _maybe_symbolic_build|keras\.src|tensorflow\.python"
 )
 
 

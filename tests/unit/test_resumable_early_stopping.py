@@ -9,6 +9,10 @@ import pytest
 
 from mtl_keras.callbacks import ResumableCheckpoint, ResumableEarlyStopping
 
+#: On both backends: a plain Keras model has no ``distribute_strategy`` on JAX, and the backup
+#: used to read it at every epoch end.
+pytestmark = pytest.mark.backends
+
 #: The monitored score per epoch: best at epoch 1 (0-based), then patience 2 runs out at epoch 3.
 SCORES = [0.1, 0.5, 0.3, 0.2, 0.9, 0.9]
 

@@ -222,6 +222,23 @@ def test_run_tuning_writes_a_summary(tiny_config_file, tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "logs" / "tuning")
 
 
+def test_a_search_whose_every_trial_failed_is_an_error(tiny_config_file, tmp_path, monkeypatch):
+    """Keras Tuner goes on after a failed trial; a search with no scored trial used to end with
+    ``best_score: None`` in tuning.json and exit 0."""
+    monkeypatch.delenv("KERASTUNER_ORACLE_IP", raising=False)
+
+    def fail(self, hp, model, *args, **kwargs):
+        raise RuntimeError("the trial broke")
+
+    monkeypatch.setattr(MTLHyperModel, "fit", fail)
+    config = get_config(tiny_config_file).replace(backbone="conv4")
+    with pytest.raises(ValueError, match="Every trial of the search failed"):
+        run_tuning(
+            config, str(tmp_path), max_trials=1, verbose=False, tensorboard=False, hypermodel_kwargs=SPACE
+        )
+    assert not (tmp_path / "tuning.json").exists()
+
+
 def test_search_passes_its_episodes_to_the_hypermodel(splits, tmp_path):
     """As Keras Tuner's `HyperModel.fit(hp, model, *args, **kwargs)`: `tuner.search(x,
     validation_data=...)` hands its datasets on — a hypermodel without splits trains on them."""

@@ -328,7 +328,6 @@ def test_tensorflow_only_parts_say_what_to_install(tmp_path):
         calls = {
             "pretrain_dataset": lambda: pretrain_dataset(split),
             "SavedModel export": lambda: export.export_adapt_and_classify(None, "model"),
-            "tf.distribute": lambda: distribute.make_strategy("mirrored"),
             "tf.data episode pipeline": lambda: _image_loader(split),
         }
         for needle, call in calls.items():
@@ -339,7 +338,52 @@ def test_tensorflow_only_parts_say_what_to_install(tmp_path):
             else:
                 raise AssertionError(needle + " did not raise")
         assert distribute.make_strategy("none") is None and distribute.is_chief(None)
+        for call in (lambda: distribute.make_strategy("mirrored"), lambda: distribute.configure_logical_cpus(2)):
+            try:  # a tf.distribute strategy trains TensorFlow models: refused by name on JAX
+                call()
+            except ValueError as err:
+                assert "KERAS_BACKEND=tensorflow" in str(err) and "DataParallel" in str(err), str(err)
+            else:
+                raise AssertionError("a tf.distribute strategy on JAX did not raise")
         assert hardware._has_gpu() is False  # asks JAX, not TensorFlow
+        print("ok")
+        """,
+        tmp_path,
+    )
+    assert _check(proc).stdout.strip().endswith("ok")
+
+
+def test_evaluation_reads_image_files_without_tensorflow(tmp_path):
+    """File-backed splits are embedded and sampled through Pillow on JAX (they used tf.data)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for part in ("train", "val", "test"):
+        for c in range(3):
+            os.makedirs(tmp_path / "images" / part / f"{part}{c}")
+            for i in range(4):
+                pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "images" / part / f"{part}{c}" / f"{i}.png")
+    proc = _without_tensorflow(
+        """
+        import numpy as np
+        from mtl_keras.backbones import conv4
+        from mtl_keras.data.sources import folders
+        from mtl_keras.evaluation import embed_split, evaluate_episodes, _split_images
+        from mtl_keras.models.meta_transfer import MetaTransferModel
+        from mtl_keras.data.numpy_episodes import numpy_image_loader
+
+        split = folders.load("images", image_size=16)[2]
+        assert split.is_file_backed
+        model = MetaTransferModel(conv4((16, 16, 3), filters=4), ways=3, inner_steps=1, eval_inner_steps=1)
+        features = embed_split(model, split)
+        assert features.shape[0] == 12 and np.isfinite(features).all()
+        pixels = _split_images(split, np.arange(12))
+        expected = np.round(numpy_image_loader(split)(np.arange(12)) * 255).astype(np.uint8)
+        np.testing.assert_array_equal(pixels, expected)
+        result = evaluate_episodes(model, split, ways=3, shots=1, queries=2, episodes=4, verbose=0)
+        assert result.episodes == 4 and 0 <= result.mean <= 1
+        assert sys.modules["tensorflow"] is None
         print("ok")
         """,
         tmp_path,

@@ -146,3 +146,33 @@ def test_images_with_nan_or_outside_0_1_are_refused_before_they_train(proto_spli
     free.adapt(wide["support_images"], wide["support_labels"], wide["query_images"])
     with pytest.raises(ValueError, match="NaN"):
         free.adapt(nan["support_images"], nan["support_labels"], nan["query_images"])
+
+
+def test_jax_checks_images_on_their_device_and_copies_them_only_to_explain(proto_split, monkeypatch):
+    """On an accelerator Keras's JAX loop hands the train function device arrays: the finite and
+    range checks run there (three numbers come back); only a failing batch is copied for its message."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("the JAX train function's input checks")
+    import jax
+
+    from mtl_keras.jax_backend import meta_transfer_steps
+
+    copied = []
+    original = meta_transfer_steps.check_images
+    monkeypatch.setattr(
+        meta_transfer_steps, "check_images", lambda images, *a: copied.append(a[0]) or original(images, *a)
+    )
+    model = _model()
+    inputs, labels = _episode(proto_split)
+    on_device = {k: jax.device_put(v) for k, v in inputs.items()}
+    model._check_step_inputs((on_device, labels))
+    assert copied == []  # nothing read back
+    bad = dict(on_device, query_images=on_device["query_images"].at[1, 2, 3, 4, 0].set(np.nan))
+    with pytest.raises(
+        ValueError, match=r"query_images hold NaN or inf \(first at index \(1, 2, 3, 4, 0\)\)"
+    ):
+        model._check_step_inputs((bad, labels))
+    wide = dict(on_device, support_images=on_device["support_images"] * 255.0)
+    with pytest.raises(ValueError, match=r"support_images range over \[0, 2\d\d(\.\d+)?\] .* divide by 255"):
+        model._check_step_inputs((wide, labels))
+    assert copied == ["query_images", "support_images"]
