@@ -14,7 +14,17 @@ import subprocess
 import sys
 import textwrap
 
+import keras
+import pytest
+
 from tests.conftest import TINY_CONFIG
+
+#: In the JAX pass of ``make test`` (the Makefile names this file), once: it starts its own JAX
+#: process, so the TensorFlow pass skips it.
+pytestmark = [
+    pytest.mark.backends,
+    pytest.mark.skipif(keras.backend.backend() != "jax", reason="run once, in the JAX pass"),
+]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
