@@ -158,6 +158,7 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, glyph
     assert (run_dir / "config.json").read_text() == before
 
 
+@pytest.mark.slow  # `make test-slow`: 91 s of the 2-core CI run of 2026-12-07 (a slow day), which went over 30 min
 def test_a_pretraining_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_one(tmp_path, glyph_cache):
     """It used to stop on every rerun with Keras's 'loading weights into a model that has not yet
     been built' (the backup was loaded before Keras built the pretraining model), losing the work;

@@ -224,6 +224,7 @@ MIRRORED_PRETRAIN = COMMON + textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # `make test-slow`: 30 s of the 2-core CI run of 2026-12-07 (a slow day), which went over 30 min
 def test_pretraining_under_mirrored_strategy_keeps_the_replicas_identical(tmp_path):
     """Batch norm's moving statistics are averaged over the replicas after every step: every
     replica holds the same model, and the moving means are those of the global batches (Keras 3

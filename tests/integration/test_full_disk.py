@@ -21,6 +21,7 @@ from tests.conftest import TINY_CONFIG
 from tests.helpers import patient
 
 
+@pytest.mark.slow  # `make test-slow`: 59 s of the 2-core CI run of 2026-12-07 (a slow day), which went over 30 min
 def test_a_disk_that_fills_during_pretraining_stops_with_one_line_and_the_rerun_resumes(
     tmp_path, glyph_cache, monkeypatch, capsys
 ):

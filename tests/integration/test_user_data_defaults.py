@@ -116,6 +116,7 @@ def test_a_weak_backbone_is_reported_and_a_good_one_is_not():
     assert "training accuracy" in weak_pretraining({"loss": [3.0], "accuracy": [0.2]}, 64)
 
 
+@pytest.mark.slow  # `make test-slow`: 39 s of the 2-core CI run of 2026-12-07 (a slow day), which went over 30 min
 def test_a_weak_run_says_so_before_meta_training(tmp_path, glyph_cache, monkeypatch):
     from tests.conftest import TINY_CONFIG
 
