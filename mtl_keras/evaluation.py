@@ -20,7 +20,7 @@ from keras import ops
 
 from mtl_keras.callbacks import format_duration
 from mtl_keras.data.episode_stream import open_stream
-from mtl_keras.data.episodes import _image_loader, make_episodes, pretrain_dataset
+from mtl_keras.data.episodes import _image_loader, make_episodes, pretrain_dataset, tf_data_pipelines
 from mtl_keras.data.numpy_batches import pretrain_source
 from mtl_keras.data.numpy_episodes import episode_source, numpy_image_loader
 from mtl_keras.data.split import ClassSplit
@@ -162,7 +162,7 @@ def embed_split(model, split: ClassSplit, batch_size: int = 256) -> np.ndarray:
         split: the images (in memory or file-backed).
         batch_size: images per call (speed and memory only).
     """
-    if keras.backend.backend() == "tensorflow":
+    if tf_data_pipelines():
         images = pretrain_dataset(split, batch_size=batch_size, shuffle=False).map(lambda x, y: x)
     else:  # no tf.data: the same pixels, decoded by numpy (in memory) or Pillow (files)
         images = (x for x, _ in pretrain_source(split, batch_size=batch_size, shuffle=False))
@@ -608,7 +608,7 @@ def _scores(model, logits, losses, labels, ways):
 
 def _episode_batches(model, split, ways, shots, queries, num_batches, seed, batch, steps):
     """Each meta-batch of episodes through the whole model (images → adapted logits)."""
-    episodes = make_episodes if keras.backend.backend() == "tensorflow" else episode_source
+    episodes = make_episodes if tf_data_pipelines() else episode_source
     ds = episodes(
         split,
         ways,
@@ -635,8 +635,6 @@ def _episode_batches(model, split, ways, shots, queries, num_batches, seed, batc
 
     run = _compiled(model, ("episodes", ways, steps), run)
     for inputs, labels in ds:
-        if keras.backend.backend() != "tensorflow":
-            inputs, labels = {k: np.asarray(v) for k, v in inputs.items()}, np.asarray(labels)
         correct, loss, class_acc, preds, query_loss = run(inputs, labels)
         yield {
             "query_loss": np.asarray(query_loss),
@@ -712,7 +710,7 @@ def _split_images(split: ClassSplit, items: np.ndarray) -> np.ndarray:
     """``(n, H, W, C) uint8`` images ``items`` of ``split`` (decoded as the episodes decode them)."""
     if not split.is_file_backed:
         return split.images[items]
-    if keras.backend.backend() == "tensorflow":  # decoded as the tf.data episodes decode them
+    if tf_data_pipelines():  # decoded as the tf.data episodes decode them
         import tensorflow as tf
 
         pixels = _image_loader(split)(tf.constant(items, tf.int64)).numpy()

@@ -32,6 +32,16 @@ def _tf(purpose: str = "the tf.data episode pipeline"):
     return import_tensorflow(purpose)
 
 
+def tf_data_pipelines() -> bool:
+    """Whether the library's own data paths (evaluation, the workflow) read `tf.data` pipelines:
+    on the TensorFlow backend. On another backend (JAX) they read the same episodes as numpy
+    arrays (`episode_source`) and pretraining batches from `pretrain_source`, with or without
+    TensorFlow installed: one data path per backend."""
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
 _said_fallback = False
 
 

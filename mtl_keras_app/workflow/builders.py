@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from mtl_keras.backbones import get_backbone
-from mtl_keras.data.episodes import make_episodes
+from mtl_keras.data.episodes import make_episodes, tf_data_pipelines
 from mtl_keras.data.hard_tasks import HardTaskPool
 from mtl_keras.data.numpy_episodes import episode_source
 from mtl_keras.data.registry import load_benchmark
@@ -20,16 +20,6 @@ from mtl_keras_app.config import ExperimentConfig
 
 if TYPE_CHECKING:
     import tensorflow as tf
-
-
-def tf_data_pipelines() -> bool:
-    """Whether the workflow feeds its models from `tf.data` pipelines: on the TensorFlow backend.
-
-    On another backend (JAX) it reads the same episodes as numpy arrays (`episode_source`) and
-    the pretraining batches from `pretrain_source`, with or without TensorFlow installed: one
-    data path per backend.
-    """
-    return keras.backend.backend() == "tensorflow"
 
 
 def build_backbone(config: ExperimentConfig, channels: int) -> keras.Model:
