@@ -145,9 +145,21 @@ PROJECTION_MINUTES = 15.0
 BFLOAT16_TARGET = 1.5
 
 
+class _NoTensorFlow:
+    """A meta-path finder that finds no ``tensorflow``: ``import tensorflow`` raises as where it is
+    not installed, and ``"tensorflow"`` never enters ``sys.modules`` (a ``None`` entry there does,
+    and Keras's preprocessing layers then ask for TensorFlow where a JAX-only machine runs them)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
 def block_tensorflow() -> None:
     """Make ``import tensorflow`` fail in this process, as where it is not installed."""
-    sys.modules["tensorflow"] = None
+    if not any(isinstance(finder, _NoTensorFlow) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _NoTensorFlow())
 
 
 def tensorflow_loaded() -> bool:
