@@ -86,8 +86,7 @@ def test_meta_training_that_blows_up_with_the_paper_inner_loop_stays_bounded_wit
     inner step on cosine features, with the divergence guard, keeps every epoch's outer gradient
     norm within 10× of the first epoch's, as the inner loop cannot see the scale."""
     paper = _meta_train(proto_split, inner_lr=0.01)
-    norms = np.array([paper["phi_grad_norm"], paper["head_grad_norm"]])
-    assert not np.all(np.isfinite(norms)) or np.max(norms / norms[:, :1]) > 100, norms
+    paper_norms = np.array([paper["phi_grad_norm"], paper["head_grad_norm"]])
 
     guard = DivergenceGuard(verbose=0)
     safe = _meta_train(
@@ -102,3 +101,11 @@ def test_meta_training_that_blows_up_with_the_paper_inner_loop_stays_bounded_wit
     assert np.all(np.isfinite(norms)) and np.all(np.isfinite(safe["loss"]))
     assert np.max(norms / norms[:, :1]) <= 10, norms
     assert safe["accuracy"][-1] > 0.5
+    # The paper's run, from the same weights on the same episodes, blew up: a non-finite outer
+    # gradient, or one 100x the safeguarded run's largest. (Which epoch blows up, and whether to
+    # inf, depends on the backend and the CPU's kernels: on JAX on an AVX2 CPU the first epoch's
+    # norms were already 5e9 and 2e11, on TensorFlow the third epoch's NaN.)
+    assert not np.all(np.isfinite(paper_norms)) or np.max(paper_norms) > 100 * np.max(norms), (
+        paper_norms,
+        norms,
+    )
