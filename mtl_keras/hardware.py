@@ -149,6 +149,31 @@ def _has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def slow_cpu_backend_note(backend: str | None = None, has_gpu: bool | None = None) -> str | None:
+    """A line for long trainings on the JAX backend without a GPU, None elsewhere.
+
+    On CPUs JAX trains at about half the TensorFlow backend's speed: XLA:CPU's convolution
+    filter gradients (the ones the scales Φ1 and pretraining need) run several times slower
+    than TensorFlow's oneDNN kernels (``benchmarks/RESULTS.md``, "JAX vs TensorFlow backend").
+
+    Args:
+        backend: the Keras backend's name (default: the one in use).
+        has_gpu: whether a GPU is visible (default: asks the backend's framework).
+
+    Returns:
+        The note for the JAX backend on a CPU-only machine, else None.
+    """
+    import keras
+
+    if (backend or keras.config.backend()) != "jax" or (_has_gpu() if has_gpu is None else has_gpu):
+        return None
+    return (
+        "Note: Keras backend JAX with no GPU visible. On CPUs JAX has measured at about half the "
+        "TensorFlow backend's training speed (XLA:CPU's convolution gradients; benchmarks/RESULTS.md); "
+        "KERAS_BACKEND=tensorflow trains faster here if TensorFlow is installed."
+    )
+
+
 def emulates_bfloat16(flags: set[str] | None = None, has_gpu: bool | None = None) -> bool:
     """Whether bfloat16 would be emulated here, and the user has not asked to keep it anyway.
 

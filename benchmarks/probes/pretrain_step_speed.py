@@ -8,8 +8,11 @@ backend (and, on JAX, with ``--jit-compile false`` for the op-by-op step):
     KERAS_BACKEND=jax python benchmarks/probes/pretrain_step_speed.py
     KERAS_BACKEND=jax python benchmarks/probes/pretrain_step_speed.py --jit-compile false
 
-16×16×1 images, ResNet-12 8-8-8-8, 64 classes, batch 128 (the CLI's ``cpu-glyphs`` at
+By default 16×16×1 images, ResNet-12 8-8-8-8, 64 classes, batch 128 (the CLI's ``cpu-glyphs`` at
 ``image_size=16 widths=8,8,8,8``); ``--steps`` timed steps after a two-step warm-up ``fit``.
+Wall and process CPU seconds per step. ``make demo``'s pretraining (``cpu-glyph_scenes``):
+
+    KERAS_BACKEND=jax python benchmarks/probes/pretrain_step_speed.py --image-size 32 --channels 3 --widths 16,32,64,128
 """
 
 from __future__ import annotations
@@ -34,10 +37,14 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto")
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--widths", default="8,8,8,8", help="ResNet-12 widths, comma-separated")
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
+    shape = (args.image_size, args.image_size, args.channels)
     model = PretrainModel(
-        resnet12((16, 16, 1), widths=(8, 8, 8, 8)),
+        resnet12(shape, widths=tuple(int(w) for w in args.widths.split(","))),
         64,
         augmentation=None if args.no_augment else pretrain_augmentation(),
     )
@@ -49,16 +56,18 @@ def main(argv=None) -> None:
         jit_compile=jit,
     )
     rng = np.random.default_rng(0)
-    x = rng.random((128 * args.steps, 16, 16, 1), dtype=np.float32)
+    x = rng.random((128 * args.steps, *shape), dtype=np.float32)
     y = rng.integers(0, 64, len(x))
     model.fit(x[:256], y[:256], batch_size=128, epochs=1, verbose=0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model.fit(x, y, batch_size=128, epochs=1, verbose=0, shuffle=False)
     np.asarray(model.trainable_variables[0])  # the last update done (JAX dispatches asynchronously)
     seconds = (time.perf_counter() - start) / args.steps
+    cpu_seconds = (time.process_time() - cpu) / args.steps
     print(
-        f"{keras.backend.backend()}: jit_compile={model.jit_compile}, augmentation={not args.no_augment}: "
-        f"{seconds:.4f} s/step ({args.steps} steps; load average {os.getloadavg()[0]:.2f})"
+        f"{keras.backend.backend()}: {shape} widths {args.widths}, jit_compile={model.jit_compile}, "
+        f"augmentation={not args.no_augment}: {seconds:.4f} s/step, {cpu_seconds:.4f} CPU s/step "
+        f"({args.steps} steps; load average {os.getloadavg()[0]:.2f})"
     )
 
 

@@ -27,6 +27,7 @@ from mtl_keras.data.augment import pretrain_augmentation
 from mtl_keras.data.episodes import pretrain_dataset
 from mtl_keras.data.numpy_batches import EpochNumber, pretrain_source
 from mtl_keras.evaluation import EpisodeAccuracy, kept_epoch
+from mtl_keras.hardware import slow_cpu_backend_note
 from mtl_keras.models.meta_transfer import MetaTransferModel
 from mtl_keras.models.pretrain import PretrainModel
 from mtl_keras_app.config import ExperimentConfig
@@ -39,6 +40,18 @@ from mtl_keras_app.workflow.builders import (
 
 if TYPE_CHECKING:
     import tensorflow as tf
+
+
+#: The notes this process has printed (`say_backend_note`: once each).
+_said: set[str] = set()
+
+
+def say_backend_note(verbose: bool) -> None:
+    """Print `slow_cpu_backend_note` once per process, before the first training, when ``verbose``."""
+    note = slow_cpu_backend_note() if verbose else None
+    if note and note not in _said:
+        _said.add(note)
+        print(note, flush=True)
 
 
 def verbose_mode(verbose: bool) -> int:
@@ -74,6 +87,7 @@ def pretrain(
         ``(PretrainModel, history dict)``. 10% of each class is held out and
         reported as ``val_accuracy``.
     """
+    say_backend_note(verbose)
     keras.utils.set_random_seed(config.seed)
     # The epoch's order and augmentation seeds come from the epoch (`EpochSeeds`): a resumed
     # pretraining replays the epochs an uninterrupted one would have run. (Outside the strategy:
@@ -236,6 +250,7 @@ def meta_train(
         The history (every epoch, including those of an interrupted earlier run),
         with ``initial_val_accuracy`` and ``kept_epoch`` (0 = the pretrained model).
     """
+    say_backend_note(verbose)
     keras.utils.set_random_seed(config.seed)
     strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's trainer only
     train_eps, pool = training_episodes(

@@ -12,12 +12,13 @@ import sys
 import pytest
 
 from tests.helpers import patient
+from tests.no_tensorflow import PRELUDE as NO_TENSORFLOW
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_check.py")
 
 #: The driver runs with TensorFlow unimportable; ``--without-tensorflow`` does the same in its workers.
-PRELUDE = 'import runpy, sys\nsys.modules["tensorflow"] = None\n'
+PRELUDE = NO_TENSORFLOW + "import runpy\n"
 
 
 def _positive(value) -> bool:

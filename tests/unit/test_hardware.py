@@ -119,3 +119,22 @@ def test_amx_is_its_own_level_and_a_cap_below_it_counts(fake_cpu, monkeypatch):
     fake_cpu(AVX512_BF16)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
     assert hardware.isa_level(hardware.cpu_flags()) == "AVX512-BF16"
+
+
+def test_jax_without_a_gpu_is_told_that_tensorflow_trains_faster_on_cpus():
+    note = hardware.slow_cpu_backend_note("jax", has_gpu=False)
+    assert "KERAS_BACKEND=tensorflow" in note and "benchmarks/RESULTS.md" in note
+    assert hardware.slow_cpu_backend_note("jax", has_gpu=True) is None
+    assert hardware.slow_cpu_backend_note("tensorflow", has_gpu=False) is None
+
+
+def test_the_trainings_say_the_backend_note_once_per_process(monkeypatch, capsys):
+    from mtl_keras_app.workflow import training
+
+    monkeypatch.setattr(training, "_said", set())
+    monkeypatch.setattr(training, "slow_cpu_backend_note", lambda: "the note")
+    training.say_backend_note(verbose=False)
+    assert capsys.readouterr().out == ""
+    training.say_backend_note(verbose=True)
+    training.say_backend_note(verbose=True)
+    assert capsys.readouterr().out == "the note\n"

@@ -16,6 +16,7 @@ from PIL import Image
 
 from mtl_keras.data import ClassSplit, EpisodeSource, HardTaskPool, episode_source, make_episodes
 from tests.conftest import make_prototype_split
+from tests.no_tensorflow import PRELUDE as NO_TENSORFLOW
 
 #: Backend-agnostic: also run in the second pytest pass, on JAX (conftest.py).
 pytestmark = pytest.mark.backends
@@ -232,14 +233,14 @@ def test_keras_fit_and_evaluate_take_the_source(proto_split):
 #: A process where ``import tensorflow`` fails, on the JAX backend. ``mtl_keras`` is an empty
 #: package there, so that only the modules under test are imported (not its ``__init__``,
 #: which imports the models).
-PRELUDE = f"""
+_EMPTY_PACKAGE = f"""
 import os, sys, types, warnings
 
-sys.modules["tensorflow"] = None
 package = types.ModuleType("mtl_keras")
 package.__path__ = [{str(ROOT / "mtl_keras")!r}]
 sys.modules["mtl_keras"] = package
 """
+PRELUDE = NO_TENSORFLOW + _EMPTY_PACKAGE
 
 
 def _without_tensorflow(code, tmp_path, **env):
@@ -307,7 +308,7 @@ def test_episodes_build_without_tensorflow_on_the_jax_backend(tmp_path, proto_sp
         train = episode_source(split, 4, 2, 3, meta_batch_size=2, seed=0)
         history = model.fit(train, steps_per_epoch=2, epochs=2, shuffle=False, verbose=0)
         assert len(history.history["loss"]) == 2
-        assert sys.modules["tensorflow"] is None
+        assert "tensorflow" not in sys.modules
         print("ok")
         """,
         tmp_path,
@@ -383,7 +384,7 @@ def test_evaluation_reads_image_files_without_tensorflow(tmp_path):
         np.testing.assert_array_equal(pixels, expected)
         result = evaluate_episodes(model, split, ways=3, shots=1, queries=2, episodes=4, verbose=0)
         assert result.episodes == 4 and 0 <= result.mean <= 1
-        assert sys.modules["tensorflow"] is None
+        assert "tensorflow" not in sys.modules
         print("ok")
         """,
         tmp_path,
@@ -396,7 +397,7 @@ def test_quiet_startup_imports_nothing_on_another_backend(tmp_path):
     home.mkdir()
     (home / "keras.json").write_text(json.dumps({"backend": "jax"}))
     code = """
-        del sys.modules["tensorflow"]  # installed here: the backend alone must keep it out
+        sys.meta_path.remove(next(f for f in sys.meta_path if isinstance(f, NoTensorFlow)))  # installed here: the backend alone must keep it out
         from mtl_keras_app import quiet as _quiet
         print(_quiet.keras_backend_name(), _quiet.tensorflow_installed())
         assert _quiet.quiet_tensorflow_startup() is False

@@ -36,7 +36,8 @@ _SCRIPT = textwrap.dedent(
     import json, sys, warnings
     folder, parts, block_tensorflow = sys.argv[1], sys.argv[2].split(","), sys.argv[3] == "1"
     if block_tensorflow:
-        sys.modules["tensorflow"] = None
+        import tests.no_tensorflow
+        tests.no_tensorflow.block()
     warnings.simplefilter("ignore")
     import jax, keras
     import numpy as np
