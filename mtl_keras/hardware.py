@@ -152,9 +152,10 @@ def _has_gpu() -> bool:
 def slow_cpu_backend_note(backend: str | None = None, has_gpu: bool | None = None) -> str | None:
     """A line for long trainings on the JAX backend without a GPU, None elsewhere.
 
-    On CPUs JAX trains at about half the TensorFlow backend's speed: XLA:CPU's convolution
-    filter gradients (the ones the scales Φ1 and pretraining need) run several times slower
-    than TensorFlow's oneDNN kernels (``benchmarks/RESULTS.md``, "JAX vs TensorFlow backend").
+    On every CPU measured the TensorFlow backend trained faster (``benchmarks/RESULTS.md``, "JAX
+    vs TensorFlow backend"): JAX pretrained at 0.5–0.6× its steps/s and meta-trained at 0.45×
+    (AMX Xeon, before `mtl_keras.jax_backend.conv`) to 0.9× (AVX2 EPYC, with it). XLA:CPU's
+    convolutions are slower than TensorFlow's oneDNN kernels.
 
     Args:
         backend: the Keras backend's name (default: the one in use).
@@ -168,8 +169,8 @@ def slow_cpu_backend_note(backend: str | None = None, has_gpu: bool | None = Non
     if (backend or keras.config.backend()) != "jax" or (_has_gpu() if has_gpu is None else has_gpu):
         return None
     return (
-        "Note: Keras backend JAX with no GPU visible. On CPUs JAX has measured at about half the "
-        "TensorFlow backend's training speed (XLA:CPU's convolution gradients; benchmarks/RESULTS.md); "
+        "Note: Keras backend JAX with no GPU visible. On CPUs the TensorFlow backend has trained faster "
+        "(JAX: pretraining at 0.5-0.6x its speed, meta-training at 0.45-0.9x; benchmarks/RESULTS.md); "
         "KERAS_BACKEND=tensorflow trains faster here if TensorFlow is installed."
     )
 

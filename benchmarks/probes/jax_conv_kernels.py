@@ -6,7 +6,9 @@ For the 3×3 convolutions of a ResNet-12 (64-128-256-512) at 32×32 input, 160 i
 backward-weights (the kernel's gradient, which the scaling Φ needs), each as TensorFlow runs it
 (`tf.function` of the raw ops: oneDNN) and as JAX runs it (``jax.jit`` of `jax.lax` and its VJP:
 XLA:CPU), plus the kernel's gradient on JAX as nine shifted matmuls (each a ``(C_in, N·H·W) ×
-(N·H·W, C_out)`` dot, XLA's matmul path instead of its convolution). Each repeat times every
+(N·H·W, C_out)`` dot, XLA's matmul path instead of its convolution) and as the one im2col
+product mtl_keras runs on JAX on CPUs (`mtl_keras.jax_backend.conv.im2col_filter_gradient`).
+Prints the CPU (`mtl_keras.hardware.isa_label`). Each repeat times every
 variant once, in turn, so a machine shared with other jobs slows them alike; medians of
 ``--repeats``.
 
@@ -27,6 +29,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from mtl_keras.hardware import cpu_flags, isa_label  # noqa: E402
+from mtl_keras.jax_backend.conv import im2col_filter_gradient  # noqa: E402
 
 LAYERS = ((32, 64, 64), (16, 128, 128), (8, 256, 256), (4, 512, 512))  # (side, Cin, Cout)
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -58,6 +63,8 @@ def _jax_variants():
         "backward-data": jax.jit(backward_data),
         "backward-weights": jax.jit(backward_weights),
         "backward-weights, 9 shifted matmuls": jax.jit(shifted),
+        # What mtl_keras runs on JAX on a CPU for maps of 16 px or more (`mtl_keras.jax_backend.conv`).
+        "backward-weights, im2col (mtl_keras)": jax.jit(lambda x, w, g: im2col_filter_gradient(x, g, (3, 3))),
     }
 
 
@@ -95,6 +102,7 @@ def main(argv=None) -> None:
         ("TF", "backward-weights"),
         ("JAX", "backward-weights"),
         ("JAX", "backward-weights, 9 shifted matmuls"),
+        ("JAX", "backward-weights, im2col (mtl_keras)"),
     ]
     print("| maps, channels | " + " | ".join(f"{b} {what}" for b, what in columns) + " |")
     print("|---|" + "---|" * len(columns))
@@ -124,7 +132,7 @@ def main(argv=None) -> None:
         print(f"| {side}×{side}, {cin}→{cout} | {cells} |", flush=True)
     print(
         f"\nGFLOP/s, float32, medians of {args.repeats} interleaved repeats; {n} images; "
-        f"load average {os.getloadavg()[0]:.2f}."
+        f"load average {os.getloadavg()[0]:.2f}; {isa_label(cpu_flags())} CPU."
     )
 
 

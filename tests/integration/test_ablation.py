@@ -65,6 +65,7 @@ def reproduction(tmp_path_factory, glyph_cache):
     return out, seconds
 
 
+@pytest.mark.slow  # `make test-slow`: 124 (its module fixture) s of the fresh-clone CI run on 2 AVX2 EPYC cores of 2026-12-07 (39 min in all, over 30)
 def test_reproduce_beats_chance_in_every_row_and_writes_the_table(reproduction):
     out, seconds = reproduction
     with open(out / "results.json") as f:
@@ -90,6 +91,7 @@ def test_reproduce_beats_chance_in_every_row_and_writes_the_table(reproduction):
     assert seconds < 300, f"the tiny reproduction took {seconds:.0f} s"
 
 
+@pytest.mark.slow  # `make test-slow`: the same fixture's s of the fresh-clone CI run on 2 AVX2 EPYC cores of 2026-12-07 (39 min in all, over 30)
 def test_the_report_can_be_rewritten_from_results_json(reproduction, tmp_path):
     import shutil
 

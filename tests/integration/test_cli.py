@@ -149,6 +149,7 @@ def test_plot_command_rewrites_the_figures(run_folder, tmp_path, capsys):
     assert len(printed) == 5 and all(os.path.exists(p) for p in printed)
 
 
+@pytest.mark.slow  # `make test-slow`: 31 s of the fresh-clone CI run on 2 AVX2 EPYC cores of 2026-12-07 (39 min in all, over 30)
 def test_stages_one_by_one_share_a_run_folder(tiny_config_file, tmp_path, capsys):
     run_dir = str(tmp_path / "staged")
     # Pretraining's code path without its cost (0 epochs); later stages read RUN_DIR/config.json.
@@ -181,6 +182,7 @@ def test_stages_one_by_one_share_a_run_folder(tiny_config_file, tmp_path, capsys
     assert get_config(os.path.join(run_dir, "config.json")).pretrain_epochs == 0
 
 
+@pytest.mark.slow  # `make test-slow`: 57 s of the fresh-clone CI run on 2 AVX2 EPYC cores of 2026-12-07 (39 min in all, over 30)
 def test_run_is_the_stages_one_after_the_other(run_folder, tmp_path, glyph_cache, monkeypatch, capsys):
     """`run` calls the stage functions: the four subcommands on the same config give the same
     numbers episode for episode, and a stage completed earlier is skipped, not redone."""

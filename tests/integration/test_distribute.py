@@ -158,6 +158,7 @@ def _load(path):
         return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
+@pytest.mark.slow  # `make test-slow`: 37 s of the fresh-clone CI run on 2 AVX2 EPYC cores of 2026-12-07 (39 min in all, over 30)
 def test_mirrored_strategy_on_two_cpus_equals_one_device(tmp_path):
     _wait(_run(MIRRORED, tmp_path, "mirrored"))
     result = json.loads((tmp_path / "result.json").read_text())

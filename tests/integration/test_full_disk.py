@@ -54,6 +54,7 @@ def test_a_disk_that_fills_during_pretraining_stops_with_one_line_and_the_rerun_
     assert len(history["loss"]) == 3
 
 
+@pytest.mark.slow  # `make test-slow`: 63 s of the fresh-clone CI run on 2 AVX2 EPYC cores of 2026-12-07 (39 min in all, over 30)
 def test_a_real_full_file_system_ends_with_a_message_not_a_crash(tmp_path, glyph_cache):
     """On a 700 KiB tmpfs (root only: skipped where mounting is not allowed)."""
     mount = tmp_path / "tiny_fs"

@@ -52,6 +52,7 @@ def test_evaluate_rejects_ways_mismatch(proto_split):
         evaluate_episodes(_model(), proto_split, ways=5, shots=1, episodes=2, verbose=False)
 
 
+@pytest.mark.slow  # `make test-slow`: 39 s in the JAX pass of the fresh-clone CI run on 2 AVX2 EPYC cores of 2026-12-07 (39 min in all, over 30)
 def test_a_few_fit_steps_on_glyphs_beat_chance(glyph_cache):
     train, val, _ = load_benchmark("glyphs", image_size=16, cache_dir=glyph_cache, verbose=False)
     model = MetaTransferModel(

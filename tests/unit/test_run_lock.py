@@ -98,6 +98,7 @@ def _cli(args, cache) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # `make test-slow`: 25 s of the fresh-clone CI run on 2 AVX2 EPYC cores of 2026-12-07 (39 min in all, over 30)
 def test_a_second_run_is_refused_while_the_first_lives_and_takes_over_once_it_is_killed(
     tmp_path, tiny_config_file, glyph_cache
 ):

@@ -54,6 +54,7 @@ def test_lookalike_families_stay_in_one_split_and_classes_come_from_enough_fonts
     assert all(len(class_fonts) >= glyph_scenes.MIN_FONTS for _, class_fonts, _ in classes)
 
 
+@pytest.mark.slow  # `make test-slow`: 28 s of the fresh-clone CI run on 2 AVX2 EPYC cores of 2026-12-07 (39 min in all, over 30)
 def test_build_is_deterministic_and_independent_of_threads():
     fonts = glyphs.font_files()
     one = glyph_scenes.build_arrays(fonts, 16, 2, seed=3, workers=1)

@@ -111,6 +111,7 @@ def _run_backend(backend, folder):
     }
 
 
+@pytest.mark.slow  # `make test-slow`: 63 s of the fresh-clone CI run on 2 AVX2 EPYC cores of 2026-12-07 (39 min in all, over 30)
 def test_fit_steps_on_jax_equal_the_steps_on_tensorflow(tmp_path, proto_split):
     """Same weights, same meta-batch, second and first order: the JAX step's logs (loss, accuracy,
     gradient norms), its meta-gradients (SGD with rate 1: the update is the gradient) and, after 3
@@ -160,6 +161,7 @@ def test_fit_steps_on_jax_equal_the_steps_on_tensorflow(tmp_path, proto_split):
     )
 
 
+@pytest.mark.slow  # `make test-slow`: 26 (the JAX pass's command test runs mtl_keras without TensorFlow too) s of the fresh-clone CI run on 2 AVX2 EPYC cores of 2026-12-07 (39 min in all, over 30)
 def test_mtl_keras_imports_and_meta_trains_on_jax_without_tensorflow():
     """``import mtl_keras`` with TensorFlow made unimportable: no TensorFlow module is loaded,
     episodes come from the numpy source, and fit + evaluate_episodes run on JAX."""

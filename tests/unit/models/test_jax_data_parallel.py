@@ -256,6 +256,7 @@ def _check_meta_part(report, one, two):
 
 
 @pytest.mark.backends
+@pytest.mark.slow  # `make test-slow`: 45 s in the JAX pass of the fresh-clone CI run on 2 AVX2 EPYC cores of 2026-12-07 (39 min in all, over 30)
 def test_data_parallel_on_two_devices_meta_trains_what_one_device_trains(tmp_path):
     """``DataParallel`` over two host devices, episodes from NumPy (TensorFlow unimportable, as on
     a GPU machine without it): each step's meta-batch arrives split over both devices (axis 0),

@@ -16,8 +16,15 @@ from tests.helpers import randomise_backbone, run_model_test
 #: Backend-agnostic: also run in the second pytest pass, on JAX (conftest.py) — for ResNet-12
 #: only there, within the CI budget (all three passed on JAX on 2026-12-03).
 pytestmark = pytest.mark.backends
+#: ResNet-18's two are `make test-slow` (the pretraining one took 26 s of the fresh-clone CI run on 2
+#: AVX2 EPYC cores of 2026-12-07, 39 min in all, over 30).
 ON_JAX_TOO = [
-    n if n == "resnet12" else pytest.param(n, marks=pytest.mark.tensorflow_only) for n in sorted(BACKBONES)
+    n
+    if n == "resnet12"
+    else pytest.param(
+        n, marks=[pytest.mark.tensorflow_only, *([pytest.mark.slow] if n == "resnet18" else [])]
+    )
+    for n in sorted(BACKBONES)
 ]
 
 IMAGE_SHAPE = (16, 16, 1)  # the smallest image every built-in backbone takes (resnet12, conv4: 16)
