@@ -154,7 +154,7 @@ def slow_cpu_backend_note(backend: str | None = None, has_gpu: bool | None = Non
 
     On every CPU measured the TensorFlow backend trained faster (``benchmarks/RESULTS.md``, "JAX
     vs TensorFlow backend"): JAX pretrained at 0.5–0.6× its steps/s and meta-trained at 0.45×
-    (AMX Xeon, before `mtl_keras.jax_backend.conv`) to 0.9× (AVX2 EPYC, with it). XLA:CPU's
+    (an AMX CPU, before `mtl_keras.jax_backend.conv`) to 0.9× (an AVX2 CPU, with it). XLA:CPU's
     convolutions are slower than TensorFlow's oneDNN kernels.
 
     Args:

@@ -1,10 +1,12 @@
 """JAX kernel of `mtl_keras.layers.conv.conv2d` on CPUs: the filter gradient as one matrix product.
 
 XLA:CPU computes the kernel's gradient ``∂L/∂W`` of a stride-1 ``"same"`` convolution (what the
-scales Φ1 and pretraining need) slowly on large maps: 3.9 GFLOP/s for 160 images of 32×32×64 →
-64, on one core, and 14.8 at 16×16×64 → 128 (``benchmarks/probes/jax_conv_kernels.py``, 2 AMX
-cores). The same product written as im2col patches times ``∂L/∂Y`` — one `einsum`, XLA's matmul
-path — runs at 21 and 30 GFLOP/s there; on 8×8 and smaller maps the two are even. So on a CPU,
+scales Φ1 and pretraining need) slowly on large maps: 3–4 GFLOP/s for 160 images of 32×32×64 →
+64, on one core, and 10–15 at 16×16 on a 2-core AVX2 CPU (``benchmarks/RESULTS.md``, "The kernel
+gradient as one im2col product on JAX CPUs"). The same product written as im2col patches times
+``∂L/∂Y`` — one `einsum`, XLA's matmul path — ran 3–5× faster at 32×32 and 2× at 16×16; on 8×8 and
+smaller maps the two are even. The meta-training step went from 0.49× to 0.90× the TensorFlow
+backend's tasks/s there, for about 1.3 GiB more peak memory. So on a CPU,
 for maps of at least `IM2COL_MIN_SIDE` pixels a side, `conv2d` runs the convolution with that
 filter gradient (the input gradient stays XLA's); on a GPU XLA's (cuDNN's) own gradients run.
 Imported only on the JAX backend.
